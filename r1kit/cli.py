@@ -1,0 +1,81 @@
+"""The `r1kit` command line: argument parsing only.
+
+`r1kit STAGE [CONFIG.toml] [--section.key value ...]` loads the stage's config dataclass
+from the TOML file plus overrides and calls the stage's `run(config)`. Stages live in their
+own modules and are imported only when called, so `r1kit --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# stage name -> (module, one-line help). Each module defines `Config` (a dataclass) and `run(config)`.
+STAGES: dict[str, tuple[str, str]] = {
+    "demo": ("r1kit.demo", "the whole R1 recipe at toy scale, with a report card"),
+    "pretrain": ("r1kit.train.pretrain", "pretrain a model on packed token streams"),
+    "sft": ("r1kit.train.sft", "supervised fine-tuning on chat data (loss on assistant tokens)"),
+    "grpo": ("r1kit.rl.grpo", "RL with verifiable rewards: GRPO, Dr.GRPO, DAPO, GSPO"),
+    "eval": ("r1kit.evaluate", "pass@k, maj@k, best-of-N and budget-forcing curves"),
+    "sample": ("r1kit.distill", "rejection sampling: keep only verified-correct traces"),
+    "distill": ("r1kit.distill", "distil a teacher's traces or logits into a student"),
+    "serve": ("r1kit.serve", "OpenAI/DeepSeek-compatible API server with a web chat"),
+    "chat": ("r1kit.chat", "terminal chat with a model"),
+    "info": ("r1kit.model.info", "parameters, active parameters and FLOPs of a model"),
+}
+
+# stages whose module serves several commands name the function to call
+RUN_FUNCTIONS = {"sample": "run_sample"}
+
+
+def usage() -> str:
+    """Return the top-level help text."""
+    width = max(len(name) for name in STAGES)
+    lines = [
+        "usage: r1kit STAGE [CONFIG.toml] [--section.key value ...]",
+        "",
+        "stages:",
+        *(f"  {name:<{width}}  {help_}" for name, (_, help_) in STAGES.items()),
+        "",
+        "`r1kit STAGE --help` lists a stage's config keys and defaults.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `r1kit` console script. Returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from r1kit import __version__
+
+        print(f"r1kit {__version__}")
+        return 0
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"r1kit: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(STAGES[stage][0])
+    from r1kit.config import ConfigError, describe_config, load_config
+
+    if "-h" in rest or "--help" in rest:
+        print(f"usage: r1kit {stage} [CONFIG.toml] [--section.key value ...]\n")
+        print(describe_config(module.Config))
+        return 0
+    path = None
+    if rest and not rest[0].startswith("--"):
+        path, rest = rest[0], rest[1:]
+    try:
+        config = load_config(module.Config, path, rest)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"r1kit {stage}: {err}", file=sys.stderr)
+        return 2
+    run = getattr(module, RUN_FUNCTIONS.get(stage, "run"))
+    run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
