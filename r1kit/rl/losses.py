@@ -1,0 +1,260 @@
+"""Policy-gradient losses for RL with verifiable rewards (SPEC §1), as pure tensor functions.
+
+Everything here maps tensors to tensors: no model, no optimiser, no state. The GRPO stage
+(`r1kit/rl/grpo.py`) computes per-token log-probs with `token_logprobs`, advantages with
+`group_advantages`, and hands both to `policy_loss`.
+
+Shapes: B sequences (B = n_groups x group_size, consecutive rows form one group), T completion
+positions, V vocabulary. Suffixes name them (`logp_BT`, `adv_B`).
+
+| loss_type | ratio        | sum of masked token losses divided by            | source                  |
+|-----------|--------------|--------------------------------------------------|-------------------------|
+| grpo      | per token    | each sequence's token count, then B (seq-mean)   | DeepSeekMath 2402.03300 |
+| dr_grpo   | per token    | B x max_completion_length (a constant)           | Dr. GRPO 2503.20783     |
+| dapo      | per token    | the batch's total masked token count             | DAPO 2503.14476         |
+| gspo      | per sequence | B (one term per sequence, ratio = token mean)    | GSPO 2507.18071         |
+
+Published clip ranges: GRPO 0.2 / 0.2, DAPO clip-higher 0.2 / 0.28, GSPO 3e-4 / 4e-4.
+The KL term is the "k3" estimator exp(ref - logp) - (ref - logp) - 1, added to the loss with
+weight beta (DeepSeekMath beta 0.04, R1-Zero 0.001, Dr. GRPO / DAPO / GSPO 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "gspo")
+ADVANTAGE_SCALES = ("group", "batch", "none")
+
+# Rows of (B*T, V) logits processed at once by token_logprobs / entropy_from_logits: bounds the
+# float32 temporaries to ~chunk x V instead of B x T x V.
+_LOGIT_ROWS_PER_CHUNK = 1024
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
+    """Outcome-supervision advantages, one per completion (SPEC §1, GRPO / Dr. GRPO).
+
+    Args:
+        rewards: (B,) float, B = n_groups * group_size; rows [g*G, (g+1)*G) are group g.
+        group_size: G, completions sampled per prompt.
+        scale: how the centred reward r_i - mean(group) is scaled:
+            "group": divided by (std of its group + eps)   (GRPO, DeepSeekMath);
+            "batch": divided by (std of all B rewards + eps) (REINFORCE++-style batch scaling);
+            "none":  not divided at all                     (Dr. GRPO).
+        eps: added to the std, not inside a square root.
+
+    Returns:
+        adv_B: (B,) float32 advantages, detached from `rewards`.
+
+    Numerical conventions follow TRL's GRPOTrainer: the std is Bessel-corrected (torch.std's
+    default, divides by G - 1) and eps = 1e-4 is added to it. A group whose rewards are all equal
+    (including G == 1) gets A = 0 exactly, whatever the scale, so it gives no policy gradient.
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"unknown advantage scale {scale!r}; valid: {', '.join(ADVANTAGE_SCALES)}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (B,), got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"batch of {rewards.numel()} rewards is not a whole number of groups of {group_size}"
+        )
+    r_NG = rewards.detach().float().reshape(-1, group_size)
+    adv_NG = r_NG - r_NG.mean(dim=1, keepdim=True)
+    if scale == "group" and group_size > 1:
+        adv_NG = adv_NG / (r_NG.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch" and r_NG.numel() > 1:
+        adv_NG = adv_NG / (r_NG.std() + eps)
+    # The mean of equal floats need not round back to them exactly; force the documented zero.
+    constant_N1 = (r_NG.amax(dim=1, keepdim=True) == r_NG.amin(dim=1, keepdim=True)).expand_as(adv_NG)
+    adv_NG = torch.where(constant_N1, torch.zeros_like(adv_NG), adv_NG)
+    return adv_NG.reshape(-1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token "k3" KL estimate of KL(policy || reference) (Schulman; DeepSeekMath eq. 4).
+
+    Args:
+        logp, ref_logp: same shape, log-probs of the sampled tokens under policy and reference.
+
+    Returns:
+        Same shape: exp(ref - logp) - (ref - logp) - 1, which is >= 0 and exactly 0 where equal.
+    """
+    d = ref_logp - logp
+    # expm1(d) - d instead of exp(d) - d - 1: no cancellation for small |d|, still exact 0 at d = 0.
+    return torch.expm1(d) - d
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str = "grpo",
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    beta: float = 0.0,
+    max_completion_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy-gradient loss for one batch of completions (SPEC §1; table in module doc).
+
+    Args:
+        logp: (B, T) log-probs of the sampled tokens under the current policy (with grad).
+        old_logp: (B, T) the same under the policy that sampled the rollout. With one optimiser
+            step per rollout pass `logp.detach()`: ratio is 1 in value but still carries gradient.
+        ref_logp: (B, T) under the frozen reference, or None (allowed only when beta == 0).
+        advantages: (B,) one advantage per completion (see `group_advantages`).
+        mask: (B, T) 1 (or True) for completion tokens that count, 0 for padding and forced
+            tokens. Positions with mask 0 never reach the loss, its gradient or the metrics,
+            whatever values (even inf / NaN) the other inputs hold there.
+        loss_type: "grpo", "dr_grpo", "dapo" or "gspo".
+        eps_low, eps_high: the ratio is clipped to [1 - eps_low, 1 + eps_high].
+        beta: weight of the k3 KL term; ref_logp is not read when beta == 0.
+        max_completion_length: the constant of Dr. GRPO's normaliser; required for "dr_grpo"
+            (not defaulted to T, which would make the loss depend on how much padding a batch has).
+
+    Returns:
+        loss: scalar tensor to minimise.
+        metrics: python floats, detached: "loss", "ratio_mean" (mean ratio over counted tokens; over
+            non-empty sequences for gspo), "clip_frac_low" (share where ratio < 1 - eps_low and A < 0,
+            so the clipped branch is active), "clip_frac_high" (ratio > 1 + eps_high and A > 0),
+            "clip_frac" (their sum), and "kl" (mean k3 over counted tokens) when beta > 0.
+            Shares are over counted tokens, or over non-empty sequences for gspo.
+
+    Sequences with no counted token add nothing to the numerator; grpo, dr_grpo and gspo still
+    divide by B (the (1/G) sum_i of SPEC §1), dapo by the token count (clamped to at least 1).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    if logp.dim() != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
+        raise ValueError(
+            f"logp, old_logp and mask must share one (B, T) shape, got {tuple(logp.shape)}, "
+            f"{tuple(old_logp.shape)}, {tuple(mask.shape)}"
+        )
+    B = logp.shape[0]
+    if advantages.shape != (B,):
+        raise ValueError(f"advantages must have shape ({B},), got {tuple(advantages.shape)}")
+    if beta > 0 and (ref_logp is None or ref_logp.shape != logp.shape):
+        raise ValueError("beta > 0 needs ref_logp of the same (B, T) shape as logp")
+    if loss_type == "dr_grpo" and (max_completion_length is None or max_completion_length <= 0):
+        raise ValueError("loss_type 'dr_grpo' needs max_completion_length (the constant normaliser)")
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"eps_low and eps_high must be >= 0, got {eps_low}, {eps_high}")
+
+    mask_BT = mask.bool()
+    mask_f_BT = mask_BT.to(logp.dtype)
+    adv_B = advantages.detach().to(logp.dtype)
+    zeros_BT = torch.zeros_like(logp)
+    # Select before any nonlinearity: masked positions become exact zeros and receive zero gradient,
+    # so garbage there (even inf / NaN) cannot leak into the loss or through 0 * NaN in backward.
+    log_ratio_BT = torch.where(mask_BT, logp - old_logp.detach(), zeros_BT)
+    ntok_B = mask_f_BT.sum(dim=1)
+    has_tok_B = ntok_B > 0
+    ntok_total = mask_f_BT.sum()
+
+    kl_BT = None
+    if beta > 0:
+        # Both inputs zeroed at masked positions, so d = 0 there and no NaN reaches expm1's backward.
+        kl_BT = k3_kl(torch.where(mask_BT, logp, zeros_BT), torch.where(mask_BT, ref_logp.detach(), zeros_BT))
+
+    if loss_type == "gspo":
+        # GSPO (arXiv 2507.18071, eq. 5-7): s_i = (pi(y_i)/pi_old(y_i))^(1/|y_i|), the exp of the mean
+        # token log-ratio, clipped per sequence. Autograd through exp(mean) gives the paper's gradient
+        # (eq. 10): s_i * A_i * (1/|y_i|) * sum_t grad log pi(y_i,t), zero when the clip is active.
+        # SPEC §1 states the same ratio; the paper has no KL term, ours is optional (beta = 0 default).
+        seq_log_ratio_B = log_ratio_BT.sum(dim=1) / ntok_B.clamp(min=1)
+        ratio_B = torch.exp(seq_log_ratio_B)
+        clipped_B = torch.clamp(ratio_B, 1 - eps_low, 1 + eps_high)
+        seq_loss_B = -torch.minimum(ratio_B * adv_B, clipped_B * adv_B)
+        if kl_BT is not None:
+            seq_loss_B = seq_loss_B + beta * kl_BT.sum(dim=1) / ntok_B.clamp(min=1)
+        seq_loss_B = torch.where(has_tok_B, seq_loss_B, torch.zeros_like(seq_loss_B))
+        loss = seq_loss_B.sum() / B
+        with torch.no_grad():
+            n_seq = has_tok_B.sum().clamp(min=1).to(logp.dtype)
+            low = ((ratio_B < 1 - eps_low) & (adv_B < 0) & has_tok_B).sum() / n_seq
+            high = ((ratio_B > 1 + eps_high) & (adv_B > 0) & has_tok_B).sum() / n_seq
+            ratio_mean = torch.where(has_tok_B, ratio_B, torch.zeros_like(ratio_B)).sum() / n_seq
+    else:
+        ratio_BT = torch.exp(log_ratio_BT)
+        clipped_BT = torch.clamp(ratio_BT, 1 - eps_low, 1 + eps_high)
+        adv_B1 = adv_B[:, None]
+        tok_loss_BT = -torch.minimum(ratio_BT * adv_B1, clipped_BT * adv_B1)
+        if kl_BT is not None:
+            tok_loss_BT = tok_loss_BT + beta * kl_BT
+        tok_loss_BT = torch.where(mask_BT, tok_loss_BT, zeros_BT)
+        if loss_type == "grpo":
+            loss = (tok_loss_BT.sum(dim=1) / ntok_B.clamp(min=1)).sum() / B
+        elif loss_type == "dr_grpo":
+            loss = tok_loss_BT.sum() / (B * max_completion_length)
+        else:  # dapo
+            loss = tok_loss_BT.sum() / ntok_total.clamp(min=1)
+        with torch.no_grad():
+            n = ntok_total.clamp(min=1)
+            low = ((ratio_BT < 1 - eps_low) & (adv_B1 < 0) & mask_BT).sum() / n
+            high = ((ratio_BT > 1 + eps_high) & (adv_B1 > 0) & mask_BT).sum() / n
+            ratio_mean = (ratio_BT * mask_f_BT).sum() / n
+
+    metrics = {
+        "loss": loss.item(),
+        "ratio_mean": ratio_mean.item(),
+        "clip_frac_low": low.item(),
+        "clip_frac_high": high.item(),
+        "clip_frac": (low + high).item(),
+    }
+    if kl_BT is not None:
+        metrics["kl"] = (kl_BT.detach().sum() / ntok_total.clamp(min=1)).item()
+    return loss, metrics
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each target token: log_softmax(logits)[..., target], without a (B, T, V) copy.
+
+    Args:
+        logits: (B, T, V) any float dtype; logits[:, t] scores targets[:, t] (shift beforehand).
+            Apply the sampling temperature first if the rollout used one.
+        targets: (B, T) long token ids.
+
+    Returns:
+        logp_BT: (B, T) float32 (float64 for float64 logits), differentiable w.r.t. logits. Computed as
+        logit[target] - logsumexp(logits) in that precision (bf16 logits are upcast), over chunks of rows so the temporaries stay
+        ~chunk x V (a full log_softmax would materialise another B x T x V tensor).
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits_NV = logits.reshape(-1, logits.shape[-1])
+    targets_N = targets.reshape(-1)
+    out = []
+    for start in range(0, logits_NV.shape[0], _LOGIT_ROWS_PER_CHUNK):
+        chunk_nV = logits_NV[start : start + _LOGIT_ROWS_PER_CHUNK].to(dtype)
+        picked_n = chunk_nV.gather(1, targets_N[start : start + _LOGIT_ROWS_PER_CHUNK, None]).squeeze(1)
+        out.append(picked_n - torch.logsumexp(chunk_nV, dim=-1))
+    if not out:
+        return logits.new_zeros(targets.shape, dtype=dtype)
+    return torch.cat(out).reshape(targets.shape)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, for the entropy metric.
+
+    Args:
+        logits: (B, T, V) any float dtype (temperature already applied, if any).
+
+    Returns:
+        entropy_BT: (B, T) float32 (float64 for float64 logits) in nats: logsumexp(x) - sum softmax(x) * x,
+        computed over chunks of rows in that precision. Differentiable; wrap in torch.no_grad() when only logging it.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits_NV = logits.reshape(-1, logits.shape[-1])
+    out = []
+    for start in range(0, logits_NV.shape[0], _LOGIT_ROWS_PER_CHUNK):
+        chunk_nV = logits_NV[start : start + _LOGIT_ROWS_PER_CHUNK].to(dtype)
+        probs_nV = torch.softmax(chunk_nV, dim=-1)
+        out.append(torch.logsumexp(chunk_nV, dim=-1) - (probs_nV * chunk_nV).sum(dim=-1))
+    if not out:
+        return logits.new_zeros(logits.shape[:-1], dtype=dtype)
+    return torch.cat(out).reshape(logits.shape[:-1])
