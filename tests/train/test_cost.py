@@ -1,0 +1,173 @@
+"""r1kit.train.cost: device peaks, the cost meter, formatting and stage totals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from r1kit.train import cost
+from r1kit.train.cost import (
+    CPU_DOLLARS_PER_CORE_HOUR,
+    DEFAULT_GPU_DOLLARS_PER_HOUR,
+    DEVICE_PEAKS,
+    CostMeter,
+    datasheet_peak,
+    dtype_key,
+    format_cost,
+    format_count,
+    lookup_device_peak,
+    match_device_name,
+    summarize_costs,
+)
+
+
+class FakeClock:
+    """Replaces time.perf_counter in r1kit.train.cost so timings are exact."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(cost.time, "perf_counter", fake)
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "bf16"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989e12),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", "H100 NVL", 835e12),
+        ("NVIDIA H200", "H200", 989e12),
+        ("NVIDIA H800", "H800", 989e12),
+        ("NVIDIA A100-SXM4-80GB", "A100", 312e12),
+        ("NVIDIA A100 80GB PCIe", "A100", 312e12),
+        ("NVIDIA A10G", "A10G", 70e12),
+        ("NVIDIA A10", "A10", 125e12),
+        ("NVIDIA L4", "L4", 121e12),
+        ("NVIDIA L40S", "L40S", 362e12),
+        ("NVIDIA L40", "L40", 181e12),
+        ("NVIDIA GeForce RTX 4090", "RTX 4090", 165.2e12),
+        ("NVIDIA GeForce RTX 3090", "RTX 3090", 71e12),
+        ("AMD Instinct MI300X", "MI300X", 1307e12),
+    ],
+)
+def test_device_names_map_to_datasheet_peaks(name, key, bf16):
+    assert match_device_name(name) == key
+    assert datasheet_peak(name, "bf16") == bf16
+    assert datasheet_peak(name, "float16") == bf16
+
+
+def test_peak_table_is_sane():
+    for key, peaks in DEVICE_PEAKS.items():
+        assert peaks, key
+        if "bf16" in peaks and "fp32" in peaks:
+            assert peaks["bf16"] > peaks["fp32"], key
+    assert datasheet_peak("NVIDIA H100 80GB HBM3", "fp32") == 67e12
+    assert datasheet_peak("Tesla T4", "bf16") is None  # no bf16 tensor cores
+    assert match_device_name("Some Future GPU") is None
+
+
+def test_dtype_key_accepts_torch_dtypes():
+    torch = pytest.importorskip("torch")
+    assert dtype_key(torch.bfloat16) == "bf16"
+    assert dtype_key(torch.float32) == "fp32"
+    assert dtype_key("float16") == "fp16"
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        dtype_key("int8")
+
+
+def test_cpu_probe_is_measured_and_cached():
+    first = lookup_device_peak("cpu", "fp32")
+    assert first.source == "measured matmul" and "threads" in first.name
+    assert 1e9 < first.flops < 1e14
+    assert lookup_device_peak("cpu", "fp32").flops == first.flops  # cached: no second probe
+
+
+def test_meter_counts_and_reports(clock):
+    meter = CostMeter("cuda", world_size=4, peak_flops=1e12, device_name="NVIDIA H800")
+    assert meter.dollars_per_device_hour == DEFAULT_GPU_DOLLARS_PER_HOUR
+    meter.start()
+    clock.now += 2.0
+    step = meter.add(tokens=1000, flops=4e12)
+    assert step["step_s"] == pytest.approx(2.0)
+    assert step["tokens_per_s"] == pytest.approx(500.0)
+    assert step["mfu"] == pytest.approx(4e12 / 2.0 / 4e12)
+    clock.now += 1.0
+    meter.add(tokens=500, flops=2e12)
+    meter.stop()
+    clock.now += 100.0  # stopped: not counted
+    s = meter.summary()
+    assert s["tokens"] == 1500 and s["flops"] == 6e12 and s["steps"] == 2
+    assert s["wall_s"] == pytest.approx(3.0)
+    assert s["device_hours"] == pytest.approx(3.0 * 4 / 3600)
+    assert s["dollars"] == pytest.approx(3.0 * 4 / 3600 * 2.0)
+    assert s["mfu"] == pytest.approx(6e12 / 3.0 / 4e12)
+    assert s["tokens_per_s"] == pytest.approx(500.0)
+    assert s["device_name"] == "NVIDIA H800" and s["peak_source"] == "given" and s["dtype"] == "bf16"
+
+
+def test_meter_resumes_and_uses_flops_per_token(clock):
+    meter = CostMeter("cpu", peak_flops=1e11, flops_per_token=6e6)
+    assert meter.dollars_per_device_hour > 0 and meter.dtype == "fp32"
+    with meter:
+        clock.now += 10.0
+        meter.add(100)
+    state = meter.state_dict()
+    resumed = CostMeter("cpu", peak_flops=1e11, flops_per_token=6e6)
+    resumed.load_state_dict(state)
+    with resumed:
+        clock.now += 5.0
+        resumed.add(50)
+    s = resumed.summary()
+    assert (
+        s["tokens"] == 150 and s["flops"] == pytest.approx(150 * 6e6) and s["wall_s"] == pytest.approx(15.0)
+    )
+    with pytest.raises(ValueError, match="flops"):
+        CostMeter("cpu", peak_flops=1.0).add(1)
+
+
+def test_cpu_price_is_per_core_hour():
+    torch = pytest.importorskip("torch")
+    meter = CostMeter("cpu", peak_flops=1e11)
+    assert meter.dollars_per_device_hour == pytest.approx(CPU_DOLLARS_PER_CORE_HOUR * torch.get_num_threads())
+
+
+def test_deepseek_v3_reported_cost_reproduces():
+    """2.788M H800 GPU-hours at $2 is $5.576M (DeepSeek-V3 report)."""
+    s = {"wall_s": 2.788e6 * 3600 / 2048, "world_size": 2048, "peak_flops": 989e12, "flops": 0.0, "tokens": 0}
+    s["device_hours"] = s["wall_s"] * s["world_size"] / 3600
+    s["dollars"] = s["device_hours"] * DEFAULT_GPU_DOLLARS_PER_HOUR
+    assert s["dollars"] == pytest.approx(5.576e6)
+
+
+def test_format_summary_one_line(clock):
+    meter = CostMeter("cuda", world_size=2, peak_flops=1e15, device_name="NVIDIA H100")
+    meter.start()
+    clock.now += 3600.0
+    meter.add(tokens=1_230_000, flops=7.2e17)
+    text = meter.format_summary()
+    assert text.startswith("1.23M tokens, 720 PFLOPs, 2 device-hours (2 x NVIDIA H100), $4, MFU 10.0%")
+    assert "\n" not in text
+    assert format_count(1234) == "1.23k" and format_count(12) == "12" and format_count(0) == "0"
+
+
+def test_summarize_costs_totals_stages():
+    a = {"tokens": 100, "flops": 1e12, "wall_s": 10.0, "device_hours": 10 / 3600, "dollars": 0.1, "steps": 1}
+    a |= {"world_size": 1, "peak_flops": 1e12, "device": "cpu", "device_name": "cpu", "dtype": "fp32"}
+    b = dict(a, tokens=300, flops=3e12, wall_s=30.0, device_hours=30 / 3600, dollars=0.3, dtype="bf16")
+    total = summarize_costs({"sft": a, "grpo": b})
+    assert total["stages"] == 2 and total["tokens"] == 400 and total["wall_s"] == 40.0
+    assert total["dollars"] == pytest.approx(0.4)
+    assert total["mfu"] == pytest.approx(4e12 / (40.0 * 1e12))
+    assert total["device"] == "cpu" and total["dtype"] == "mixed"
+    assert "400 tokens" in format_cost(total)
+    empty = summarize_costs([])
+    assert empty["tokens"] == 0 and empty["mfu"] == 0.0 and not math.isnan(empty["tokens_per_s"])
