@@ -1,0 +1,64 @@
+"""Tasks: problems with prompts, reference answers, worked solutions, and the scorer.
+
+    task = get_task("addition", digits=4)
+    problems = task.problems(split="train", n=100, seed=0)
+    task.score(completion_text, problems[0])   # float in [0, 1]
+
+Names: "addition", "multiplication", "countdown", "gym:<reasoning-gym dataset>" (a bare
+reasoning-gym name works too), "math:<file.jsonl>", "jsonl:<file.jsonl>".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from r1kit.tasks.arithmetic import AdditionTask, MultiplicationTask
+from r1kit.tasks.base import SPLITS, MixtureTask, Problem, ProceduralTask, Task, split_of
+from r1kit.tasks.countdown import CountdownTask
+from r1kit.tasks.gym import GymTask, gym_dataset_names
+from r1kit.tasks.jsonl import JsonlTask, read_jsonl
+from r1kit.tasks.math import MathTask, math_score
+
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
+    "addition": AdditionTask,
+    "multiplication": MultiplicationTask,
+    "countdown": CountdownTask,
+}
+PREFIXED_TASKS: dict[str, Callable[..., Task]] = {"gym": GymTask, "math": MathTask, "jsonl": JsonlTask}
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build a task by name; keyword arguments go to its constructor.
+
+    Unknown names raise ValueError listing the valid ones.
+    """
+    if name in BUILTIN_TASKS:
+        return BUILTIN_TASKS[name](**kwargs)
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in PREFIXED_TASKS and rest:
+        return PREFIXED_TASKS[prefix](rest, **kwargs)
+    if not sep and name in gym_dataset_names():
+        return GymTask(name, **kwargs)
+    valid = [*BUILTIN_TASKS, "gym:<reasoning-gym dataset>", "math:<file.jsonl>", "jsonl:<file.jsonl>"]
+    raise ValueError(f"unknown task {name!r}; valid names: {', '.join(valid)}")
+
+
+__all__ = [
+    "SPLITS",
+    "AdditionTask",
+    "CountdownTask",
+    "GymTask",
+    "JsonlTask",
+    "MathTask",
+    "MixtureTask",
+    "MultiplicationTask",
+    "Problem",
+    "ProceduralTask",
+    "Task",
+    "get_task",
+    "gym_dataset_names",
+    "math_score",
+    "read_jsonl",
+    "split_of",
+]

@@ -1,0 +1,433 @@
+"""Byte-level BPE tokenizer, chat templates and the R1 reasoning format.
+
+`Tokenizer` wraps a `tokenizers.Tokenizer` plus the few things a chat model needs beside it: the
+special tokens, a Jinja chat template rendered exactly as transformers' `apply_chat_template`
+renders it, and `encode_chat`, which turns an SFT conversation into token ids and a loss mask.
+It reads and writes the Hugging Face layout (tokenizer.json + tokenizer_config.json), so a
+directory saved here loads in `transformers.AutoTokenizer` and a model directory from the Hub
+(Llama, Qwen, DeepSeek) loads here.
+
+r1kit's own chat format is R1-style (SPEC §2): the assistant turn is
+`<think>\\n{reasoning}\\n</think>\\n{answer}<eos>` and the generation prompt ends with
+`<think>\\n`, so a completion reads `reasoning\\n</think>\\nanswer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
+THINK_START, THINK_END = "<think>", "</think>"
+# Order fixes the ids of a trained vocabulary: 0..5; the think tags take the last two ids.
+SPECIAL_TOKENS = (BOS, EOS, PAD, SYSTEM, USER, ASSISTANT)
+THINK_TOKENS = (THINK_START, THINK_END)
+
+# R1-style template (SPEC §2, §5). The assistant content may hold "<think>...</think>answer" (an SFT
+# target) or just the answer; `reasoning_content` is ignored, as the DeepSeek API drops it when sent back.
+R1_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% set content = message['content'] | default('', true) %}"
+    "{% set reasoning = '' %}"
+    "{% if '</think>' in content %}"
+    "{% set reasoning = content.split('</think>')[0].strip() %}"
+    "{% if reasoning.startswith('<think>') %}{% set reasoning = reasoning[7:].strip() %}{% endif %}"
+    "{% set content = content.split('</think>', 1)[1] %}"
+    "{% endif %}"
+    "<|assistant|><think>\n{{ reasoning }}\n</think>\n{{ content.strip() }}{{ eos_token }}"
+    "{% else %}{{ raise_exception('Unknown role: ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+)
+
+# transformers passes these tokenizer attributes to every chat template (when set).
+_TEMPLATE_SPECIAL_ATTRS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """Split a completion into (reasoning, answer), both stripped.
+
+    Follows the vLLM/SGLang convention (SPEC §5): text before the first `</think>` is reasoning, even
+    without an opening `<think>` (the generation prompt already holds it); a leading `<think>` is
+    removed. Without `</think>` the whole text is reasoning and the answer is "" (no answer yet).
+    """
+    if not isinstance(text, str):
+        return "", ""
+    head, sep, tail = text.partition(THINK_END)
+    head = head.strip()
+    if head.startswith(THINK_START):
+        head = head[len(THINK_START) :].strip()
+    return head, tail.strip() if sep else ""
+
+
+def format_assistant(reasoning: str, answer: str) -> str:
+    """Assistant content in the R1 layout: `<think>\\n{reasoning}\\n</think>\\n{answer}`."""
+    return f"{THINK_START}\n{reasoning.strip()}\n{THINK_END}\n{answer.strip()}"
+
+
+def _token_content(value: Any) -> str | None:
+    """A special token from tokenizer_config.json: a string or a serialised AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=32)
+def _compile_template(template: str):
+    """Compile a chat template in the same sandboxed Jinja environment transformers uses."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    class _TemplateDict:
+        """`dict(...)` inside templates, without the type's attributes."""
+
+        def __call__(self, *args, **kwargs):
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args, **kwargs):
+            return dict.fromkeys(*args, **kwargs)
+
+    class _Namespace(jinja2.utils.Namespace):
+        """`namespace(...)` that refuses underscore names (as transformers does)."""
+
+        def __init__(*args, **kwargs):
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                _Namespace._check(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            _Namespace._check(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check(name):
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} is not allowed")
+
+    class _Generation(jinja2.ext.Extension):
+        """Accept `{% generation %}...{% endgeneration %}` blocks (transformers' assistant-mask marker)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    env.globals["dict"] = _TemplateDict()
+    env.globals["namespace"] = _Namespace
+    return env.from_string(template)
+
+
+def _template_messages(messages: Sequence[dict]) -> list[dict]:
+    """Messages as transformers hands them to a template: None values dropped, reasoning fields aliased."""
+    out = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise TypeError(f"chat messages must be dicts, got {message!r}")
+        message = {k: v for k, v in message.items() if v is not None}
+        reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+        if reasoning is not None:
+            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        out.append(message)
+    return out
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` with special tokens and a chat template.
+
+    Build one with `Tokenizer.train` (r1kit's byte-level BPE) or `Tokenizer.from_pretrained(dir)`
+    (any Hugging Face tokenizer.json directory). Token ids are plain Python ints.
+    """
+
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        chat_template: str | None = R1_CHAT_TEMPLATE,
+        special_tokens: dict[str, str] | None = None,
+        model_max_length: int | None = None,
+    ):
+        """Wrap `backend`.
+
+        special_tokens maps transformers attribute names ("bos_token", "eos_token", "pad_token", ...)
+        to token strings; missing ones are None. chat_template is a Jinja string or None.
+        """
+        self.backend = backend
+        self.chat_template = chat_template
+        self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
+        self.model_max_length = model_max_length
+
+    # ----------------------------------------------------------------- training
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> Tokenizer:
+        """Train r1kit's byte-level BPE on an iterable of strings.
+
+        Digits are always single tokens; BOS/EOS/PAD and the chat roles are special tokens with ids
+        0..5, `<think>`/`</think>` single tokens with the last two ids. Every byte is in the
+        vocabulary, so any text encodes. A small corpus can end below vocab_size (no merges left).
+        vocab_size must be at least 264 (256 bytes + 8 special tokens).
+        """
+        minimum = 256 + len(SPECIAL_TOKENS) + len(THINK_TOKENS)
+        if vocab_size < minimum:
+            raise ValueError(
+                f"vocab_size={vocab_size} is below the minimum {minimum} (256 bytes + special tokens)"
+            )
+        backend = tokenizers.Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[tokenizers.AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        backend.train_from_iterator((t for t in texts if isinstance(t, str)), trainer=trainer)
+        # The think tags stay visible when decoding with skip_special_tokens (as in DeepSeek-R1's vocabulary).
+        backend.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+        return cls(backend, R1_CHAT_TEMPLATE, {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD})
+
+    @classmethod
+    def train_from_files(
+        cls, paths: Iterable[str | os.PathLike], vocab_size: int = 512, **kwargs
+    ) -> Tokenizer:
+        """Train on text files, one training text per line."""
+
+        def lines():
+            for path in paths:
+                with open(path, encoding="utf-8") as f:
+                    yield from f
+
+        return cls.train(lines(), vocab_size=vocab_size, **kwargs)
+
+    # ------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write tokenizer.json and tokenizer_config.json (with chat_template) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        config: dict[str, Any] = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+            **self.special_tokens,
+        }
+        if self.model_max_length is not None:
+            config["model_max_length"] = self.model_max_length
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
+        with open(directory / "tokenizer_config.json", "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Load a Hugging Face tokenizer directory (tokenizer.json + tokenizer_config.json).
+
+        The chat template is read from tokenizer_config.json or chat_template.jinja; special tokens
+        from tokenizer_config.json, then special_tokens_map.json.
+        """
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (only tokenizer.json-based tokenizers are supported)")
+        backend = tokenizers.Tokenizer.from_file(str(path))
+        config: dict[str, Any] = {}
+        if (directory / "tokenizer_config.json").is_file():
+            with open(directory / "tokenizer_config.json", encoding="utf-8") as f:
+                config = json.load(f)
+        special_map: dict[str, Any] = {}
+        if (directory / "special_tokens_map.json").is_file():
+            with open(directory / "special_tokens_map.json", encoding="utf-8") as f:
+                special_map = json.load(f)
+        special = {}
+        for attr in _TEMPLATE_SPECIAL_ATTRS:
+            value = _token_content(config.get(attr)) or _token_content(special_map.get(attr))
+            if value is not None:
+                special[attr] = value
+        template = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if template is None and (directory / "chat_template.jinja").is_file():
+            template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        max_len = config.get("model_max_length")
+        max_len = int(max_len) if isinstance(max_len, (int, float)) and max_len < 1e12 else None
+        return cls(backend, template, special, max_len)
+
+    # ------------------------------------------------------------------ tokens
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included (the embedding table needs at least this many rows)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a token string, or None if it is not in the vocabulary."""
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """Token string of an id, or None."""
+        return self.backend.id_to_token(token_id)
+
+    def _special_id(self, attr: str) -> int | None:
+        token = self.special_tokens.get(attr)
+        return None if token is None else self.token_to_id(token)
+
+    @property
+    def bos_id(self) -> int | None:
+        """Id of the beginning-of-sequence token (None if the tokenizer has none)."""
+        return self._special_id("bos_token")
+
+    @property
+    def eos_id(self) -> int | None:
+        """Id of the end-of-sequence token that ends an assistant turn."""
+        return self._special_id("eos_token")
+
+    @property
+    def pad_id(self) -> int | None:
+        """Id of the padding token; the EOS id when the tokenizer defines no padding token."""
+        pad = self._special_id("pad_token")
+        return self.eos_id if pad is None else pad
+
+    @property
+    def think_start_id(self) -> int | None:
+        """Id of `<think>` when it is a single token, else None."""
+        return self.token_to_id(THINK_START)
+
+    @property
+    def think_end_id(self) -> int | None:
+        """Id of `</think>` when it is a single token, else None."""
+        return self.token_to_id(THINK_END)
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of `text` (no special tokens added unless asked; the chat template adds BOS)."""
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        if add_bos and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        if add_eos and self.eos_id is not None:
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` over a list of texts (parallel in the Rust backend)."""
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids; `skip_special_tokens` drops BOS/EOS/PAD/roles but keeps think tags."""
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # -------------------------------------------------------------------- chat
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict],
+        add_generation_prompt: bool = False,
+        tools: list[dict] | None = None,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Render `messages` ([{"role", "content"}, ...]) to text, as transformers' apply_chat_template.
+
+        The template sees the same variables: messages, tools, documents, add_generation_prompt,
+        the special tokens (bos_token, eos_token, ...), extra kwargs; and the same globals
+        (raise_exception, strftime_now, namespace, dict) and the tojson filter.
+        """
+        template = chat_template or self.chat_template
+        if template is None:
+            raise ValueError("this tokenizer has no chat_template; pass chat_template=...")
+        variables = {**self.special_tokens, **kwargs}
+        variables.setdefault("documents", None)
+        return _compile_template(template).render(
+            messages=_template_messages(messages),
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            **variables,
+        )
+
+    def encode_prompt(self, messages: Sequence[dict]) -> list[int]:
+        """Token ids of the chat with the generation prompt appended (what the engine feeds the model)."""
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt=True))
+
+    def encode_chat(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+        """Tokenise an SFT conversation: (ids, assistant_mask), two lists of equal length.
+
+        The mask is 1 on the tokens the model generates in each assistant turn: everything after the
+        generation prompt (for r1kit's template, after `<|assistant|><think>\\n`) up to and including
+        the EOS. Each piece is encoded separately, so the ids at a turn boundary are exactly those of
+        `encode_prompt` at inference time. Raises ValueError if the template does not render a chat as
+        an extension of its prefixes (e.g. templates that drop earlier turns' reasoning).
+        """
+        full = self.apply_chat_template(messages)
+        spans = []
+        for i, message in enumerate(messages):
+            if message.get("role") != "assistant":
+                continue
+            prefix = self.apply_chat_template(messages[:i], add_generation_prompt=True)
+            upto = self.apply_chat_template(messages[: i + 1])
+            if not (upto.startswith(prefix) and full.startswith(upto)):
+                raise ValueError(f"chat template is not incremental at message {i}; cannot build a loss mask")
+            spans.append((len(prefix), len(upto)))
+        ids: list[int] = []
+        mask: list[int] = []
+        pos = 0
+        for start, end in spans:
+            for piece, flag in ((full[pos:start], 0), (full[start:end], 1)):
+                if piece:
+                    piece_ids = self.encode(piece)
+                    ids += piece_ids
+                    mask += [flag] * len(piece_ids)
+            pos = end
+        if pos < len(full):
+            tail = self.encode(full[pos:])
+            ids += tail
+            mask += [0] * len(tail)
+        return ids, mask

@@ -1,0 +1,231 @@
+"""Tokenizer: training, lossless round trip, special tokens, HF layout, chat templates vs transformers."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from r1kit.tasks import get_task
+from r1kit.tokenizer import R1_CHAT_TEMPLATE, Tokenizer, format_assistant, split_reasoning
+
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}\n"
+    "{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set system_message = '' %}\n"
+    "{%- endif %}\n"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}\n"
+    "{%- if tools is not none %}{{- 'Environment: ipython\\n' }}{%- endif %}\n"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}\n"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}\n"
+    "{{- system_message }}\n"
+    "{{- '<|eot_id|>' }}\n"
+    "{%- for message in messages %}\n"
+    "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+QWEN_TEMPLATE = (
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- endif %}\n"
+    "    {%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}\n"
+    "    {{- '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "    {%- else %}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, a helpful assistant.<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == 'user') or (message.role == 'system' and not loop.first) "
+    "or (message.role == 'assistant') %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+DEEPSEEK_R1_TEMPLATE = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% set ns = namespace(is_first_sp=true, system_prompt='') %}"
+    "{%- for message in messages %}{%- if message['role'] == 'system' %}"
+    "{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}"
+    "{% set ns.is_first_sp = false %}"
+    "{%- else %}{% set ns.system_prompt = ns.system_prompt + '\\n\\n' + message['content'] %}{%- endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{{ bos_token }}{{ ns.system_prompt }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}{%- endif %}"
+    "{%- if message['role'] == 'assistant' and message['content'] is not none %}"
+    "{% set content = message['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{ '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+
+CHATS = [
+    [{"role": "user", "content": "347+589"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nsay hello\n</think>\nHello!"},
+        {"role": "user", "content": "12*3 ?"},
+    ],
+    [
+        {"role": "system", "content": "Sys"},
+        {"role": "user", "content": "héllo 世界"},
+        {"role": "assistant", "content": "ok", "reasoning_content": "dropped"},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    texts = []
+    for name in ("addition", "multiplication", "countdown"):
+        task = get_task(name)
+        for p in task.problems("train", 100, seed=0):
+            texts.append(p.prompt + task.completion(p))
+    texts += ["The quick brown fox jumps over the lazy dog. Wait, let me check again."] * 20
+    return Tokenizer.train(texts, vocab_size=400)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text())
+def test_round_trip_is_lossless(tok, text):
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_special_tokens_and_digits_are_single_ids(tok):
+    specials = [
+        "<|bos|>",
+        "<|eos|>",
+        "<|pad|>",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<think>",
+        "</think>",
+    ]
+    for token in specials:
+        ids = tok.encode(token)
+        assert ids == [tok.token_to_id(token)], token
+    assert {tok.bos_id, tok.eos_id, tok.pad_id} == {0, 1, 2}
+    assert tok.think_start_id is not None and tok.think_end_id is not None
+    assert tok.vocab_size <= 400
+    ids = tok.encode("x 0123456789 9876543210")
+    digit_ids = {tok.token_to_id(d) for d in "0123456789"}
+    assert sum(i in digit_ids for i in ids) == 20
+    # think tags stay visible when special tokens are skipped; roles and EOS do not
+    assert tok.decode(tok.encode("<|user|>a<think>b</think>c<|eos|>"), skip_special_tokens=True) == (
+        "a<think>b</think>c"
+    )
+
+
+def test_train_rejects_tiny_vocab():
+    with pytest.raises(ValueError, match="minimum"):
+        Tokenizer.train(["abc"], vocab_size=100)
+
+
+def test_train_from_files(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("12+34=46\nhello world\n" * 50, encoding="utf-8")
+    tok = Tokenizer.train_from_files([path], vocab_size=300)
+    assert tok.decode(tok.encode("hello 12+34")) == "hello 12+34"
+
+
+def test_save_load_and_autotokenizer(tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path)
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    samples = ["347+589", "héllo 世界 🙂", "<|user|>12<|assistant|><think>\nx\n</think>\ny<|eos|>", ""]
+    for text in samples:
+        assert loaded.encode(text) == tok.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == tok.encode(text)
+        assert hf.decode(tok.encode(text)) == text
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    for chat in CHATS:
+        for gen in (False, True):
+            ours = tok.apply_chat_template(chat, add_generation_prompt=gen)
+            assert hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen) == ours
+            assert loaded.apply_chat_template(chat, add_generation_prompt=gen) == ours
+
+
+@pytest.mark.parametrize("template", [LLAMA3_TEMPLATE, QWEN_TEMPLATE, DEEPSEEK_R1_TEMPLATE, R1_CHAT_TEMPLATE])
+def test_templates_render_like_transformers(tok, tmp_path, template):
+    from transformers import AutoTokenizer
+
+    tok_dir = tmp_path / "model"
+    Tokenizer(tok.backend, template, {"bos_token": "<|bos|>", "eos_token": "<|eos|>"}).save_pretrained(
+        tok_dir
+    )
+    hf = AutoTokenizer.from_pretrained(tok_dir)
+    # whatever layout transformers writes (chat_template.jinja or inside the config) must load here too
+    hf.save_pretrained(tmp_path / "resaved")
+    for directory in (tok_dir, tmp_path / "resaved"):
+        ours = Tokenizer.from_pretrained(directory)
+        assert ours.chat_template == template
+        for chat in CHATS:
+            for gen in (False, True):
+                expected = hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
+                assert ours.apply_chat_template(chat, add_generation_prompt=gen) == expected
+                assert ours.encode(expected) == hf.encode(expected, add_special_tokens=False)
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
+    expected = hf.apply_chat_template(CHATS[1], tools=tools, tokenize=False, add_generation_prompt=True)
+    assert Tokenizer.from_pretrained(tok_dir).apply_chat_template(CHATS[1], True, tools=tools) == expected
+
+
+def test_r1_template_layout(tok):
+    chat = [{"role": "user", "content": "347+589"}]
+    prompt = tok.apply_chat_template(chat, add_generation_prompt=True)
+    assert prompt == "<|bos|><|user|>347+589<|assistant|><think>\n"
+    full = tok.apply_chat_template([*chat, {"role": "assistant", "content": format_assistant("r", "936")}])
+    assert full == prompt + "r\n</think>\n936<|eos|>"
+    # reasoning_content sent back is not fed to the model; content without tags is the answer
+    back = [*chat, {"role": "assistant", "content": "936", "reasoning_content": "secret"}]
+    assert "secret" not in tok.apply_chat_template(back)
+    assert tok.apply_chat_template(back) == prompt + "\n</think>\n936<|eos|>"
+
+
+def test_encode_chat_mask(tok):
+    chat = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "1+2"},
+        {"role": "assistant", "content": format_assistant("1+2+0=03", "3")},
+        {"role": "user", "content": "2+2"},
+        {"role": "assistant", "content": format_assistant("2+2+0=04", "4")},
+    ]
+    ids, mask = tok.encode_chat(chat)
+    assert len(ids) == len(mask)
+    assert tok.decode(ids) == tok.apply_chat_template(chat)
+    masked = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert masked == "1+2+0=03\n</think>\n3<|eos|>2+2+0=04\n</think>\n4<|eos|>"
+    assert ids[-1] == tok.eos_id and mask[-1] == 1
+    # the unmasked prefix is exactly the inference-time prompt
+    first = mask.index(1)
+    assert ids[:first] == tok.encode_prompt(chat[:2])
+
+
+def test_split_reasoning():
+    assert split_reasoning("abc\n</think>\n42") == ("abc", "42")
+    assert split_reasoning("<think>\nabc\n</think>\n42") == ("abc", "42")
+    assert split_reasoning("still thinking") == ("still thinking", "")
+    assert split_reasoning("a</think>b</think>c") == ("a", "b</think>c")
+    assert split_reasoning("") == ("", "")
+    assert split_reasoning(None) == ("", "")
