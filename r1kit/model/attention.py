@@ -1,0 +1,225 @@
+"""Attention: grouped-query attention (Llama/Qwen) and multi-head latent attention (DeepSeek-V3), KV cache.
+
+Both modules take a boolean mask (B, 1, T, S) built once per forward by ``attention_mask_4d`` and run
+``F.scaled_dot_product_attention``. MLA has two paths: the naive one expands the latent into per-head keys and
+values (training, prefill without cache); the absorbed one folds W_UK into the query and W_UV after the
+attention so it attends straight over the cached latent (DeepSeek-V3 ``inference/model.py`` "absorb" mode).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from r1kit.model.config import ModelConfig
+from r1kit.model.layers import RMSNorm, apply_rope
+
+
+def attention_mask_4d(
+    attention_mask: torch.Tensor | None, batch: int, q_len: int, start: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean mask (B, 1, T, S), True = may attend, for queries at slots [start, start+T) over S = start+T keys.
+
+    Causal by slot index, combined with the padding mask ``attention_mask`` (B, S) (1 = real token). The
+    diagonal is always allowed so a padding query (left padding) attends to itself and stays finite; its
+    output is garbage but never read. Returns None when plain causal attention suffices.
+    """
+    total = start + q_len
+    if attention_mask is None and (start == 0 or q_len == 1):
+        return None  # start == 0: is_causal; one query with a full cache: every key is visible
+    q_idx = torch.arange(start, total, device=device)[:, None]
+    k_idx = torch.arange(total, device=device)[None, :]
+    allowed = (k_idx <= q_idx)[None].expand(batch, -1, -1)
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (batch, total):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cache length + T) "
+                f"= {(batch, total)}"
+            )
+        allowed = (allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, :]) | (
+            k_idx == q_idx
+        )
+    return allowed[:, None]
+
+
+def _sdpa(q, k, v, mask, scale):
+    """SDPA with our mask convention: mask None means causal when there is more than one query."""
+    is_causal = mask is None and q.shape[-2] > 1 and q.shape[-2] == k.shape[-2]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with rope; Qwen2 q/k/v biases and Qwen3 per-head q/k RMSNorm as options.
+
+    forward(x (B, T, D), cos/sin (B, T, head_dim), mask, cache slot, start) -> (B, T, D).
+    Cache slot: ``{"k": (B, Hkv, L, Dh), "v": (B, Hkv, L, Dh)}``.
+    """
+
+    def __init__(self, cfg: ModelConfig, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.attn_head_dim,
+        )
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=qkv_bias, **kw)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=qkv_bias, **kw)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=qkv_bias, **kw)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=cfg.attention_bias, **kw)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, **kw)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, **kw)
+        else:
+            self.q_norm = self.k_norm = None
+        self.scale = self.head_dim**-0.5
+
+    def cache_shapes(self, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of this layer's cache tensors."""
+        return {k: (batch, self.n_kv_heads, max_len, self.head_dim) for k in ("k", "v")}
+
+    def forward(self, x, cos, sin, mask=None, cache_slot=None, start=0):
+        """x (B, T, D) -> (B, T, D); writes K/V at [start, start+T) of ``cache_slot`` when given."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)
+        k = apply_rope(k.transpose(1, 2), cos, sin)
+        if cache_slot is not None:
+            cache_slot["k"][:, :, start : start + t] = k
+            cache_slot["v"][:, :, start : start + t] = v
+            k, v = cache_slot["k"][:, :, : start + t], cache_slot["v"][:, :, : start + t]
+        rep = self.n_heads // self.n_kv_heads
+        if rep > 1:  # kv head j serves query heads j*rep .. j*rep+rep-1 (transformers' repeat_kv)
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = _sdpa(q, k, v, mask, self.scale)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2/V3), HF parameter names.
+
+    q: ``q_proj`` or ``q_b_proj(q_a_layernorm(q_a_proj(x)))`` -> H heads of (nope + rope) dims.
+    kv: ``kv_a_proj_with_mqa(x)`` -> latent c (kv_lora_rank, normed by ``kv_a_layernorm``) and one shared rope
+    key k_pe; ``kv_b_proj`` (W_UK; W_UV stacked per head) expands c to per-head k_nope and v.
+    Cache slot: ``{"c_kv": (B, L, kv_lora_rank), "k_pe": (B, L, qk_rope_head_dim)}`` (roped key).
+    """
+
+    def __init__(self, cfg: ModelConfig, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        d, h = cfg.hidden_size, cfg.num_attention_heads
+        self.n_heads = h
+        self.nope, self.rope, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.kv_rank = cfg.kv_lora_rank
+        self.interleave = cfg.rope_interleave
+        qk = self.nope + self.rope
+        if cfg.q_lora_rank is None:
+            self.q_proj = nn.Linear(d, h * qk, bias=False, **kw)
+        else:
+            self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=cfg.attention_bias, **kw)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, 1e-6, **kw)  # HF uses its default eps here
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, h * qk, bias=False, **kw)
+        self.kv_a_proj_with_mqa = nn.Linear(d, self.kv_rank + self.rope, bias=cfg.attention_bias, **kw)
+        self.kv_a_layernorm = RMSNorm(self.kv_rank, 1e-6, **kw)
+        self.kv_b_proj = nn.Linear(self.kv_rank, h * (self.nope + self.v_dim), bias=False, **kw)
+        self.o_proj = nn.Linear(h * self.v_dim, d, bias=cfg.attention_bias, **kw)
+        self.scale = cfg.softmax_scale()
+
+    def cache_shapes(self, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of this layer's cache tensors: the normalised latent and the roped key only."""
+        return {"c_kv": (batch, max_len, self.kv_rank), "k_pe": (batch, max_len, self.rope)}
+
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "q_proj"):
+            return self.q_proj(x)
+        return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+
+    def forward(self, x, cos, sin, mask=None, cache_slot=None, start=0):
+        """x (B, T, D) -> (B, T, D). Without a cache: naive path; with one: absorbed path over the latent cache."""
+        b, t, _ = x.shape
+        h = self.n_heads
+        q = self._query(x).view(b, t, h, self.nope + self.rope).transpose(1, 2)
+        q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
+        c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope], dim=-1)
+        c_kv = self.kv_a_layernorm(c_kv)
+        q_pe = apply_rope(q_pe, cos, sin, self.interleave)
+        k_pe = apply_rope(
+            k_pe[:, None], cos, sin, self.interleave
+        )  # (B, 1, T, R): one key shared by all heads
+        if cache_slot is None:
+            kv = self.kv_b_proj(c_kv).view(b, t, h, self.nope + self.v_dim).transpose(1, 2)
+            k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+            k = torch.cat([k_nope, k_pe.expand(-1, h, -1, -1)], dim=-1)
+            out = _sdpa(torch.cat([q_nope, q_pe], dim=-1), k, v, mask, self.scale)
+        else:
+            out = self._absorbed(q_nope, q_pe, c_kv, k_pe[:, 0], mask, cache_slot, start)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, h * self.v_dim))
+
+    def _absorbed(self, q_nope, q_pe, c_kv, k_pe, mask, cache_slot, start):
+        """Attention against the latent cache. q_nope (B, H, T, nope), q_pe (B, H, T, R) -> (B, H, T, v_dim).
+
+        score = q_nope . (W_UK c) + q_pe . k_pe = (W_UK^T q_nope) . c + q_pe . k_pe, so the query moves into
+        latent space once and the keys never expand; likewise out = W_UV (sum_s p_s c_s).
+        """
+        t = q_nope.shape[2]
+        end = start + t
+        cache_slot["c_kv"][:, start:end] = c_kv
+        cache_slot["k_pe"][:, start:end] = k_pe
+        c_all, pe_all = cache_slot["c_kv"][:, :end], cache_slot["k_pe"][:, :end]
+        w_kv = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_rank)
+        w_uk, w_uv = w_kv[:, : self.nope], w_kv[:, self.nope :]
+        q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)
+        query = torch.cat([q_latent, q_pe], dim=-1)
+        key = torch.cat([c_all, pe_all], dim=-1)[:, None].expand(-1, self.n_heads, -1, -1)
+        value = c_all[:, None].expand(-1, self.n_heads, -1, -1)
+        out_latent = _sdpa(query, key, value, mask, self.scale)
+        return torch.einsum("bhtc,hdc->bhtd", out_latent, w_uv)
+
+
+class KVCache:
+    """Preallocated per-layer cache for incremental decoding (see docs/INTERFACES.md).
+
+    ``layers[i]`` is the dict of tensors of main block i (shapes from its attention's ``cache_shapes``),
+    ``mtp_layers[j]`` the slot of MTP block j. ``length`` counts positions written by the main model,
+    ``mtp_length`` those written by the MTP block (it lags or matches the main model during drafting).
+    """
+
+    def __init__(
+        self, layers: list[dict[str, torch.Tensor]], mtp_layers: list[dict[str, torch.Tensor]], max_len: int
+    ):
+        self.layers = layers
+        self.mtp_layers = mtp_layers
+        self.max_len = max_len
+        self.length = 0
+        self.mtp_length = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Rows currently held."""
+        return next(iter(self.layers[0].values())).shape[0]
+
+    def check_room(self, start: int, new: int) -> None:
+        """Raise if writing ``new`` positions at ``start`` would overflow ``max_len``."""
+        if start + new > self.max_len:
+            raise ValueError(f"KV cache full: {start} + {new} positions > max_len {self.max_len}")
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep/repeat rows: ``index`` (B',) long selects rows of every cached tensor (fan-out, dropping rows)."""
+        for slot in (*self.layers, *self.mtp_layers):
+            for name, tensor in slot.items():
+                slot[name] = tensor.index_select(0, index.to(tensor.device))
+
+    def truncate(self, length: int) -> None:
+        """Roll back to ``length`` positions (speculative-decoding rejects); later writes overwrite the rest."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length
+        self.mtp_length = min(self.mtp_length, length)

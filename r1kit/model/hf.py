@@ -1,0 +1,222 @@
+"""Hugging Face checkpoints: config.json + safetensors (single file or sharded index), both directions.
+
+Our state dict uses HF names except for two things translated here:
+- routed experts: ours ``...mlp.experts.gate_up_proj`` (E, 2F, D) / ``...mlp.experts.down_proj`` (E, D, F);
+  on disk per expert ``...mlp.experts.{e}.gate_proj.weight`` (F, D), ``up_proj.weight``, ``down_proj.weight``
+  (what transformers writes and the DeepSeek-V3 release ships);
+- MTP: ours ``mtp.0.*``; on disk ``model.layers.{num_hidden_layers}.*`` (the DeepSeek-V3 release layout:
+  ``enorm``, ``hnorm``, ``eh_proj``, ``shared_head.norm`` and the block's weights). The release's copies of the
+  shared embedding/head inside that layer are ignored on load.
+transformers is never imported here; only safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from r1kit.model.config import ModelConfig
+
+_EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_FP32_KEYS = re.compile(r"\.e_score_correction_bias$")  # kept fp32 as transformers does
+
+
+def _list_keys(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# --- loading ---
+def _checkpoint_files(path: Path) -> list[Path]:
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.exists():
+        return [single]
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [path / name for name in sorted(set(weight_map.values()))]
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+
+
+def _has_mtp_weights(files: list[Path], cfg: ModelConfig) -> bool:
+    prefix = f"model.layers.{cfg.num_hidden_layers}."
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            if any(name.startswith(prefix) for name in f.keys()):
+                return True
+    return False
+
+
+def _to_ours(name: str, cfg: ModelConfig) -> str | None:
+    """On-disk key -> our key (None: a key to drop, e.g. the MTP layer's copy of the shared embedding)."""
+    mtp_prefix = f"model.layers.{cfg.num_hidden_layers}."
+    if cfg.num_mtp_layers and name.startswith(mtp_prefix):
+        rest = name[len(mtp_prefix) :]
+        if rest in ("embed_tokens.weight", "shared_head.head.weight"):
+            return None
+        return "mtp.0." + rest
+    return name
+
+
+def load_pretrained(cls, path, device=None, dtype=None):
+    """Build ``cls(cfg)`` from an HF checkpoint directory; see ``Transformer.from_pretrained``."""
+    path = Path(path)
+    cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
+    device = torch.device(device or "cpu")
+    files = _checkpoint_files(path)
+    if cfg.num_mtp_layers and not _has_mtp_weights(files, cfg):
+        # transformers writes num_nextn_predict_layers=1 by default without MTP weights: load the main model only
+        warnings.warn(
+            f"{path}: config.json asks for an MTP block but the checkpoint has none; loading without it",
+            stacklevel=3,
+        )
+        cfg = dataclasses.replace(cfg, num_mtp_layers=0)
+    expert_parts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                ours = _to_ours(name, cfg)
+                if ours is None:
+                    continue
+                m = _EXPERTS.match(ours)
+                if m:
+                    expert_parts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = (
+                        f.get_tensor(name)
+                    )
+                else:
+                    state[ours] = f.get_tensor(name)
+    for prefix, experts in expert_parts.items():
+        state.update(_stack_experts(prefix, experts, cfg.n_routed_experts))
+
+    if dtype is None:
+        embed = state.get("model.embed_tokens.weight")
+        dtype = embed.dtype if embed is not None else torch.float32
+    model = cls(cfg, device="meta", dtype=dtype)
+    expected = set(model.state_dict())
+    if cfg.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+        state.pop("lm_head.weight", None)  # tied: the embedding is the head, a stored copy is redundant
+    elif "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        raise ValueError("checkpoint has no lm_head.weight but config.json says tie_word_embeddings=false")
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match the {cfg.family} config: "
+            f"missing keys: [{_list_keys(missing)}]; unexpected keys: [{_list_keys(unexpected)}]"
+        )
+    for name, tensor in state.items():
+        want = torch.float32 if _FP32_KEYS.search(name) else dtype
+        state[name] = tensor.to(device=device, dtype=want)
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    for module in model.moe_layers():  # non-persistent counters are still on meta
+        module.tokens_per_expert = torch.zeros(cfg.n_routed_experts, dtype=torch.long, device=device)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"internal error: tensors left unloaded: {_list_keys(left)}")
+    return model
+
+
+def _stack_experts(prefix: str, experts: dict[int, dict[str, torch.Tensor]], n_experts: int):
+    """Per-expert (gate, up, down) matrices -> our stacked gate_up_proj (E, 2F, D) and down_proj (E, D, F)."""
+    wanted = [(e, p) for e in range(n_experts) for p in ("gate_proj", "up_proj", "down_proj")]
+    missing = [f"{prefix}.{e}.{p}.weight" for e, p in wanted if p not in experts.get(e, {})]
+    extra = [f"{prefix}.{e}.*" for e in experts if e >= n_experts]
+    if missing or extra:
+        raise ValueError(f"expert weights do not match n_routed_experts={n_experts}: missing [{_list_keys(missing)}]"
+                         f"; unexpected [{_list_keys(extra)}]")  # fmt: skip
+    gate_up = torch.stack(
+        [torch.cat([experts[e]["gate_proj"], experts[e]["up_proj"]]) for e in range(n_experts)]
+    )
+    down = torch.stack([experts[e]["down_proj"] for e in range(n_experts)])
+    return {f"{prefix}.gate_up_proj": gate_up, f"{prefix}.down_proj": down}
+
+
+# --- saving ---
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """The on-disk (HF) state dict of ``model``: experts split, MTP renamed, tied head dropped; contiguous."""
+    cfg: ModelConfig = model.config
+    out: dict[str, torch.Tensor] = {}
+    mtp_prefix = f"model.layers.{cfg.num_hidden_layers}."
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # transformers re-ties it from model.embed_tokens.weight
+        if name.startswith("mtp.0."):
+            name = mtp_prefix + name[len("mtp.0.") :]
+        tensor = tensor.detach()
+        if name.endswith(".mlp.experts.gate_up_proj"):
+            prefix, f = name[: -len(".gate_up_proj")], tensor.shape[1] // 2
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}.{e}.gate_proj.weight"] = tensor[e, :f].contiguous()
+                out[f"{prefix}.{e}.up_proj.weight"] = tensor[e, f:].contiguous()
+        elif name.endswith(".mlp.experts.down_proj"):
+            prefix = name[: -len(".down_proj")]
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}.{e}.down_proj.weight"] = tensor[e].contiguous()
+        else:
+            out[name] = tensor.contiguous()
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``target`` so readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model, path, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write ``path/config.json`` and ``model.safetensors`` (or shards + index) atomically, file by file.
+
+    Stale weight files from an earlier save with a different layout are removed, so loaders never mix them.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg: ModelConfig = model.config
+    state = hf_state_dict(model)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        _atomic_write(path / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata=metadata))
+    index_path = path / "model.safetensors.index.json"
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": {k: names[i] for i, shard in enumerate(shards) for k in shard},
+        }
+        _atomic_write(index_path, lambda tmp: tmp.write_text(json.dumps(index, indent=2, sort_keys=True)))
+    for stale in path.glob("model*.safetensors*"):
+        if stale.name not in names and not (len(shards) > 1 and stale == index_path):
+            stale.unlink()
+    hf = cfg.to_hf_dict()
+    hf["dtype"] = _DTYPE_NAMES.get(model.model.embed_tokens.weight.dtype, "float32")
+    _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf, indent=2) + "\n"))
