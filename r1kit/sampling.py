@@ -1,0 +1,191 @@
+"""Token sampling for the engine: per-row temperature / top-k / top-p and a counter-based RNG.
+
+Randomness is a pure function of (seed, sequence index, token index, stream): each row draws its
+uniform number from a small integer hash instead of a shared `torch.Generator`. The draws of a row
+therefore do not depend on which other rows share its batch, so dropping finished rows (batch
+compaction), fanning one prefill out to `n` samples, or repeating a prompt `n` times all give the
+same tokens for the same seed. One uniform per row per step is enough: tokens are drawn by
+inverse-CDF (a cumulative sum and a `searchsorted`), which also works the same on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, m: int) -> Tensor:
+    """(x * m) mod 2**32 for int64 tensors holding 32-bit values, without int64 overflow."""
+    high = ((x >> 16) * m) & 0xFFFF
+    return ((high << 16) + (x & 0xFFFF) * m) & _MASK32
+
+
+def hash32(x: Tensor) -> Tensor:
+    """The `lowbias32` integer hash (Wellons) on int64 tensors holding 32-bit values."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_uniforms(row_keys: Tensor, counters: Tensor, stream: int = 0) -> Tensor:
+    """Uniform numbers in [0, 1), one per row, reproducible from integers alone.
+
+    Args:
+        row_keys: (B,) int64, a hash of (seed, sequence index) per row (see `row_keys`).
+        counters: (B,) int64, the index of the token being drawn in each row's completion.
+        stream: which independent draw of the same token (0 = sampling, 1.. = speculative tests).
+    Returns:
+        (B,) float32 in [0, 1) with 24 random bits.
+    """
+    x = hash32(row_keys ^ hash32(counters * 4 + stream + 0x27D4EB2F))
+    return (x >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def row_keys(seed: int, seq_index: Tensor) -> Tensor:
+    """(B,) int64 keys of the rows' random streams from a seed and (B,) int64 sequence indices."""
+    return hash32(
+        hash32(torch.full_like(seq_index, (seed + 0x9E3779B9) & _MASK32)) ^ (seq_index + 0x85EBCA6B)
+    )
+
+
+def filter_logits(logits: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Sort logits descending and mask (to -inf) what top-k, then top-p remove.
+
+    Args:
+        logits: (B, V) float, already divided by the temperature.
+        top_k: (B,) int64, 0 = no top-k; or None.
+        top_p: (B,) float, 1.0 = no top-p; or None.
+    Returns:
+        (sorted_logits (B, V) with removed entries at -inf, sorted_index (B, V) int64 vocabulary ids).
+    """
+    sorted_logits, sorted_index = logits.sort(dim=-1, descending=True)
+    vocab = logits.shape[-1]
+    if top_k is not None:
+        ranks = torch.arange(vocab, device=logits.device)
+        k = torch.where(top_k > 0, top_k, vocab)
+        sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
+    if top_p is not None:
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        # keep the smallest prefix whose mass reaches top_p (the first token always survives)
+        remove = (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return sorted_logits, sorted_index
+
+
+def _inverse_cdf(logp: Tensor, uniforms: Tensor) -> Tensor:
+    """(B,) indices drawn from exp(logp) (B, V) with (B,) uniforms."""
+    cdf = logp.exp().cumsum(dim=-1)
+    target = (uniforms * cdf[:, -1]).unsqueeze(-1)
+    # right=True: the first index whose cdf exceeds the target, never a zero-probability entry
+    index = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return index.clamp_(max=logp.shape[-1] - 1)
+
+
+class RowSampling:
+    """Per-row sampling settings of an active batch, with the Python-side flags that pick fast paths.
+
+    Attributes:
+        temperature: (B,) float32; 0 means greedy.
+        top_k: (B,) int64 (0 = off) or None when no row uses it.
+        top_p: (B,) float32 (1.0 = off) or None when no row uses it.
+    """
+
+    def __init__(self, temperature: Tensor, top_k: Tensor, top_p: Tensor):
+        self.temperature, self._top_k, self._top_p = temperature, top_k, top_p
+        greedy = temperature <= 0
+        sampled = ~greedy
+        flags = torch.stack(
+            [greedy.all(), greedy.any(), ((top_k > 0) & sampled).any(), ((top_p < 1.0) & sampled).any()]
+        )
+        self.all_greedy, self.any_greedy, use_top_k, use_top_p = flags.tolist()
+        self.greedy = greedy
+        self.top_k = top_k if use_top_k else None
+        self.top_p = top_p if use_top_p else None
+        self.safe_temperature = torch.where(greedy, torch.ones_like(temperature), temperature)
+
+    def select(self, index: Tensor) -> RowSampling:
+        """The settings of rows `index` (B',) int64, e.g. after dropping finished rows."""
+        return RowSampling(self.temperature[index], self._top_k[index], self._top_p[index])
+
+    def logprobs(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Log-probabilities of the distribution each row samples from.
+
+        Args:
+            logits: (B, V) raw model logits.
+        Returns:
+            (logp (B, V) in vocabulary order when unsorted, sorted_index (B, V) or None). When
+            top-k/top-p is active, logp is in descending-logit order and sorted_index maps back.
+            Greedy rows get the log-softmax of the raw logits.
+        """
+        logits = logits.float()
+        if self.all_greedy:
+            return logits.log_softmax(dim=-1), None
+        scaled = logits / self.safe_temperature[:, None]
+        if self.top_k is None and self.top_p is None:
+            return scaled.log_softmax(dim=-1), None
+        sorted_logits, sorted_index = filter_logits(scaled, self.top_k, self.top_p)
+        if self.any_greedy:
+            # greedy rows: raw logits, unfiltered (sorting them keeps the mapping shared)
+            raw_sorted = logits.gather(-1, sorted_index)
+            sorted_logits = torch.where(self.greedy[:, None], raw_sorted, sorted_logits)
+        return sorted_logits.log_softmax(dim=-1), sorted_index
+
+    def sample(self, logits: Tensor, uniforms: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Draw one token per row.
+
+        Args:
+            logits: (B, V) raw model logits.
+            uniforms: (B,) float32 in [0, 1) (see `row_uniforms`); unused when every row is greedy.
+        Returns:
+            (tokens (B,) int64, logprobs (B,) float32 of each token under the distribution used).
+        """
+        logp, sorted_index = self.logprobs(logits)
+        if self.all_greedy:
+            tokens = logp.argmax(dim=-1)
+            return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+        index = _inverse_cdf(logp, uniforms)
+        if self.any_greedy:
+            # in sorted order the argmax is column 0; unsorted, take it explicitly
+            best = logp.argmax(dim=-1) if sorted_index is None else torch.zeros_like(index)
+            index = torch.where(self.greedy, best, index)
+        token_logp = logp.gather(-1, index[:, None]).squeeze(-1)
+        tokens = index if sorted_index is None else sorted_index.gather(-1, index[:, None]).squeeze(-1)
+        return tokens, token_logp
+
+    def verify_draft(
+        self, logits: Tensor, draft: Tensor, uniforms: Tensor, accept_uniforms: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Speculative sampling with a deterministic draft token (the MTP head's argmax).
+
+        A sampled row accepts `draft` with probability p(draft), else draws from p with the draft
+        removed: the output is distributed exactly as p. A greedy row accepts iff draft is the argmax.
+
+        Args:
+            logits: (B, V) raw main-model logits at the draft's position.
+            draft: (B,) int64 drafted tokens.
+            uniforms, accept_uniforms: (B,) float32 in [0, 1), independent (unused if all greedy).
+        Returns:
+            (tokens (B,), logprobs (B,) under p, accepted (B,) bool); tokens == draft where accepted.
+        """
+        logp, sorted_index = self.logprobs(logits)
+        if self.all_greedy:
+            tokens = logp.argmax(dim=-1)
+            return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), tokens == draft
+        slot = draft if sorted_index is None else (sorted_index == draft[:, None]).int().argmax(-1)
+        p_draft = logp.gather(-1, slot[:, None]).squeeze(-1).exp()
+        accept = accept_uniforms < p_draft
+        residual = logp.scatter(-1, slot[:, None], float("-inf"))
+        index = torch.where(accept, slot, _inverse_cdf(residual, uniforms))
+        if self.any_greedy:
+            best = logp.argmax(dim=-1) if sorted_index is None else torch.zeros_like(index)
+            index = torch.where(self.greedy, best, index)
+            accept = torch.where(self.greedy, best == slot, accept)
+        token_logp = logp.gather(-1, index[:, None]).squeeze(-1)
+        tokens = index if sorted_index is None else sorted_index.gather(-1, index[:, None]).squeeze(-1)
+        return tokens, token_logp, accept
