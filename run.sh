@@ -28,6 +28,21 @@ setup() {
     fi
 }
 
+# The browser test drives Debian's chromium through chromedriver; install them when we can.
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing chromium + chromium-driver for the browser test" >&2
+        apt-get update -qq >/dev/null &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null ||
+            echo "warning: could not install chromium; the browser test will be skipped" >&2
+    else
+        echo "note: chromium is not installed (needs root); the browser test will be skipped" >&2
+    fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -37,6 +52,7 @@ case "$cmd" in
         ;;
     test)
         setup
+        ensure_chromium
         ruff check r1kit tests benchmarks
         ruff format --check r1kit tests benchmarks
         exec python -m pytest -q "$@"

@@ -1,0 +1,146 @@
+"""`r1kit serve`: an OpenAI/DeepSeek-compatible HTTP server with a web chat.
+
+    r1kit serve --model DIR [--host 0.0.0.0] [--port 8000] [--api-key KEY]
+
+DIR holds an r1kit or Hugging Face model (config.json + safetensors) and its tokenizer
+(tokenizer.json + tokenizer_config.json with a chat_template). Endpoints:
+POST /v1/chat/completions (with `reasoning_content`), POST /v1/completions, GET /v1/models,
+GET /health and the web chat at /.
+
+Layout: `schemas.py` (request validation), `batcher.py` (the worker thread that owns the engine
+and batches concurrent requests), `app.py` (the FastAPI app), `static/index.html` (the chat page).
+FastAPI and uvicorn are imported only when the server runs, so `import r1kit` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from r1kit.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Limits:
+    """Per-request limits; a request over any of them gets a 4xx OpenAI-style error.
+
+    max_body_bytes: largest request body (413 beyond).
+    max_messages: most messages in one chat request.
+    max_tokens: largest max_tokens / max_completion_tokens a request may ask for.
+    max_n: most choices per request (n, times the number of prompts for /v1/completions).
+    max_prompts: most prompts in one /v1/completions request.
+    max_prompt_tokens: longest prompt in tokens (the model's context also bounds prompt + max_tokens).
+    max_stop: most stop strings per request.
+    max_queued_rows: sequences waiting for the worker beyond which new requests get 429.
+    """
+
+    max_body_bytes: int = 1_048_576
+    max_messages: int = 256
+    max_tokens: int = 4096
+    max_n: int = 8
+    max_prompts: int = 32
+    max_prompt_tokens: int = 8192
+    max_stop: int = 4
+    max_queued_rows: int = 1024
+
+
+@dataclass
+class Config:
+    """`r1kit serve` settings.
+
+    model: model directory (config.json, weights, tokenizer.json, tokenizer_config.json).
+    host: interface to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it.
+    port: TCP port.
+    api_key: if set, /v1 requests need `Authorization: Bearer KEY` (default: $R1KIT_API_KEY).
+    served_model_name: the model id clients send and /v1/models lists (default: DIR's name).
+    device: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    dtype: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16", "float16".
+    max_batch_size: most sequences generated together in one engine batch.
+    batch_window_ms: how long the worker waits for more requests before starting a batch.
+    default_max_tokens: max_tokens of requests that give none (thinking included).
+    temperature: default temperature (DeepSeek-R1's recommended 0.6).
+    top_p: default top_p (DeepSeek-R1's recommended 0.95).
+    log_level: uvicorn log level: "critical", "error", "warning", "info", "debug".
+    """
+
+    model: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    served_model_name: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 64
+    batch_window_ms: float = 5.0
+    default_max_tokens: int = 1024
+    temperature: float = 0.6
+    top_p: float = 0.95
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.batch_window_ms < 0 or self.default_max_tokens < 1:
+            raise ConfigError("need max_batch_size >= 1, batch_window_ms >= 0 and default_max_tokens >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+
+
+def resolve_device_dtype(device: str, dtype: str):
+    """(torch.device, torch.dtype) from the "auto"-able config strings."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dtype == "auto":
+        return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in names:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
+    return dev, names[dtype]
+
+
+def load_model_dir(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
+    """Load (model, tokenizer) from a model directory, model in eval mode on `device`."""
+    from r1kit.model import Transformer
+    from r1kit.tokenizer import Tokenizer
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ConfigError(f"--model {path}: not a directory")
+    dev, dt = resolve_device_dtype(device, dtype)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    if tokenizer.chat_template is None:
+        raise ConfigError(f"{directory}/tokenizer_config.json has no chat_template")
+    model = Transformer.from_pretrained(directory, device=dev, dtype=dt)
+    model.eval()
+    return model, tokenizer
+
+
+def run(config: Config) -> None:
+    """Load the model, start the batching worker and serve HTTP until interrupted."""
+    import uvicorn
+
+    from r1kit.engine import Engine
+    from r1kit.serve.app import create_app
+
+    if not config.model:
+        raise SystemExit("r1kit serve: needs --model DIR (a model directory with a tokenizer)")
+    try:
+        model, tokenizer = load_model_dir(config.model, config.device, config.dtype)
+    except (ConfigError, FileNotFoundError) as err:
+        raise SystemExit(f"r1kit serve: {err}") from None
+    if config.api_key is None and os.environ.get("R1KIT_API_KEY"):
+        config.api_key = os.environ["R1KIT_API_KEY"]
+    name = config.served_model_name or Path(config.model).resolve().name
+    app = create_app(Engine(model, tokenizer), tokenizer, config, model_name=name)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
+        log.warning(
+            "serving on %s without --api-key: anyone who can reach the port can use the model", config.host
+        )
+    print(f"r1kit serve: model {name!r} on http://{config.host}:{config.port}/ (web chat at /, API at /v1)")
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)

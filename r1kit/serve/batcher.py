@@ -1,0 +1,560 @@
+"""Request batching: one worker thread owns the engine and serves every request.
+
+Requests arrive from the HTTP event loop (or the terminal chat) with `Batcher.submit`. The
+worker loop gathers what is pending, waits a short window for more, and runs compatible
+requests as one `Engine.stream` batch. Per-sequence deltas go through an `OutputParser`
+(reasoning/answer split on `</think>`, stop strings, per-request `max_tokens`) and land in the
+request's `RequestStream`, a small mailbox the worker appends to without ever waiting on a
+client: a slow reader only makes its own mailbox coalesce text, and a cancelled request (client
+gone) is dropped from the batch at the next step.
+
+Nothing here imports FastAPI, so the terminal chat reuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+
+
+# ----------------------------------------------------------------------------------------------
+# what a request asks for, and what comes back
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings of one request (every choice of it shares them).
+
+    Attributes:
+        temperature: 0 = greedy.
+        top_p: nucleus mass, 1.0 = off.
+        max_tokens: cap on generated tokens per choice, thinking included.
+        stop: strings that end a choice; matched in the answer only when `split_reasoning`.
+        seed: makes sampling reproducible; None = server-chosen.
+        thinking_budget: budget forcing (SPEC section 4): end thinking after this many tokens.
+        min_thinking_tokens: budget forcing: suppress `</think>` (and append "Wait") before this many.
+        split_reasoning: chat mode: split the output on `</think>` into reasoning and answer.
+        starts_in_reasoning: the prompt already opened `<think>` (R1 templates), so output
+            before `</think>` is reasoning even with no opening tag generated.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    thinking_budget: int | None = None
+    min_thinking_tokens: int | None = None
+    split_reasoning: bool = True
+    starts_in_reasoning: bool = True
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys may share one engine batch.
+
+        The engine takes sampling settings per prompt, so only seeded requests run alone: its
+        random streams are keyed by (seed, position in the call), so a seeded request gives
+        the same tokens only when it is alone in its call.
+        """
+        return () if self.seed is None else ("seed", id(self))
+
+
+@dataclass
+class Delta:
+    """New text of choice `index`; `kind` is "reasoning", "content" (chat) or "text" (completions)."""
+
+    index: int
+    kind: str
+    text: str
+
+
+@dataclass
+class Finish:
+    """Choice `index` ended: `reason` is "stop" or "length"; token counts for `usage`."""
+
+    index: int
+    reason: str
+    completion_tokens: int
+    reasoning_tokens: int
+
+
+@dataclass
+class Failure:
+    """The request failed inside the worker; `message` is safe to show to the client."""
+
+    message: str
+
+
+Event = Delta | Finish | Failure
+
+
+# ----------------------------------------------------------------------------------------------
+# text processing of one choice
+
+
+class OutputParser:
+    """Turns one sequence's stream of (text, token ids) into `Delta`s and a `Finish`.
+
+    Chat mode splits reasoning from the answer on `</think>` (a leading `<think>` is dropped;
+    whitespace around the delimiter is trimmed), applies stop strings to the answer, and ends
+    the choice at `max_tokens`. Text that could still turn into a delimiter or a stop string is
+    held back until the next piece decides it, so streaming and non-streaming agree exactly.
+    """
+
+    def __init__(self, index: int, params: GenerationParams, think_end_id: int | None = None):
+        self.index = index
+        self.max_tokens = params.max_tokens
+        self.stops = tuple(params.stop)
+        self.split = params.split_reasoning
+        self.think_end_id = think_end_id
+        self.in_reasoning = params.split_reasoning and params.starts_in_reasoning
+        self.at_reasoning_start = self.in_reasoning
+        self.at_content_start = True
+        self.pending = ""  # reasoning text held back (possible delimiter or trailing whitespace)
+        self.content_pending = ""  # answer text held back (possible stop string or leading space)
+        self.tokens = 0
+        self.reasoning_tokens = 0
+        self.finished = False
+
+    # -- public
+
+    def feed(self, text: str, token_ids: list[int] | tuple[int, ...] = ()) -> list[Event]:
+        """Consume the next piece of output; returns the events it completes (possibly a Finish)."""
+        if self.finished:
+            return []
+        events: list[Event] = []
+        n_new = len(token_ids)
+        budget = self.max_tokens - self.tokens
+        if n_new > budget:
+            # the engine batch runs to the longest request's max_tokens: cut this row at its own
+            token_ids = list(token_ids)[:budget]
+            text = text if budget > 0 else ""
+            n_new = budget
+        if self.in_reasoning:
+            self.reasoning_tokens += self._count_reasoning(token_ids)
+        self.tokens += n_new
+        if self.split:
+            self._feed_chat(text, events)
+        else:
+            self._emit_content(text, events)
+        if not self.finished and self.tokens >= self.max_tokens:
+            self.finish("length", events)
+        return events
+
+    def finish(self, reason: str, events: list[Event] | None = None) -> list[Event]:
+        """End the choice (end of sequence, length, stop); flushes held-back text. Idempotent."""
+        events = [] if events is None else events
+        if self.finished:
+            return events
+        if self.in_reasoning:
+            text = self.pending
+            if self.at_reasoning_start:
+                text = text.lstrip()  # a partial "<think>" held back turned out to be text
+            self.pending = ""
+            if text.rstrip():
+                events.append(Delta(self.index, "reasoning", text.rstrip()))
+        if self.content_pending:
+            events.append(Delta(self.index, self._content_kind(), self.content_pending))
+        self.content_pending = ""
+        self.finished = True
+        events.append(Finish(self.index, reason, self.tokens, self.reasoning_tokens))
+        return events
+
+    # -- internals
+
+    def _count_reasoning(self, token_ids) -> int:
+        """Tokens of this piece that belong to the reasoning (up to and including `</think>`)."""
+        ids = list(token_ids)
+        if self.think_end_id is not None and self.think_end_id in ids:
+            return ids.index(self.think_end_id) + 1
+        return len(ids)
+
+    def _content_kind(self) -> str:
+        return "content" if self.split else "text"
+
+    def _feed_chat(self, text: str, events: list[Event]) -> None:
+        if not self.in_reasoning:
+            self._emit_content(text, events)
+            return
+        buf = self.pending + text
+        if self.at_reasoning_start:
+            # drop leading whitespace and one generated "<think>" (the prompt usually opened it already)
+            stripped = buf.lstrip()
+            if THINK_START.startswith(stripped) and len(stripped) < len(THINK_START):
+                self.pending = buf  # empty, or maybe the start of a generated "<think>"
+                return
+            if stripped.startswith(THINK_START):
+                stripped = stripped[len(THINK_START) :].lstrip()
+                if not stripped:
+                    self.pending = ""
+                    return
+            buf = stripped
+            self.at_reasoning_start = False
+        end = buf.find(THINK_END)
+        if end >= 0:
+            reasoning, rest = buf[:end].rstrip(), buf[end + len(THINK_END) :]
+            if reasoning:
+                events.append(Delta(self.index, "reasoning", reasoning))
+            self.pending = ""
+            self.in_reasoning = False
+            self._emit_content(rest, events)
+            return
+        keep = _held_suffix(buf, (THINK_END,))
+        # trailing whitespace waits too: it is dropped if `</think>` comes next
+        body = buf[: len(buf) - keep]
+        ws = len(body) - len(body.rstrip())
+        emit_upto = len(body) - ws
+        if emit_upto > 0:
+            events.append(Delta(self.index, "reasoning", buf[:emit_upto]))
+        self.pending = buf[emit_upto:]
+
+    def _emit_content(self, text: str, events: list[Event]) -> None:
+        buf = self.content_pending + text
+        if self.split and self.at_content_start:
+            buf = buf.lstrip()
+            if not buf:
+                self.content_pending = ""
+                return
+            self.at_content_start = False
+        if self.stops:
+            hits = [(buf.find(s), s) for s in self.stops if s in buf]
+            if hits:
+                cut = min(hits)[0]
+                if cut > 0:
+                    events.append(Delta(self.index, self._content_kind(), buf[:cut]))
+                self.content_pending = ""
+                self.finish("stop", events)
+                return
+            keep = _held_suffix(buf, self.stops)
+        else:
+            keep = 0
+        if len(buf) > keep:
+            events.append(Delta(self.index, self._content_kind(), buf[: len(buf) - keep]))
+        self.content_pending = buf[len(buf) - keep :]
+
+
+def _held_suffix(buf: str, needles: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `buf` that is a proper prefix of one of `needles`."""
+    best = 0
+    for needle in needles:
+        for k in range(min(len(needle) - 1, len(buf)), best, -1):
+            if buf.endswith(needle[:k]):
+                best = k
+                break
+    return best
+
+
+# ----------------------------------------------------------------------------------------------
+# the mailbox between the worker thread and one client
+
+
+class RequestStream:
+    """Events of one request, pushed by the worker thread and read by one consumer.
+
+    The worker never blocks here: `push` appends under a lock and wakes the consumer only on
+    the empty -> non-empty transition (one `call_soon_threadsafe` per burst, not per token).
+    If the consumer falls behind by more than `max_pending` events, consecutive deltas of the
+    same choice are merged, so memory stays bounded without dropping text.
+
+    Read it with `async for events in stream` (asyncio; pass `loop`) or `for events in stream`
+    (threads; `loop=None`). `cancel()` tells the worker to stop computing this request.
+    """
+
+    def __init__(self, n_choices: int, loop: asyncio.AbstractEventLoop | None = None, max_pending: int = 64):
+        self.n_choices = n_choices
+        self.max_pending = max_pending
+        self._loop = loop
+        self._events: collections.deque[Event] = collections.deque()
+        self._lock = threading.Lock()
+        self._async_wake = asyncio.Event() if loop is not None else None
+        self._thread_wake = threading.Event()
+        self._cancelled = threading.Event()
+        self._open_choices = n_choices
+        self.closed = False
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the consumer has gone."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating for this request (the client disconnected or gave up)."""
+        self._cancelled.set()
+
+    def push(self, events: list[Event]) -> None:
+        """Append events (worker thread). Closes the stream after a Failure or the last Finish."""
+        if not events or self.closed:
+            return
+        with self._lock:
+            was_empty = not self._events
+            for event in events:
+                last = self._events[-1] if self._events else None
+                if (
+                    len(self._events) >= self.max_pending
+                    and isinstance(event, Delta)
+                    and isinstance(last, Delta)
+                    and (last.index, last.kind) == (event.index, event.kind)
+                ):
+                    last.text += event.text
+                else:
+                    self._events.append(event)
+                if isinstance(event, Finish):
+                    self._open_choices -= 1
+                if isinstance(event, Failure) or self._open_choices <= 0:
+                    self.closed = True
+        if was_empty:
+            self._wake()
+
+    def _wake(self) -> None:
+        self._thread_wake.set()
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._async_wake.set)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                self.cancel()
+
+    def _drain(self) -> tuple[list[Event], bool]:
+        with self._lock:
+            events = list(self._events)
+            self._events.clear()
+            return events, self.closed
+
+    async def __aiter__(self) -> AsyncIterator[list[Event]]:
+        while True:
+            await self._async_wake.wait()
+            self._async_wake.clear()
+            events, closed = self._drain()
+            if events:
+                yield events
+            if closed:
+                return
+
+    def __iter__(self) -> Iterator[list[Event]]:
+        while True:
+            self._thread_wake.wait()
+            self._thread_wake.clear()
+            events, closed = self._drain()
+            if events:
+                yield events
+            if closed:
+                return
+
+
+# ----------------------------------------------------------------------------------------------
+# the worker
+
+
+@dataclass
+class _Job:
+    prompts: list[list[int]]
+    params: GenerationParams
+    n: int
+    stream: RequestStream
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.n
+
+
+@dataclass
+class _Row:
+    job: _Job
+    prompt: list[int]
+    parser: OutputParser
+
+
+class Batcher:
+    """Owns the engine in one worker thread and runs concurrent requests as shared batches.
+
+    Args:
+        engine: an `r1kit.engine.Engine` (or anything with its `stream(prompts, params)`).
+        make_sampling_params: `(GenerationParams, n) -> engine params` of one prompt; default
+            `default_sampling_params`.
+        think_end_id: id of `</think>`, to count reasoning tokens exactly.
+        max_batch_rows: most sequences in one engine batch.
+        batch_window_s: how long the worker waits for more requests after the first arrives.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        make_sampling_params: Callable[[GenerationParams, int], Any] | None = None,
+        think_end_id: int | None = None,
+        max_batch_rows: int = 64,
+        batch_window_s: float = 0.005,
+    ):
+        self.engine = engine
+        self.make_sampling_params = make_sampling_params or default_sampling_params
+        self.think_end_id = think_end_id
+        self.max_batch_rows = max_batch_rows
+        self.batch_window_s = batch_window_s
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats = {"batches": 0, "rows": 0, "max_rows": 0}
+
+    # -- lifecycle
+
+    def start(self) -> Batcher:
+        """Start the worker thread (idempotent). Returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="r1kit-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit after its current batch and wait for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- API
+
+    def submit(
+        self,
+        prompts: list[list[int]],
+        params: GenerationParams,
+        n: int = 1,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> RequestStream:
+        """Queue a request: `n` choices per prompt (token ids), choice index = prompt * n + j.
+
+        Returns the `RequestStream` its events arrive on. Thread-safe.
+        """
+        stream = RequestStream(len(prompts) * n, loop=loop)
+        job = _Job([list(p) for p in prompts], params, n, stream)
+        with self._cond:
+            if self._stopping:
+                stream.push([Failure("server is shutting down")])
+                return stream
+            self._pending.append(job)
+            self._cond.notify_all()
+        return stream
+
+    def pending_rows(self) -> int:
+        """Sequences waiting for the worker (not counting the batch being run)."""
+        with self._cond:
+            return sum(job.rows for job in self._pending)
+
+    # -- worker
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._next_batch()
+            if jobs is None:
+                return
+            try:
+                self._run(jobs)
+            except Exception as err:  # never let one bad batch kill the server
+                log.exception("generation failed")
+                for job in jobs:
+                    job.stream.push([Failure(f"generation failed: {type(err).__name__}")])
+
+    def _next_batch(self) -> list[_Job] | None:
+        """Block until requests are pending; return the oldest one's compatible group."""
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                for job in self._pending:
+                    job.stream.push([Failure("server is shutting down")])
+                self._pending.clear()
+                return None
+            # a short window lets requests that arrive together share the batch
+            deadline = time.monotonic() + self.batch_window_s
+            while (remaining := deadline - time.monotonic()) > 0 and not self._stopping:
+                if sum(job.rows for job in self._pending) >= self.max_batch_rows:
+                    break
+                self._cond.wait(remaining)
+            key = self._pending[0].params.batch_key()
+            jobs, rows, keep = [], 0, collections.deque()
+            for job in self._pending:
+                if job.stream.cancelled:
+                    continue
+                fits = rows + job.rows <= self.max_batch_rows or not jobs
+                if job.params.batch_key() == key and fits:
+                    jobs.append(job)
+                    rows += job.rows
+                else:
+                    keep.append(job)
+            self._pending = keep
+            return jobs
+
+    def _run(self, jobs: list[_Job]) -> None:
+        rows: list[_Row] = []
+        prompts: list[list[int]] = []
+        params: list[Any] = []
+        for job in jobs:
+            # one engine prompt per request prompt, with its own params; its n samples share the prefill
+            for p, prompt in enumerate(job.prompts):
+                prompts.append(prompt)
+                params.append(self.make_sampling_params(job.params, job.n))
+                for j in range(job.n):
+                    rows.append(_Row(job, prompt, OutputParser(p * job.n + j, job.params, self.think_end_id)))
+        if not rows:
+            return
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(rows)
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
+        steps = self.engine.stream(prompts, params)
+        for deltas in steps:
+            touched: dict[int, tuple[_Job, list[Event]]] = {}
+            for delta in deltas:
+                row = rows[delta.seq_index]
+                if row.parser.finished:
+                    continue
+                events = row.parser.feed(delta.text, delta.token_ids)
+                if delta.finished:
+                    row.parser.finish("length" if delta.finish_reason == "length" else "stop", events)
+                elif row.parser.finished:
+                    steps.cancel(delta.seq_index)  # a stop string in the answer: stop computing the row
+                touched.setdefault(id(row.job), (row.job, []))[1].extend(events)
+            for job, events in touched.values():
+                job.stream.push(events)
+            for seq, row in enumerate(rows):
+                if row.job.stream.cancelled and not row.parser.finished:
+                    row.parser.finished = True
+                    steps.cancel(seq)
+        # the engine reports every finish; this only guards against a row it never ended
+        for job in jobs:
+            events: list[Event] = []
+            for row in rows:
+                if row.job is job and not row.parser.finished:
+                    row.parser.finish(
+                        "length" if row.parser.tokens >= row.parser.max_tokens else "stop", events
+                    )
+            job.stream.push(events)
+
+
+def default_sampling_params(params: GenerationParams, n: int) -> Any:
+    """`r1kit.engine.SamplingParams` of one request prompt with `n` samples.
+
+    Stop strings are not passed: `OutputParser` applies them (to the answer only, in chat mode).
+    """
+    from r1kit.engine import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_new_tokens=params.max_tokens,
+        seed=params.seed,
+        max_thinking_tokens=params.thinking_budget,
+        min_thinking_tokens=params.min_thinking_tokens or 0,
+    )
