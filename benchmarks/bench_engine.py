@@ -90,14 +90,19 @@ def left_pad(prompts):
     return ids, mask
 
 
-def timed(fn, repeats: int) -> float:
-    """Best wall-clock seconds of `repeats` calls after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(*fns, repeats: int) -> list[float]:
+    """Best wall-clock seconds of each function over `repeats` rounds after one warm-up call each.
+
+    The functions alternate within every round, so a change in machine load hits them alike.
+    """
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -136,6 +141,13 @@ def main(argv: list[str] | None = None) -> None:
         help="an r1kit/HF checkpoint with a trained MTP block for (c) (default: self-distilled)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["a", "b", "c"],
+        default=["a", "b", "c"],
+        help="rows to run (default all)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.new, args.repeats, args.spec_batch = 8, 16, 1, [2]
@@ -150,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     loaded = {}
     for name, config in hf_configs().items():
+        if name[1] not in args.only and not (name[1] == "b" and "c" in args.only and not args.mtp_checkpoint):
+            continue
         hf = transformers.AutoModelForCausalLM.from_config(config).eval()
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(tmp)
@@ -179,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
             outs = engine.generate(prompts, params)
             assert all(len(o.token_ids) == args.new for o in outs)
 
-        t_hf, t_ours = timed(run_hf, args.repeats), timed(run_ours, args.repeats)
+        if name[1] not in args.only:
+            continue  # model (b) loaded only as the base of (c)
+        t_hf, t_ours = timed(run_hf, run_ours, repeats=args.repeats)
         n_params = param_count(ours)
         for who, t in (("transformers generate", t_hf), ("r1kit Engine", t_ours)):
             tps = tokens / t
@@ -195,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     # (c) MTP speculative decoding, greedy, model (b) + a self-distilled MTP block
-    if args.mtp_checkpoint:
+    if "c" not in args.only:
+        args.spec_batch = []
+    elif args.mtp_checkpoint:
         mtp_model = Transformer.from_pretrained(args.mtp_checkpoint).eval()
         cfg = mtp_model.config
     else:
@@ -210,9 +228,12 @@ def main(argv: list[str] | None = None) -> None:
         engine = Engine(mtp_model)
         plain_params = SamplingParams(temperature=0, max_new_tokens=args.new)
         spec_params = SamplingParams(temperature=0, max_new_tokens=args.new, speculative=True)
-        t_plain = timed(lambda: engine.generate(spec_prompts, plain_params), args.repeats)  # noqa: B023
+        t_plain, t_spec = timed(
+            lambda: engine.generate(spec_prompts, plain_params),  # noqa: B023
+            lambda: engine.generate(spec_prompts, spec_params),  # noqa: B023
+            repeats=args.repeats,
+        )
         plain_out = engine.generate(spec_prompts, plain_params)
-        t_spec = timed(lambda: engine.generate(spec_prompts, spec_params), args.repeats)  # noqa: B023
         spec_out = engine.generate(spec_prompts, spec_params)
         same = [o.token_ids for o in spec_out] == [o.token_ids for o in plain_out]
         acc = engine.last_stats.get("acceptance_rate", 0.0)

@@ -8,6 +8,10 @@ riding along until enough of them have finished, then the batch is compacted (`c
 Text is decoded only for rows that need it (streaming, stop strings); `generate` decodes once at
 the end.
 
+`Engine.session()` returns an `EngineSession` for continuous batching (the server): requests are
+prefilled on arrival and their cache rows merged into the running batch (positions end-aligned,
+`KVCache.concat_aligned`), so they decode with everyone else from the next step.
+
 Forced tokens (budget forcing's `</think>` and "Wait") are part of the completion with mask 0 and
 log-prob 0, so RL losses can skip them. Log-probs of sampled tokens are under the distribution
 actually sampled from (after temperature, top-k, top-p); greedy rows report the raw log-softmax.
@@ -15,6 +19,7 @@ actually sampled from (after temperature, top-k, top-p); greedy rows report the 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -169,6 +174,72 @@ class _Sequence:
         self.emitted = 0  # characters of detok.text already streamed
         self.stop_at: int | None = None  # character index of the first stop string
         self.max_stop = max((len(s) for s in params.stop), default=0)
+        self.key_index = seq_index  # which random stream of its seed the sequence draws from
+
+    def advance(self, new: list[int], code: int, count: int, cancelled: bool) -> tuple[str | None, str, bool]:
+        """Host-side bookkeeping of one step: the row got tokens `new`, finish `code`, `count` tokens so far.
+
+        Returns (finish reason or None, newly visible text, whether the device row must be stopped: a
+        cancel or a stop string the device does not know about).
+        """
+        self.length = count
+        reason = _REASON.get(code)
+        kill = False
+        if reason is None and cancelled:
+            reason, kill = "cancelled", True
+        text = ""
+        if self.detok is not None:
+            # the EOS / stop token is kept in token_ids but not decoded into text
+            self.detok.add(new[:-1] if code == 1 else new)
+            if self.params.stop and self._find_stop():
+                if reason is None:
+                    kill = True
+                reason = "stop"
+            end = len(self.detok.text) if self.stop_at is None else self.stop_at
+            if reason is None:
+                end = min(end, len(self.detok.text) - max(self.max_stop - 1, 0))
+            if end > self.emitted:
+                text, self.emitted = self.detok.text[self.emitted : end], end
+        if reason is not None:
+            self.finish_reason = reason
+        return reason, text, kill
+
+    def _find_stop(self) -> bool:
+        """Search the newly decoded text for a stop string; record where the first one starts."""
+        if self.stop_at is not None:
+            return True
+        text = self.detok.text
+        start = max(0, self.emitted - self.max_stop)
+        hits = [i for i in (text.find(stop, start) for stop in self.params.stop) if i >= 0]
+        if hits:
+            self.stop_at = min(hits)
+            return True
+        return False
+
+    def completion(self, ids: list[int], logp: list[float], mask: list, tokenizer) -> Completion:
+        """The finished `Completion` from this sequence's output rows (already cut to its length)."""
+        text = ""
+        if tokenizer is not None:
+            eos = getattr(tokenizer, "eos_id", None)
+            n = len(ids)
+            ended_by_token = self.finish_reason == "stop" and self.stop_at is None and n > 0
+            stop_ids = set(self.params.stop_token_ids) | (
+                {eos} if eos is not None and not self.params.ignore_eos else set()
+            )
+            visible = ids[:-1] if ended_by_token and ids[-1] in stop_ids else ids
+            text = self.detok.text if self.detok is not None else tokenizer.decode(visible)
+            if self.stop_at is not None:
+                text = text[: self.stop_at]
+        return Completion(
+            prompt_index=self.prompt_index,
+            sample_index=self.sample_index,
+            token_ids=ids,
+            text=text,
+            logprobs=logp,
+            mask=[int(m) for m in mask],
+            finish_reason=self.finish_reason or "length",
+            num_prompt_tokens=self.num_prompt_tokens,
+        )
 
 
 class _BudgetForcing:
@@ -304,6 +375,253 @@ class GenerationStream:
         return self._run.stats
 
 
+class EngineSession:
+    """Continuous batching: one running decode batch that requests join and leave step by step.
+
+    `add` prefills a request on its own (its `n` samples share the prefill), samples its first
+    token, and merges its cache rows and per-row state (sampling settings, seeds, stops, budget
+    forcing) into the running batch, so it decodes with everyone else from the next `step`. Each
+    `step` runs one decode step for every active row; rows that finish stop costing compute
+    (the batch is compacted). Random draws are keyed by (request seed, sample index, token index),
+    so a seeded request gives the same tokens alone (`Engine.generate([prompt], params)`) or with
+    any batch-mates; greedy requests give the same tokens too (up to float ties). Speculative
+    decoding is not supported here.
+
+    Sequence ids are session-wide integers (`StreamDelta.seq_index`); a request's `n` samples get
+    consecutive ids. `Completion.prompt_index` is the request's number in the session (0, 1, ...).
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._state: _Run | None = None  # the merged running batch
+        self._batch: list[_Sequence] = []  # sequence of each batch row of _state
+        self._queued: list[StreamDelta] = []  # deltas of first tokens sampled by `add`
+        self._cancelled: set[int] = set()
+        self._done: dict[int, Completion] = {}
+        self._next_seq = 0
+        self._next_request = 0
+        self.stats: dict[str, int] = {"steps": 0, "requests": 0, "sequences": 0, "max_rows": 0}
+
+    # ------------------------------------------------------------------ API
+    def add(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> list[int]:
+        """Admit one request (a prompt and its params, `n` samples); returns its sequence ids."""
+        return self.add_many([prompt], [params or SamplingParams()])[0]
+
+    def add_many(
+        self, prompts: Sequence[str | Sequence[int]], params: Sequence[SamplingParams]
+    ) -> list[list[int]]:
+        """Admit several requests with one prefill and one merge; returns each request's sequence ids.
+
+        Each request keeps its own seed streams: admitting them together or one by one gives the same
+        tokens.
+        """
+        if len(prompts) != len(params):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
+        if any(sp.speculative for sp in params):
+            raise ValueError("speculative decoding is not supported with continuous batching (EngineSession)")
+        run = _Run(self.engine, prompts, list(params))
+        for s in run.seqs:
+            s.key_index = s.sample_index  # random streams keyed within the request, not the admission
+        with torch.no_grad():
+            host = run._plain_step(run._setup())
+        ids: list[list[int]] = [[] for _ in prompts]
+        for s in run.seqs:
+            ids[s.prompt_index].append(self._next_seq + s.seq_index)
+        for s in run.seqs:
+            s.seq_index += self._next_seq
+            s.prompt_index += self._next_request
+            if self.engine.tokenizer is not None:
+                s.detok = _Detokenizer(self.engine.tokenizer)
+        self._next_seq += len(run.seqs)
+        self._next_request += len(prompts)
+        self.stats["requests"] += len(prompts)
+        self.stats["sequences"] += len(run.seqs)
+        self._queued += self._process(run, run.seqs, host)
+        self._merge(run)
+        self.stats["max_rows"] = max(self.stats["max_rows"], self.active_rows)
+        return ids
+
+    def step(self) -> list[StreamDelta]:
+        """One decode step for every active row; returns the deltas since the last call (incl. `add`'s)."""
+        deltas, self._queued = self._queued, []
+        st = self._state
+        if st is None:
+            return deltas
+        keep = [b for b, s in enumerate(self._batch) if s.finish_reason is None]
+        if not keep:
+            self._state, self._batch = None, []
+            return deltas
+        if len(self._batch) - len(keep) >= max(1, self.engine.compact_fraction * len(self._batch)):
+            self._keep_rows(keep)
+        with torch.no_grad():
+            host = st._plain_step(st._forward())
+        self.stats["steps"] += 1
+        return deltas + self._process(st, self._batch, host)
+
+    def cancel(self, seq_id: int) -> None:
+        """End sequence `seq_id` at the next step (finish_reason "cancelled"); unknown/finished ids are ignored."""
+        if any(s.seq_index == seq_id and s.finish_reason is None for s in self._batch):
+            self._cancelled.add(seq_id)
+
+    def pop_completion(self, seq_id: int) -> Completion | None:
+        """The `Completion` of a finished sequence (once; None while it runs or after it was popped)."""
+        return self._done.pop(seq_id, None)
+
+    @property
+    def active_rows(self) -> int:
+        """Sequences admitted and not finished."""
+        return sum(1 for s in self._batch if s.finish_reason is None)
+
+    def has_work(self) -> bool:
+        """Whether `step` has anything to do or report."""
+        return bool(self._queued) or self.active_rows > 0
+
+    # ------------------------------------------------------------------ internals
+    def _process(self, run: _Run, seqs: list[_Sequence], host: Tensor) -> list[StreamDelta]:
+        """Host-side bookkeeping of one step's (4, B) copy for batch rows `seqs` of `run`."""
+        tok_a, _, codes, counts = host.tolist()
+        deltas, kill, finished = [], [], []
+        for b, s in enumerate(seqs):
+            if s.finish_reason is not None:
+                continue
+            new = [tok_a[b]]
+            reason, text, stop_row = s.advance(new, codes[b], counts[b], s.seq_index in self._cancelled)
+            if stop_row:
+                kill.append(b)
+            if reason is not None:
+                finished.append(b)
+                self._cancelled.discard(s.seq_index)
+            deltas.append(StreamDelta(s.seq_index, text, new, reason is not None, reason))
+        if kill:
+            run.live[torch.tensor(kill, device=run.device)] = False
+        if finished:
+            rows = run.rows[torch.tensor(finished, device=run.device)]
+            tokens, logp = run.out_tokens[rows].tolist(), run.out_logp[rows].tolist()
+            mask = run.out_mask[rows].tolist()
+            for i, b in enumerate(finished):
+                s, n = seqs[b], seqs[b].length
+                self._done[s.seq_index] = s.completion(tokens[i][:n], logp[i][:n], mask[i][:n], run.tok)
+        return deltas
+
+    def _keep_rows(self, keep: list[int], cache: bool = True) -> Tensor:
+        """Drop finished rows of the running batch (cache unless `cache` is False, per-row state, output
+        tables); returns the kept rows' index."""
+        st = self._state
+        index = torch.tensor(keep, device=st.device)
+        st._select(index, cache=cache)
+        _own_tables(st)
+        self._batch = [self._batch[b] for b in keep]
+        return index
+
+    def _merge(self, run: _Run) -> None:
+        """Append the rows of a freshly prefilled `run` to the running batch, positions end-aligned."""
+        _own_tables(run)
+        cache_rows = None  # rows of the old cache to carry over (None = all)
+        if self._state is not None:
+            keep = [b for b, s in enumerate(self._batch) if s.finish_reason is None]
+            if keep and len(keep) < len(self._batch):
+                cache_rows = self._keep_rows(keep, cache=False)  # the merge below copies the kept rows
+            if not keep:
+                self._state, self._batch = None, []
+        if self._state is None:
+            self._state, self._batch = run, list(run.seqs)
+            return
+        old, dev = self._state, run.device
+        n_old = len(self._batch)
+        old_len, new_len = old.cache.length, run.cache.length
+        # slots before every row's first real token are dead: drop them (keeps the cache from growing)
+        real = old.attn[:, :old_len] != 0  # per-row state is already compacted; the cache is not
+        first = int(real.int().argmax(-1).min()) if old.padded else 0
+        span = old_len - first
+        length = max(span, new_len)
+        remaining = int(torch.cat([old.limit - old.count, run.limit - run.count]).max())
+        max_len = length + remaining + 2
+        merge = getattr(type(old.cache), "concat_aligned", None)
+        if merge is None:
+            raise ValueError("continuous batching needs a cache with concat_aligned (r1kit KVCache)")
+        old.cache = merge([(old.cache, first, cache_rows), (run.cache, 0)], length, max_len)
+        attn = torch.zeros((n_old + len(run.seqs), max_len), dtype=old.attn.dtype, device=dev)
+        attn[:n_old, length - span : length] = old.attn[:, first:old_len]
+        attn[n_old:, length - new_len : length] = run.attn[:, :new_len]
+        attn[:, length:] = 1
+        old.attn, old.padded = attn, True
+        for name in ("pos", "count", "live", "limit", "next_input"):
+            setattr(old, name, torch.cat([getattr(old, name), getattr(run, name)]))
+        old.stop_ids = _cat_padded(old.stop_ids, run.stop_ids, n_old, len(run.seqs), -1)
+        a, b = old.sampling, run.sampling
+        old.sampling = RowSampling(
+            torch.cat([a.temperature, b.temperature]),
+            torch.cat([a._top_k, b._top_k]),
+            torch.cat([a._top_p, b._top_p]),
+        )
+        old.budget = _merge_budget(old, self._batch, run)
+        width = max(old.out_tokens.shape[1], run.out_tokens.shape[1])
+        for name in ("out_tokens", "out_logp", "out_mask"):
+            setattr(
+                old, name, _cat_padded(getattr(old, name), getattr(run, name), n_old, len(run.seqs), 0, width)
+            )
+        old.uniforms = [
+            _cat_padded(u, v, n_old, len(run.seqs), 0, width) for u, v in zip(old.uniforms, run.uniforms)
+        ]
+        old.max_new = width - 2
+        old.rows = torch.arange(n_old + len(run.seqs), device=dev)
+        self._batch += run.seqs
+
+
+def _own_tables(run: _Run) -> None:
+    """Make a run's output/uniform tables per batch row (row b of the tables = batch row b)."""
+    if len(run.rows) == run.out_tokens.shape[0] and bool(
+        (run.rows == torch.arange(len(run.rows), device=run.device)).all()
+    ):
+        return
+    r = run.rows
+    run.out_tokens, run.out_logp, run.out_mask = run.out_tokens[r], run.out_logp[r], run.out_mask[r]
+    run.uniforms = [u[r] for u in run.uniforms]
+    run.rows = torch.arange(len(r), device=run.device)
+
+
+def _cat_padded(
+    a: Tensor | None, b: Tensor | None, n_a: int, n_b: int, fill, width: int | None = None
+) -> Tensor | None:
+    """Concatenate (n_a, wa) and (n_b, wb) tables along rows, padding columns with `fill` (None = no table)."""
+    if a is None and b is None:
+        return None
+    ref = a if a is not None else b
+    width = width or max(t.shape[1] for t in (a, b) if t is not None)
+    out = torch.full((n_a + n_b, width), fill, dtype=ref.dtype, device=ref.device)
+    if a is not None:
+        out[:n_a, : a.shape[1]] = a
+    if b is not None:
+        out[n_a:, : b.shape[1]] = b
+    return out
+
+
+def _merge_budget(old: _Run, old_seqs: list[_Sequence], new: _Run) -> _BudgetForcing | None:
+    """Budget-forcing state of the merged batch (neutral rows for a side that has none)."""
+    if old.budget is None and new.budget is None:
+        return None
+    ref = old.budget if old.budget is not None else new.budget
+    parts = []
+    for run, seqs in ((old, old_seqs), (new, new.seqs)):
+        if run.budget is None:
+            parts.append(
+                _BudgetForcing(seqs, [False] * len(seqs), ref.end_id, ref.start_id, run.tok, run.device)
+            )
+        else:
+            parts.append(run.budget)
+    a, b = parts
+    merged = a
+    n_a, n_b = len(old_seqs), len(new.seqs)
+    for name in _BudgetForcing._ROW_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        if x.dim() == 2:
+            value = _cat_padded(x, y, n_a, n_b, ref.end_id)
+        else:
+            value = torch.cat([x, y])
+        setattr(merged, name, value)
+    return merged
+
+
 class Engine:
     """Batched generation for a `Transformer` (or any model with the same forward / cache contract).
 
@@ -322,6 +640,10 @@ class Engine:
         self.tokenizer = tokenizer
         self.compact_fraction = compact_fraction
         self.last_stats: dict[str, float] = {}
+        try:  # models that can skip the prefill's unused logits (r1kit's Transformer)
+            self._last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            self._last_only = False
 
     @property
     def device(self) -> torch.device:
@@ -354,6 +676,10 @@ class Engine:
     ) -> GenerationStream:
         """Like `generate` but step by step: iterate to get per-step lists of `StreamDelta`."""
         return GenerationStream(_Run(self, prompts, params))
+
+    def session(self) -> EngineSession:
+        """A continuous-batching session: requests join a running decode batch (`EngineSession`)."""
+        return EngineSession(self)
 
 
 class _Run:
@@ -423,12 +749,14 @@ class _Run:
         positions = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
         self.cache = self.model.new_cache(len(lens), max_len, device=dev, dtype=self.dtype)
         attn = mask[:, :width] if self.padded else None
+        # only the last position's logits are needed (the first token of each row)
+        keep = {"logits_to_keep": 1} if self.engine._last_only else {}
         if self.speculative:
             logits, hidden = self.model(
-                ids, attention_mask=attn, positions=positions, cache=self.cache, return_hidden=True
+                ids, attention_mask=attn, positions=positions, cache=self.cache, return_hidden=True, **keep
             )
         else:
-            logits = self.model(ids, attention_mask=attn, positions=positions, cache=self.cache)
+            logits = self.model(ids, attention_mask=attn, positions=positions, cache=self.cache, **keep)
         fan_out = torch.tensor([s.prompt_index for s in seqs], device=dev)
         if self.speculative and width > 1:
             # MTP slot s pairs h_s with token s+1; for s < width-1 that token is in the prompt, so these
@@ -460,7 +788,7 @@ class _Run:
             id(sp): sp.seed if sp.seed is not None else int(torch.randint(0, 2**31, ())) for sp in self.params
         }
         keys = torch.cat(
-            [row_keys(seeds[id(s.params)], torch.tensor([s.seq_index], device=dev)) for s in seqs]
+            [row_keys(seeds[id(s.params)], torch.tensor([s.key_index], device=dev)) for s in seqs]
         )
         # every uniform a row may draw, hashed at once: one gather per step instead of ~25 tiny integer ops
         steps = torch.arange(self.max_new + 2, device=dev)[None]
@@ -525,27 +853,12 @@ class _Run:
                     if s.finish_reason is not None:
                         continue
                     new = [tok_a[b]] if tok_b[b] < 0 else [tok_a[b], tok_b[b]]
-                    s.length = counts[b]
-                    code = codes[b]
-                    reason = _REASON.get(code)
-                    if reason is None and s.seq_index in self.cancelled:
-                        reason = "cancelled"
+                    reason, text, stop_row = s.advance(
+                        new, codes[b], counts[b], s.seq_index in self.cancelled
+                    )
+                    if stop_row:
                         kill.append(b)
-                    text = ""
-                    if s.detok is not None:
-                        # the EOS / stop token is kept in token_ids but not decoded into text
-                        s.detok.add(new[:-1] if code == 1 else new)
-                        if s.params.stop and self._find_stop(s):
-                            if reason is None:
-                                kill.append(b)
-                            reason = "stop"
-                        end = len(s.detok.text) if s.stop_at is None else s.stop_at
-                        if reason is None:
-                            end = min(end, len(s.detok.text) - max(s.max_stop - 1, 0))
-                        if end > s.emitted:
-                            text, s.emitted = s.detok.text[s.emitted : end], end
                     if reason is not None:
-                        s.finish_reason = reason
                         n_live -= 1
                     if stream:
                         deltas.append(StreamDelta(s.seq_index, text, new, reason is not None, reason))
@@ -563,21 +876,11 @@ class _Run:
             if self.stats["drafts"]:
                 self.stats["acceptance_rate"] = self.stats["accepted"] / self.stats["drafts"]
 
-    def _find_stop(self, s: _Sequence) -> bool:
-        """Search the newly decoded text of `s` for a stop string; record where the first one starts."""
-        if s.stop_at is not None:
-            return True
-        text = s.detok.text
-        start = max(0, s.emitted - s.max_stop)
-        hits = [i for i in (text.find(stop, start) for stop in s.params.stop) if i >= 0]
-        if hits:
-            s.stop_at = min(hits)
-            return True
-        return False
-
-    def _select(self, index: Tensor) -> None:
-        """Keep batch rows `index` (B',): compaction of the cache and every per-row tensor."""
-        self.cache.reorder(index)
+    def _select(self, index: Tensor, cache: bool = True) -> None:
+        """Keep batch rows `index` (B',): compaction of the cache (unless `cache` is False) and every
+        per-row tensor."""
+        if cache:
+            self.cache.reorder(index)
         for name in ("rows", "attn", "pos", "count", "live", "limit", "next_input"):
             setattr(self, name, getattr(self, name)[index])
         if self.stop_ids is not None:
@@ -701,34 +1004,11 @@ class _Run:
     def completions(self) -> list[Completion]:
         """Collect the finished sequences (one host transfer of the output buffers)."""
         tokens, logp, mask = self.out_tokens.tolist(), self.out_logp.tolist(), self.out_mask.tolist()
-        eos = getattr(self.tok, "eos_id", None)
         out = []
         for s in self.seqs:
-            n = s.length
-            ids = tokens[s.seq_index][:n]
-            text = ""
-            if self.tok is not None:
-                ended_by_token = s.finish_reason == "stop" and s.stop_at is None and n > 0
-                stop_ids = set(s.params.stop_token_ids) | (
-                    {eos} if eos is not None and not s.params.ignore_eos else set()
-                )
-                visible = ids[:-1] if ended_by_token and ids[-1] in stop_ids else ids
-                text = s.detok.text if s.detok is not None else self.tok.decode(visible)
-                if s.stop_at is not None:
-                    text = text[: s.stop_at]
-            out.append(
-                Completion(
-                    prompt_index=s.prompt_index,
-                    sample_index=s.sample_index,
-                    token_ids=ids,
-                    text=text,
-                    logprobs=logp[s.seq_index][:n],
-                    mask=[int(m) for m in mask[s.seq_index][:n]],
-                    finish_reason=s.finish_reason or "length",
-                    num_prompt_tokens=s.num_prompt_tokens,
-                )
-            )
+            n, i = s.length, s.seq_index
+            out.append(s.completion(tokens[i][:n], logp[i][:n], mask[i][:n], self.tok))
         return out
 
 
-__all__ = ["Completion", "Engine", "GenerationStream", "SamplingParams", "StreamDelta"]
+__all__ = ["Completion", "Engine", "EngineSession", "GenerationStream", "SamplingParams", "StreamDelta"]

@@ -5,7 +5,8 @@ uniform number from a small integer hash instead of a shared `torch.Generator`. 
 therefore do not depend on which other rows share its batch, so dropping finished rows (batch
 compaction), fanning one prefill out to `n` samples, or repeating a prompt `n` times all give the
 same tokens for the same seed. One uniform per row per step is enough: tokens are drawn by
-inverse-CDF (a cumulative sum and a `searchsorted`), which also works the same on CPU and CUDA.
+inverse-CDF (a cumulative sum and a `searchsorted`) over the vocabulary in its natural order (also
+for rows filtered by top-k/top-p), which also works the same on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -114,27 +115,29 @@ class RowSampling:
         return RowSampling(self.temperature[index], self._top_k[index], self._top_p[index])
 
     def logprobs(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Log-probabilities of the distribution each row samples from.
+        """Log-probabilities of the distribution each row samples from, in vocabulary order.
 
         Args:
             logits: (B, V) raw model logits.
         Returns:
-            (logp (B, V) in vocabulary order when unsorted, sorted_index (B, V) or None). When
-            top-k/top-p is active, logp is in descending-logit order and sorted_index maps back.
-            Greedy rows get the log-softmax of the raw logits.
+            (logp (B, V), None). Rows filtered by top-k/top-p have -inf outside their kept set;
+            greedy rows get the log-softmax of the raw logits. The order is the vocabulary's for
+            every row, whatever the other rows use, so a row's inverse-CDF draw (and therefore its
+            token) never depends on its batch-mates' settings. (The second element, once the sort
+            permutation, is kept for compatibility and is always None.)
         """
         logits = logits.float()
         if self.all_greedy:
             return logits.log_softmax(dim=-1), None
         scaled = logits / self.safe_temperature[:, None]
-        if self.top_k is None and self.top_p is None:
-            return scaled.log_softmax(dim=-1), None
-        sorted_logits, sorted_index = filter_logits(scaled, self.top_k, self.top_p)
-        if self.any_greedy:
-            # greedy rows: raw logits, unfiltered (sorting them keeps the mapping shared)
-            raw_sorted = logits.gather(-1, sorted_index)
-            sorted_logits = torch.where(self.greedy[:, None], raw_sorted, sorted_logits)
-        return sorted_logits.log_softmax(dim=-1), sorted_index
+        if self.top_k is not None or self.top_p is not None:
+            sorted_logits, sorted_index = filter_logits(scaled, self.top_k, self.top_p)
+            scaled = torch.empty_like(scaled).scatter_(-1, sorted_index, sorted_logits)
+        logp = scaled.log_softmax(dim=-1)
+        if self.any_greedy and (self.top_k is not None or self.top_p is not None):
+            # greedy rows: raw logits, unfiltered (their temperature is 1 here, so only filtering differs)
+            logp = torch.where(self.greedy[:, None], logits.log_softmax(dim=-1), logp)
+        return logp, None
 
     def sample(self, logits: Tensor, uniforms: Tensor | None) -> tuple[Tensor, Tensor]:
         """Draw one token per row.
@@ -145,18 +148,14 @@ class RowSampling:
         Returns:
             (tokens (B,) int64, logprobs (B,) float32 of each token under the distribution used).
         """
-        logp, sorted_index = self.logprobs(logits)
+        logp, _ = self.logprobs(logits)
         if self.all_greedy:
             tokens = logp.argmax(dim=-1)
             return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
-        index = _inverse_cdf(logp, uniforms)
+        tokens = _inverse_cdf(logp, uniforms)
         if self.any_greedy:
-            # in sorted order the argmax is column 0; unsorted, take it explicitly
-            best = logp.argmax(dim=-1) if sorted_index is None else torch.zeros_like(index)
-            index = torch.where(self.greedy, best, index)
-        token_logp = logp.gather(-1, index[:, None]).squeeze(-1)
-        tokens = index if sorted_index is None else sorted_index.gather(-1, index[:, None]).squeeze(-1)
-        return tokens, token_logp
+            tokens = torch.where(self.greedy, logp.argmax(dim=-1), tokens)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
     def verify_draft(
         self, logits: Tensor, draft: Tensor, uniforms: Tensor, accept_uniforms: Tensor
@@ -173,19 +172,16 @@ class RowSampling:
         Returns:
             (tokens (B,), logprobs (B,) under p, accepted (B,) bool); tokens == draft where accepted.
         """
-        logp, sorted_index = self.logprobs(logits)
+        logp, _ = self.logprobs(logits)
         if self.all_greedy:
             tokens = logp.argmax(dim=-1)
             return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), tokens == draft
-        slot = draft if sorted_index is None else (sorted_index == draft[:, None]).int().argmax(-1)
-        p_draft = logp.gather(-1, slot[:, None]).squeeze(-1).exp()
+        p_draft = logp.gather(-1, draft[:, None]).squeeze(-1).exp()
         accept = accept_uniforms < p_draft
-        residual = logp.scatter(-1, slot[:, None], float("-inf"))
-        index = torch.where(accept, slot, _inverse_cdf(residual, uniforms))
+        residual = logp.scatter(-1, draft[:, None], float("-inf"))
+        tokens = torch.where(accept, draft, _inverse_cdf(residual, uniforms))
         if self.any_greedy:
-            best = logp.argmax(dim=-1) if sorted_index is None else torch.zeros_like(index)
-            index = torch.where(self.greedy, best, index)
-            accept = torch.where(self.greedy, best == slot, accept)
-        token_logp = logp.gather(-1, index[:, None]).squeeze(-1)
-        tokens = index if sorted_index is None else sorted_index.gather(-1, index[:, None]).squeeze(-1)
-        return tokens, token_logp, accept
+            best = logp.argmax(dim=-1)
+            tokens = torch.where(self.greedy, best, tokens)
+            accept = torch.where(self.greedy, best == draft, accept)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), accept

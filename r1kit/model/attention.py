@@ -28,6 +28,15 @@ def attention_mask_4d(
     total = start + q_len
     if attention_mask is None and (start == 0 or q_len == 1):
         return None  # start == 0: is_causal; one query with a full cache: every key is visible
+    if q_len == 1:  # decoding: every cached key is causally visible; only padding is masked
+        if tuple(attention_mask.shape) != (batch, total):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cache length + T) "
+                f"= {(batch, total)}"
+            )
+        allowed = attention_mask.to(device=device) != 0
+        allowed[:, start] = True
+        return allowed[:, None, None, :]
     q_idx = torch.arange(start, total, device=device)[:, None]
     k_idx = torch.arange(total, device=device)[None, :]
     allowed = (k_idx <= q_idx)[None].expand(batch, -1, -1)
@@ -44,9 +53,16 @@ def attention_mask_4d(
 
 
 def _sdpa(q, k, v, mask, scale):
-    """SDPA with our mask convention: mask None means causal when there is more than one query."""
+    """SDPA with our mask convention: mask None means causal when there is more than one query.
+
+    q (B, H, T, d), k/v (B, Hkv, S, d) with H a multiple of Hkv: grouped-query attention runs in the kernel
+    (``enable_gqa``), so K/V are never copied per query head.
+    """
     is_causal = mask is None and q.shape[-2] > 1 and q.shape[-2] == k.shape[-2]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
+    )
 
 
 class Attention(nn.Module):
@@ -95,10 +111,7 @@ class Attention(nn.Module):
             cache_slot["k"][:, :, start : start + t] = k
             cache_slot["v"][:, :, start : start + t] = v
             k, v = cache_slot["k"][:, :, : start + t], cache_slot["v"][:, :, : start + t]
-        rep = self.n_heads // self.n_kv_heads
-        if rep > 1:  # kv head j serves query heads j*rep .. j*rep+rep-1 (transformers' repeat_kv)
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
+        # kv head j serves query heads j*rep .. j*rep+rep-1 (transformers' repeat_kv), inside the kernel
         out = _sdpa(q, k, v, mask, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -143,7 +156,11 @@ class MLAttention(nn.Module):
         return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
 
     def forward(self, x, cos, sin, mask=None, cache_slot=None, start=0):
-        """x (B, T, D) -> (B, T, D). Without a cache: naive path; with one: absorbed path over the latent cache."""
+        """x (B, T, D) -> (B, T, D).
+
+        Without a cache, or filling an empty one (``start == 0``): naive path. Decoding (``start > 0``): absorbed
+        path over the latent cache.
+        """
         b, t, _ = x.shape
         h = self.n_heads
         q = self._query(x).view(b, t, h, self.nope + self.rope).transpose(1, 2)
@@ -154,11 +171,16 @@ class MLAttention(nn.Module):
         k_pe = apply_rope(
             k_pe[:, None], cos, sin, self.interleave
         )  # (B, 1, T, R): one key shared by all heads
-        if cache_slot is None:
+        if cache_slot is None or start == 0:
+            # naive path: expand the latent into per-head keys/values (training; prefill into an empty cache,
+            # where it is cheaper than attending over the (kv_lora_rank + rope)-wide latent)
             kv = self.kv_b_proj(c_kv).view(b, t, h, self.nope + self.v_dim).transpose(1, 2)
             k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
             k = torch.cat([k_nope, k_pe.expand(-1, h, -1, -1)], dim=-1)
             out = _sdpa(torch.cat([q_nope, q_pe], dim=-1), k, v, mask, self.scale)
+            if cache_slot is not None:
+                cache_slot["c_kv"][:, :t] = c_kv
+                cache_slot["k_pe"][:, :t] = k_pe[:, 0]
         else:
             out = self._absorbed(q_nope, q_pe, c_kv, k_pe[:, 0], mask, cache_slot, start)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, h * self.v_dim))
@@ -167,20 +189,30 @@ class MLAttention(nn.Module):
         """Attention against the latent cache. q_nope (B, H, T, nope), q_pe (B, H, T, R) -> (B, H, T, v_dim).
 
         score = q_nope . (W_UK c) + q_pe . k_pe = (W_UK^T q_nope) . c + q_pe . k_pe, so the query moves into
-        latent space once and the keys never expand; likewise out = W_UV (sum_s p_s c_s).
+        latent space once and the keys never expand; likewise out = W_UV (sum_s p_s c_s). The heads share one
+        latent key per position (multi-query), so the H*T queries of a row attend with two batched matmuls
+        straight over the cache: (B, H*T, C) @ (B, C, S), never materialising per-head keys or values.
         """
-        t = q_nope.shape[2]
+        b, h, t, _ = q_nope.shape
         end = start + t
         cache_slot["c_kv"][:, start:end] = c_kv
         cache_slot["k_pe"][:, start:end] = k_pe
         c_all, pe_all = cache_slot["c_kv"][:, :end], cache_slot["k_pe"][:, :end]
-        w_kv = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_rank)
+        w_kv = self.kv_b_proj.weight.view(h, self.nope + self.v_dim, self.kv_rank)
         w_uk, w_uv = w_kv[:, : self.nope], w_kv[:, self.nope :]
         q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)
-        query = torch.cat([q_latent, q_pe], dim=-1)
-        key = torch.cat([c_all, pe_all], dim=-1)[:, None].expand(-1, self.n_heads, -1, -1)
-        value = c_all[:, None].expand(-1, self.n_heads, -1, -1)
-        out_latent = _sdpa(query, key, value, mask, self.scale)
+        scores = torch.baddbmm(
+            torch.bmm(q_pe.reshape(b, h * t, self.rope), pe_all.transpose(1, 2)),
+            q_latent.reshape(b, h * t, self.kv_rank),
+            c_all.transpose(1, 2),
+        ).view(b, h, t, end)
+        if mask is None and t > 1:  # causal over slots: query i (slot start+i) sees keys <= start+i
+            q_idx = torch.arange(start, end, device=scores.device)[:, None]
+            mask = torch.arange(end, device=scores.device)[None, :] <= q_idx
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = (scores * self.scale).softmax(dim=-1, dtype=torch.float32).to(c_all.dtype)
+        out_latent = torch.bmm(probs.view(b, h * t, end), c_all).view(b, h, t, self.kv_rank)
         return torch.einsum("bhtc,hdc->bhtd", out_latent, w_uv)
 
 
@@ -216,6 +248,62 @@ class KVCache:
         for slot in (*self.layers, *self.mtp_layers):
             for name, tensor in slot.items():
                 slot[name] = tensor.index_select(0, index.to(tensor.device))
+
+    # dimension of the slot (position) axis of each cached tensor
+    SLOT_DIMS = {"k": 2, "v": 2, "c_kv": 1, "k_pe": 1}
+
+    @classmethod
+    def concat_aligned(cls, parts: list[tuple[KVCache, int]], length: int, max_len: int) -> KVCache:
+        """Stack the rows of several caches into a new one whose positions end together (continuous batching).
+
+        Args:
+            parts: ``(cache, first)`` or ``(cache, first, rows)`` tuples; slots ``[first, cache.length)`` of the
+                rows ``rows`` ((n,) long index; default all) of ``cache`` are copied so that they end at slot
+                ``length`` of the new cache (slots before them are zero: the caller masks them as padding).
+                Rows come in the order of ``parts``.
+            length: the new cache's ``length``; must be >= ``cache.length - first`` for every part.
+            max_len: the new cache's capacity.
+        Returns:
+            a new ``KVCache`` (batch = sum of the parts' rows). MTP slots are not carried over
+            (``mtp_length`` = 0): speculative decoding does not mix with admitting rows.
+        """
+        if not parts:
+            raise ValueError("concat_aligned needs at least one cache")
+        parts = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in parts]
+        for cache, first, _ in parts:
+            if not 0 <= first <= cache.length or cache.length - first > length:
+                raise ValueError(
+                    f"cannot place slots [{first}, {cache.length}) to end at {length} (max_len {max_len})"
+                )
+        if length > max_len:
+            raise ValueError(f"length {length} > max_len {max_len}")
+        ref = parts[0][0]
+        counts = [cache.batch_size if idx is None else len(idx) for cache, _, idx in parts]
+
+        def merged(slots: list[dict[str, torch.Tensor]], copy: bool) -> dict[str, torch.Tensor]:
+            out = {}
+            for name, tensor in slots[0].items():
+                dim = cls.SLOT_DIMS[name]
+                shape = list(tensor.shape)
+                shape[0], shape[dim] = sum(counts), max_len
+                dest = torch.zeros(shape, dtype=tensor.dtype, device=tensor.device)
+                if copy:
+                    row = 0
+                    for (cache, first, idx), n, slot in zip(parts, counts, slots):
+                        span = cache.length - first
+                        src = slot[name].narrow(dim, first, span)
+                        if idx is not None:
+                            src = src.index_select(0, idx.to(src.device))
+                        dest[row : row + n].narrow(dim, length - span, span).copy_(src)
+                        row += n
+                out[name] = dest
+            return out
+
+        layers = [merged([p[0].layers[i] for p in parts], True) for i in range(len(ref.layers))]
+        mtp = [merged([p[0].mtp_layers[i] for p in parts], False) for i in range(len(ref.mtp_layers))]
+        new = cls(layers, mtp, max_len)
+        new.length = length
+        return new
 
     def truncate(self, length: int) -> None:
         """Roll back to ``length`` positions (speculative-decoding rejects); later writes overwrite the rest."""

@@ -109,11 +109,45 @@ class Experts(nn.Module):
         e, d, f = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * f, d, device=device, dtype=dtype))
         self.down_proj = nn.Parameter(torch.empty(e, d, f, device=device, dtype=dtype))
+        self._inference_weights: tuple | None = None  # (key, gate_up (E, D, 2F), down (E, F, D))
 
     def forward(self, x_MD: torch.Tensor, counts_E: torch.Tensor, dispatch: str = "auto") -> torch.Tensor:
         """x (M, D) rows sorted by expert, counts (E,) -> (M, D) unweighted expert outputs."""
+        if dispatch == "auto" and not torch.is_grad_enabled() and not x_MD.is_cuda and self._small():
+            return self._forward_inference(x_MD, counts_E)
         gate_MF, up_MF = grouped_linear(x_MD, self.gate_up_proj, counts_E, dispatch).chunk(2, dim=-1)
         return grouped_linear(F.silu(gate_MF) * up_MF, self.down_proj, counts_E, dispatch)
+
+    def _forward_inference(self, x_MD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        """CPU inference: the per-expert loop over weights stored input-major (K, N), ~30% faster than x @ W^T
+        at the few rows per expert of a decode step. The transposed copies are rebuilt whenever the weights
+        change (their version counters move on every in-place update: optimizer steps, load_state_dict)."""
+        if x_MD.shape[0] == 0:
+            return x_MD.new_zeros(0, self.down_proj.shape[1])
+        gate_up_EDF, down_EFD = self._transposed()
+        counts = counts_E.tolist()
+        chunks = x_MD.split(counts)
+        h = torch.cat([chunk @ gate_up_EDF[e] for e, chunk in enumerate(chunks) if counts[e]], dim=0)
+        gate_MF, up_MF = h.chunk(2, dim=-1)
+        chunks = (F.silu(gate_MF) * up_MF).split([c for c in counts if c])
+        experts = [e for e, c in enumerate(counts) if c]
+        return torch.cat([chunk @ down_EFD[e] for e, chunk in zip(experts, chunks)], dim=0)
+
+    def _small(self) -> bool:
+        """Whether a transposed inference copy of the expert weights is cheap (<= 64 MiB per layer)."""
+        n = self.gate_up_proj.numel() * self.gate_up_proj.element_size()
+        return n + self.down_proj.numel() * self.down_proj.element_size() <= 64 * 2**20
+
+    def _transposed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        gu, dn = self.gate_up_proj, self.down_proj
+        key = (gu._version, gu.data_ptr(), gu.dtype, dn._version, dn.data_ptr(), dn.dtype)
+        if self._inference_weights is None or self._inference_weights[0] != key:
+            self._inference_weights = (
+                key,
+                gu.detach().transpose(1, 2).contiguous(),
+                dn.detach().transpose(1, 2).contiguous(),
+            )
+        return self._inference_weights[1], self._inference_weights[2]
 
 
 class MoE(nn.Module):

@@ -128,6 +128,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         return_hidden: bool = False,
         return_mtp: bool = False,
+        logits_to_keep: int = 0,
     ):
         """Next-token logits.
 
@@ -142,10 +143,12 @@ class Transformer(nn.Module):
             return_hidden: also return the hidden states after the final norm, (B, T, D).
             return_mtp: also return MTP logits (B, T-1, V): position i predicts token i+2 from h_i and token
                 i+1 (needs ``num_mtp_layers == 1``, no cache).
+            logits_to_keep: > 0 computes the logits of the last ``logits_to_keep`` positions only (prefill for
+                generation needs just the last one); 0 = all T. ``hidden`` is always returned in full.
 
         Returns:
-            logits (B, T, V) in the model dtype; with flags, a tuple ``(logits, hidden?, mtp_logits?)`` in that
-            order.
+            logits (B, T, V) in the model dtype, (B, logits_to_keep, V) when ``logits_to_keep > 0``; with flags,
+            a tuple ``(logits, hidden?, mtp_logits?)`` in that order.
         """
         b, t = input_ids.shape
         start = 0
@@ -164,7 +167,9 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, None if cache is None else cache.layers[i], start)
         hidden = self.model.norm(x)
-        logits = self.lm_head(hidden)
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0 = all positions), got {logits_to_keep}")
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         if cache is not None:
             cache.length += t
         outputs = [logits]

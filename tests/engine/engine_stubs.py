@@ -50,6 +50,14 @@ class StubCache:
     def truncate(self, length):
         self.length = length
 
+    @classmethod
+    def concat_aligned(cls, parts, length, max_len):
+        """Continuous batching's merge: rows stacked, positions end-aligned at `length`."""
+        rows = [cache.batch if not rest or rest[-1] is None else len(rest[-1]) for cache, _, *rest in parts]
+        merged = cls(sum(rows), max_len)
+        merged.length = length
+        return merged
+
 
 class BigramModel(nn.Module):
     """logits[b, t] = table[input_ids[b, t]]: the next token depends only on the current one."""
