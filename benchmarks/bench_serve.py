@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                 after = server_batches(url)
                 batches = after["batches"] - before["batches"]
                 row["rows_per_batch"] = (after["rows"] - before["rows"]) / max(1, batches)
+                if "row_steps" in after:  # continuous batching: mean rows decoding per engine step
+                    steps = after["steps"] - before["steps"]
+                    row["rows_per_step"] = (after["row_steps"] - before["row_steps"]) / max(1, steps)
                 rows.append(row)
                 print(
                     f"concurrency {c}: {row['requests']} requests, {row['req_s']:.2f} req/s", file=sys.stderr
@@ -187,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(model: {args.model or f'tiny random r1kit model, {args.layers} layers'}; device {args.device}; "
           f"max_tokens {args.max_tokens}; streaming chat; loopback)\n")  # fmt: skip
     print(
-        "| clients | requests | errors | requests/s | tokens/s | median TTFT (s) | median latency (s) | rows/batch |"
+        "| clients | requests | errors | requests/s | tokens/s | median TTFT (s) | median latency (s) "
+        "| rows/batch | rows/step |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['concurrency']} | {r['requests']} | {len(r['errors'])} | {r['req_s']:.2f} | {r['tok_s']:.0f} "
-            f"| {r['ttft']:.3f} | {r['latency']:.3f} | {r['rows_per_batch']:.1f} |"
+            f"| {r['ttft']:.3f} | {r['latency']:.3f} | {r['rows_per_batch']:.1f} "
+            f"| {r.get('rows_per_step', float('nan')):.1f} |"
         )
     failures = [e for r in rows for e in r["errors"]]
     for error in failures[:5]:

@@ -510,7 +510,7 @@ def _sse(chunks: AsyncIterator[dict], stream: RequestStream) -> StreamingRespons
     async def body():
         try:
             async for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                yield f"data: {json.dumps(chunk)}\n\n"  # ASCII: no U+2028 etc. for line splitters
             yield "data: [DONE]\n\n"
         finally:
             # normal end, client gone (the response task is cancelled) or error: stop the rows

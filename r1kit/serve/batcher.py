@@ -1,8 +1,13 @@
 """Request batching: one worker thread owns the engine and serves every request.
 
 Requests arrive from the HTTP event loop (or the terminal chat) with `Batcher.submit`. The
-worker loop gathers what is pending, waits a short window for more, and runs compatible
-requests as one `Engine.stream` batch. Per-sequence deltas go through an `OutputParser`
+worker runs continuous batching on an `EngineSession`: between two decode steps it admits
+what is pending (prefill, then the new rows join the running batch), so a request arriving
+mid-generation starts at the next step instead of waiting for the batch to drain; finished
+rows leave at once. Every request keeps its own sampling settings and seed (seeded requests
+give the same tokens whatever their batch-mates). When idle, the worker waits a short window
+after the first arrival so requests that come together share one prefill. Engines without
+`session()` fall back to whole batches via `Engine.stream`. Per-sequence deltas go through an `OutputParser`
 (reasoning/answer split on `</think>`, stop strings, per-request `max_tokens`) and land in the
 request's `RequestStream`, a small mailbox the worker appends to without ever waiting on a
 client: a slow reader only makes its own mailbox coalesce text, and a cancelled request (client
@@ -60,11 +65,10 @@ class GenerationParams:
     starts_in_reasoning: bool = True
 
     def batch_key(self) -> tuple:
-        """Requests with equal keys may share one engine batch.
+        """Requests with equal keys may share one engine batch (the `Engine.stream` fallback only).
 
-        The engine takes sampling settings per prompt, so only seeded requests run alone: its
-        random streams are keyed by (seed, position in the call), so a seeded request gives
-        the same tokens only when it is alone in its call.
+        With `Engine.stream` a call's random streams are keyed by (seed, position in the call), so
+        a seeded request runs alone there. `EngineSession` keys them per request: any mix batches.
         """
         return () if self.seed is None else ("seed", id(self))
 
@@ -291,10 +295,14 @@ class RequestStream:
         """Stop generating for this request (the client disconnected or gave up)."""
         self._cancelled.set()
 
-    def push(self, events: list[Event]) -> None:
-        """Append events (worker thread). Closes the stream after a Failure or the last Finish."""
+    def push(self, events: list[Event], wake: bool = True) -> bool:
+        """Append events (worker thread). Closes the stream after a Failure or the last Finish.
+
+        Returns whether the consumer needs waking; with `wake=False` the caller wakes it (see
+        `wake_streams`, one event-loop call for many streams).
+        """
         if not events or self.closed:
-            return
+            return False
         with self._lock:
             was_empty = not self._events
             for event in events:
@@ -312,8 +320,9 @@ class RequestStream:
                     self._open_choices -= 1
                 if isinstance(event, Failure) or self._open_choices <= 0:
                     self.closed = True
-        if was_empty:
+        if was_empty and wake:
             self._wake()
+        return was_empty
 
     def _wake(self) -> None:
         self._thread_wake.set()
@@ -322,6 +331,9 @@ class RequestStream:
                 self._loop.call_soon_threadsafe(self._async_wake.set)
             except RuntimeError:  # the event loop is closed: nobody is listening any more
                 self.cancel()
+
+    def _set_async_wake(self) -> None:
+        self._async_wake.set()
 
     def _drain(self) -> tuple[list[Event], bool]:
         with self._lock:
@@ -350,6 +362,26 @@ class RequestStream:
                 return
 
 
+def wake_streams(streams: list[RequestStream]) -> None:
+    """Wake the consumers of `streams` with one `call_soon_threadsafe` per event loop (not per stream)."""
+    by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[RequestStream]]] = {}
+    for stream in streams:
+        stream._thread_wake.set()
+        if stream._loop is not None:
+            by_loop.setdefault(id(stream._loop), (stream._loop, []))[1].append(stream)
+    for loop, group in by_loop.values():
+        try:
+            loop.call_soon_threadsafe(_set_all, group)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            for stream in group:
+                stream.cancel()
+
+
+def _set_all(streams: list[RequestStream]) -> None:
+    for stream in streams:
+        stream._set_async_wake()
+
+
 # ----------------------------------------------------------------------------------------------
 # the worker
 
@@ -375,15 +407,23 @@ class _Row:
 
 
 class Batcher:
-    """Owns the engine in one worker thread and runs concurrent requests as shared batches.
+    """Owns the engine in one worker thread and runs concurrent requests in one continuous batch.
 
     Args:
-        engine: an `r1kit.engine.Engine` (or anything with its `stream(prompts, params)`).
+        engine: an `r1kit.engine.Engine` (its `session()` for continuous batching; an engine with
+            only `stream(prompts, params)` runs whole batches).
         make_sampling_params: `(GenerationParams, n) -> engine params` of one prompt; default
             `default_sampling_params`.
         think_end_id: id of `</think>`, to count reasoning tokens exactly.
-        max_batch_rows: most sequences in one engine batch.
-        batch_window_s: how long the worker waits for more requests after the first arrives.
+        max_batch_rows: most sequences decoding at once (a larger single request runs alone).
+        batch_window_s: how long an idle worker waits for more requests after the first arrives.
+        admit_fraction, max_admit_wait_s: while decoding, pending requests join once they make up
+            `admit_fraction` of the running rows or the oldest has waited `max_admit_wait_s`, so
+            each prefill + merge (a copy of the batch's cache) serves several arrivals.
+
+    `stats`: "batches" busy periods (idle -> busy), "rows" sequences admitted, "max_rows" most
+    sequences decoding at once, "admissions" prefills, "steps" decode steps, "row_steps" the sum of
+    the rows decoding at each step (row_steps / steps = mean batch size).
     """
 
     def __init__(
@@ -394,17 +434,22 @@ class Batcher:
         think_end_id: int | None = None,
         max_batch_rows: int = 64,
         batch_window_s: float = 0.005,
+        admit_fraction: float = 0.125,
+        max_admit_wait_s: float = 0.02,
     ):
         self.engine = engine
         self.make_sampling_params = make_sampling_params or default_sampling_params
         self.think_end_id = think_end_id
         self.max_batch_rows = max_batch_rows
         self.batch_window_s = batch_window_s
+        self.admit_fraction = admit_fraction
+        self.max_admit_wait_s = max_admit_wait_s
         self._pending: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.stats = {"batches": 0, "rows": 0, "max_rows": 0}
+        self.stats = {"batches": 0, "rows": 0, "max_rows": 0, "admissions": 0, "steps": 0, "row_steps": 0}
+        self.timing = {"admit_s": 0.0, "step_s": 0.0, "dispatch_s": 0.0}  # worker time by phase
 
     # -- lifecycle
 
@@ -455,6 +500,136 @@ class Batcher:
     # -- worker
 
     def _loop(self) -> None:
+        if not hasattr(self.engine, "session"):
+            return self._loop_batches()
+        session = self.engine.session()
+        rows: dict[int, _Row] = {}  # engine sequence id -> its row
+        while True:
+            jobs = self._admit(session)
+            if jobs is None:
+                return
+            t0 = time.perf_counter()
+            if jobs:
+                self._add(session, jobs, rows)
+            if not session.has_work():
+                continue
+            t1 = time.perf_counter()
+            try:
+                self.stats["row_steps"] += session.active_rows
+                deltas = session.step()
+                self.stats["steps"] += 1
+            except Exception as err:  # never let one bad step kill the server
+                log.exception("generation failed")
+                for job in {id(r.job): r.job for r in rows.values()}.values():
+                    job.stream.push([Failure(f"generation failed: {type(err).__name__}")])
+                rows.clear()
+                session = self.engine.session()
+                continue
+            t2 = time.perf_counter()
+            self._dispatch(session, deltas, rows)
+            timing = self.timing
+            timing["admit_s"] += t1 - t0
+            timing["step_s"] += t2 - t1
+            timing["dispatch_s"] += time.perf_counter() - t2
+
+    def _admit(self, session) -> list[_Job] | None:
+        """Pending jobs that fit next to the running rows; blocks while there is nothing to do.
+
+        Returns None when the worker should exit (stopping and nothing left to finish).
+        """
+        with self._cond:
+            idle = not session.has_work()
+            while idle and not self._pending and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                for job in self._pending:
+                    job.stream.push([Failure("server is shutting down")])
+                self._pending.clear()
+                return None if idle else []  # finish the running rows, admit nothing
+            if idle and self._pending:
+                # a short window lets requests that arrive together share one prefill
+                deadline = time.monotonic() + self.batch_window_s
+                while (remaining := deadline - time.monotonic()) > 0 and not self._stopping:
+                    if sum(job.rows for job in self._pending) >= self.max_batch_rows:
+                        break
+                    self._cond.wait(remaining)
+            active = session.active_rows
+            if not idle and active and self._pending:
+                waiting = sum(job.rows for job in self._pending)
+                oldest = time.monotonic() - self._pending[0].submitted
+                if waiting < self.admit_fraction * active and oldest < self.max_admit_wait_s:
+                    return []  # let a few more arrive: one prefill + merge for all of them
+            free = self.max_batch_rows - active
+            jobs: list[_Job] = []
+            while self._pending:
+                job = self._pending[0]
+                if job.stream.cancelled:
+                    self._pending.popleft()
+                    continue
+                if job.rows > free and (jobs or session.active_rows):
+                    break  # first come, first served: wait for rows to free up
+                jobs.append(self._pending.popleft())
+                free -= job.rows
+            if jobs and idle:
+                self.stats["batches"] += 1
+            return jobs
+
+    def _add(self, session, jobs: list[_Job], rows: dict[int, _Row]) -> None:
+        """Prefill requests into the running batch: one prefill and one merge for all of them.
+
+        If that fails (one bad request), each request is retried alone so only the bad one fails.
+        """
+        prompts, params = [], []
+        for job in jobs:
+            sampling = self.make_sampling_params(job.params, job.n)
+            prompts += job.prompts
+            params += [sampling] * len(job.prompts)
+        try:
+            ids = session.add_many(prompts, params)
+        except Exception as err:
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._add(session, [job], rows)
+                return
+            log.exception("could not start a request")
+            jobs[0].stream.push([Failure(f"generation failed: {type(err).__name__}")])
+            return
+        self.stats["admissions"] += 1
+        self.stats["rows"] += sum(job.rows for job in jobs)
+        self.stats["max_rows"] = max(self.stats["max_rows"], session.active_rows)
+        k = 0
+        for job in jobs:
+            for p, prompt in enumerate(job.prompts):
+                for j, seq in enumerate(ids[k]):
+                    rows[seq] = _Row(job, prompt, OutputParser(p * job.n + j, job.params, self.think_end_id))
+                k += 1
+
+    def _dispatch(self, session, deltas, rows: dict[int, _Row]) -> None:
+        """Feed one step's deltas to the requests' parsers and mailboxes; cancel rows nobody reads."""
+        touched: dict[int, tuple[_Job, list[Event]]] = {}
+        for delta in deltas:
+            row = rows.get(delta.seq_index)
+            if row is None:
+                continue
+            if delta.finished:
+                rows.pop(delta.seq_index)
+                session.pop_completion(delta.seq_index)  # the parser has everything; free it
+            if row.parser.finished:
+                continue
+            events = row.parser.feed(delta.text, delta.token_ids)
+            if delta.finished:
+                row.parser.finish("length" if delta.finish_reason == "length" else "stop", events)
+            elif row.parser.finished:
+                session.cancel(delta.seq_index)  # a stop string in the answer: stop computing the row
+            touched.setdefault(id(row.job), (row.job, []))[1].extend(events)
+        wake_streams([job.stream for job, events in touched.values() if job.stream.push(events, wake=False)])
+        for seq, row in rows.items():
+            if row.job.stream.cancelled and not row.parser.finished:
+                row.parser.finished = True
+                session.cancel(seq)
+
+    def _loop_batches(self) -> None:
+        """Whole-batch fallback for engines without `session()`."""
         while True:
             jobs = self._next_batch()
             if jobs is None:

@@ -34,24 +34,32 @@ CORPUS = [
 
 
 class ScriptCache:
-    """The cache contract (length, reorder, truncate); holds each row's token history and prompt."""
+    """The cache contract (length, reorder, truncate, concat_aligned); holds each row's token history,
+    prompt text and prompt width (the history before its first generated token)."""
 
     def __init__(self, batch_size: int, max_len: int):
         self.length = 0
         self.max_len = max_len
-        self.rows: list[dict] = [{"history": [], "prompt": ""} for _ in range(batch_size)]
-        self.prompt_width = 0
+        self.rows: list[dict] = [{"history": [], "prompt": "", "width": 0} for _ in range(batch_size)]
 
     def reorder(self, index: torch.Tensor) -> None:
-        self.rows = [
-            {"history": list(self.rows[i]["history"]), "prompt": self.rows[i]["prompt"]}
-            for i in index.tolist()
-        ]
+        self.rows = [dict(self.rows[i], history=list(self.rows[i]["history"])) for i in index.tolist()]
 
     def truncate(self, length: int) -> None:
         for row in self.rows:
             row["history"] = row["history"][:length]
         self.length = length
+
+    @classmethod
+    def concat_aligned(cls, parts, length: int, max_len: int) -> ScriptCache:
+        """Continuous batching's merge: the rows of every part, histories kept (positions do not matter)."""
+        merged = cls(0, max_len)
+        merged.rows = []
+        for cache, _, *rows in parts:
+            index = rows[0].tolist() if rows and rows[0] is not None else range(len(cache.rows))
+            merged.rows += [dict(cache.rows[i], history=list(cache.rows[i]["history"])) for i in index]
+        merged.length = length
+        return merged
 
 
 class ScriptedModel(nn.Module):
@@ -92,8 +100,8 @@ class ScriptedModel(nn.Module):
         b, t = input_ids.shape
         ids = input_ids.tolist()
         if cache.length == 0:  # prefill: remember each row's real (unpadded) prompt
-            cache.prompt_width = t
             for r in range(b):
+                cache.rows[r]["width"] = t
                 keep = [1] * t if attention_mask is None else attention_mask[r, :t].tolist()
                 text = self.tok.decode([x for x, m in zip(ids[r], keep) if m])
                 cache.rows[r]["prompt"] = text
@@ -103,7 +111,7 @@ class ScriptedModel(nn.Module):
         for r in range(b):
             row = cache.rows[r]
             row["history"].extend(ids[r])
-            logits[r, -1, self.next_token(row["history"][cache.prompt_width :], row["prompt"])] = 30.0
+            logits[r, -1, self.next_token(row["history"][row["width"] :], row["prompt"])] = 30.0
         cache.length += t
         if return_hidden:
             return logits, torch.zeros(b, t, 1)
