@@ -1,0 +1,330 @@
+"""`r1kit pretrain`: next-token pretraining on packed token streams.
+
+The corpus is text/JSONL files or a task's worked solutions rendered as plain text; the tokenizer
+is loaded or trained on that corpus; the model comes from a preset (plus field overrides) or an
+existing model directory. The loop, checkpoints, resume, cost accounting and torchrun support are
+:func:`r1kit.train.loop.fit`'s.
+
+    r1kit pretrain configs/pretrain_tiny.toml --train.steps 500 --run.dir runs/pt
+    torchrun --nproc_per_node 2 -m r1kit.cli pretrain configs/pretrain_tiny.toml --train.strategy ddp
+
+Optional early stop on accuracy (``[val]``, :class:`ValSection`): every ``val.every`` steps the model
+greedily completes ``val.num_problems`` held-out problems (split ``val.split``) with
+``r1kit.engine.Engine``, the task scores them, ``val_accuracy`` is logged, and training stops (with a
+checkpoint and the final model) the first time it reaches ``val.target_accuracy``.
+
+The ``ModelSection`` / ``TokenizerSection`` / ``ValSection`` and their builders are shared with
+``r1kit.train.sft``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1kit.train.loop import (
+    DistInfo,
+    RunConfig,
+    TrainConfig,
+    cleanup_distributed,
+    fit,
+    prepare_run_dir,
+    resolve_device,
+    setup_distributed,
+)
+
+# ----------------------------------------------------------------------------------------------
+# sections shared with SFT
+
+
+@dataclass
+class ModelSection:
+    """[model] which network to train.
+
+    preset (str): a ModelConfig preset ("tiny-llama", "tiny-v3"; see r1kit.model.PRESETS) for a random init.
+    init (str): start from this model directory (HF layout: config.json + weights) instead; "" = random init.
+    overrides (dict): ModelConfig fields replacing the preset's, e.g. {hidden_size = 256, num_hidden_layers = 6};
+        vocab_size defaults to the tokenizer's.
+    """
+
+    preset: str = "tiny-llama"
+    init: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizerSection:
+    """[tokenizer] how text becomes ids.
+
+    path (str): a tokenizer directory (tokenizer.json); "" = the one saved in model.init, else one trained
+        on the training texts.
+    vocab_size (int): vocabulary of a tokenizer trained on the fly (>= 264: 256 bytes + special tokens).
+    """
+
+    path: str = ""
+    vocab_size: int = 512
+
+
+@dataclass
+class PretrainData:
+    """[data] the pretraining corpus.
+
+    files (list[str]): text files (one document each) or JSONL files (one document per line, in text_field);
+        empty = generate the corpus from task.
+    text_field (str): the JSONL field holding the text.
+    task (str): task whose problems, with their worked solutions as plain text, form the corpus when files
+        is empty ("addition", "multiplication", "countdown", ...; see r1kit.tasks.get_task).
+    task_args (dict): keyword arguments of the task, e.g. {min_digits = 1, max_digits = 4}.
+    num_examples (int): problems drawn from the task's train split.
+    seed (int): seed of that draw; -1 = train.seed.
+    seq_len (int): tokens per training sequence (documents are packed, separated by EOS).
+    """
+
+    files: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    task: str = "addition"
+    task_args: dict[str, Any] = field(default_factory=dict)
+    num_examples: int = 20000
+    seed: int = -1
+    seq_len: int = 128
+
+    def __post_init__(self) -> None:
+        from r1kit.config import check_positive
+
+        check_positive(self.num_examples, "data.num_examples")
+        check_positive(self.seq_len, "data.seq_len")
+
+
+@dataclass
+class ValSection:
+    """[val] greedy accuracy on held-out problems, logged as val_accuracy, with an optional early stop.
+
+    every (int): validate every N optimiser steps (and at the last step); 0 = never.
+    task (str): task of the held-out problems ("" = data.task); its "val" split never overlaps "train".
+    task_args (dict): keyword arguments of that task ({} with task "" = data.task_args).
+    split (str): split the problems come from: "val" (default) or "test".
+    num_problems (int): held-out problems decoded per validation (a fixed set, the same every time).
+    max_new_tokens (int): completion cap of the greedy decode.
+    target_accuracy (float): stop training (checkpoint + final model) the first time greedy accuracy
+        reaches this; 0 = never stop early.
+    prompt (str): how a problem is shown: "chat" (the chat template with the generation prompt, as SFT
+        trains), "text" (BOS + system + prompt + newline, as pretraining on task text trains) or "auto"
+        (chat for SFT, text for pretraining).
+    """
+
+    every: int = 0
+    task: str = ""
+    task_args: dict[str, Any] = field(default_factory=dict)
+    split: str = "val"
+    num_problems: int = 64
+    max_new_tokens: int = 96
+    target_accuracy: float = 0.0
+    prompt: str = "auto"
+
+    def __post_init__(self) -> None:
+        from r1kit.config import ConfigError, check_positive, check_range
+
+        check_positive(self.every, "val.every", allow_zero=True)
+        check_positive(self.num_problems, "val.num_problems")
+        check_positive(self.max_new_tokens, "val.max_new_tokens")
+        check_range(self.target_accuracy, "val.target_accuracy", 0.0, 1.0)
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"val.split must be 'train', 'val' or 'test', got {self.split!r}")
+        if self.prompt not in ("auto", "chat", "text"):
+            raise ConfigError(f"val.prompt must be 'auto', 'chat' or 'text', got {self.prompt!r}")
+
+
+@dataclass
+class Config:
+    """`r1kit pretrain`: next-token pretraining on packed token streams (sections below)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    data: PretrainData = field(default_factory=PretrainData)
+    val: ValSection = field(default_factory=ValSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/pretrain"))
+
+
+def load_tokenizer(section: TokenizerSection, model: ModelSection, resume_from: Path | None, texts: Any):
+    """The tokenizer of a run: the resumed checkpoint's, ``section.path``, ``model.init``'s, else one
+    trained on ``texts`` (an iterable of strings, or a zero-argument callable returning one)."""
+    from r1kit.tokenizer import Tokenizer
+
+    for directory in (resume_from, section.path, model.init):
+        if directory and (Path(directory) / "tokenizer.json").is_file():
+            return Tokenizer.from_pretrained(directory)
+    if section.path:
+        raise FileNotFoundError(f"no tokenizer.json in tokenizer.path {section.path!r}")
+    return Tokenizer.train(texts() if callable(texts) else texts, vocab_size=section.vocab_size)
+
+
+def build_model(section: ModelSection, tokenizer: Any, device: torch.device, seed: int):
+    """A Transformer on ``device``: loaded from ``section.init``, else a seeded random init of the preset
+    with ``section.overrides`` (vocab_size defaults to the tokenizer's; special token ids are recorded)."""
+    from r1kit.model import ModelConfig, Transformer
+
+    if section.init:
+        model = Transformer.from_pretrained(section.init, device=device, dtype=torch.float32)
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise ValueError(
+                f"model {section.init} has vocab_size {model.config.vocab_size} < the tokenizer's {tokenizer.vocab_size}"
+            )
+        return model
+    fields = {
+        "vocab_size": tokenizer.vocab_size,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+        **section.overrides,
+    }
+    cfg = ModelConfig.preset(section.preset, **fields)
+    torch.manual_seed(seed)
+    return Transformer(cfg).to(device)
+
+
+def start_stage(train: TrainConfig) -> tuple[DistInfo, torch.device]:
+    """Process set-up shared by the stages: torch.distributed (under torchrun), device, CPU threads."""
+    dist = setup_distributed(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    return dist, resolve_device(train.device, dist)
+
+
+def corpus_texts(data: PretrainData, seed: int) -> list[str]:
+    """The documents of the corpus: ``data.files``, else the task's problems as plain text
+    (``data.seed``, or ``seed`` when that is -1, seeds the draw)."""
+    from r1kit.train.data import problem_text, read_texts
+
+    if data.files:
+        return read_texts(data.files, data.text_field)
+    from r1kit.tasks import get_task
+
+    task = get_task(data.task, **data.task_args)
+    draw_seed = seed if data.seed < 0 else data.seed
+    return [problem_text(task, p) for p in task.problems(split="train", n=data.num_examples, seed=draw_seed)]
+
+
+def greedy_validator(
+    val: ValSection,
+    task_name: str,
+    task_args: dict[str, Any],
+    tokenizer: Any,
+    *,
+    prompt: str = "chat",
+    system: str = "",
+    seed: int = 0,
+):
+    """``validate(model, step) -> {"val_accuracy", "val_length"}``: greedy decoding of held-out problems.
+
+    The problems (``val.num_problems`` of split ``val.split`` of ``val.task``, else ``task_name``) are
+    drawn once; each validation completes them all in one batched ``r1kit.engine.Engine.generate``
+    (temperature 0, ``val.max_new_tokens``, stop at EOS) and averages ``task.score(text, problem)``.
+    ``val_length`` is the mean completion length in tokens.
+
+    Args:
+        prompt: "chat" (``tokenizer.encode_prompt``) or "text" (BOS + system + prompt + newline, the
+            layout of :func:`r1kit.train.data.problem_text` documents).
+        system: system prompt put before each problem ("" = none).
+    """
+    from r1kit.engine import Engine, SamplingParams
+    from r1kit.tasks import get_task
+
+    task = get_task(val.task or task_name, **(val.task_args if val.task else task_args))
+    problems = task.problems(split=val.split, n=val.num_problems, seed=seed)
+    if prompt == "chat":
+        system_turn = [{"role": "system", "content": system}] if system else []
+        prompts = [
+            tokenizer.encode_prompt([*system_turn, {"role": "user", "content": p.prompt}]) for p in problems
+        ]
+    else:
+        prefix = system + "\n" if system else ""
+        prompts = [tokenizer.encode(prefix + p.prompt + "\n", add_bos=True) for p in problems]
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=val.max_new_tokens)
+
+    def validate(model: torch.nn.Module, step: int) -> dict[str, float]:
+        completions = Engine(model, tokenizer).generate(prompts, params)
+        scores = [task.score(c.text, p) for c, p in zip(completions, problems)]
+        return {
+            "val_accuracy": sum(scores) / len(scores),
+            "val_length": sum(len(c.token_ids) for c in completions) / len(completions),
+        }
+
+    return validate
+
+
+def validation_hooks(
+    val: ValSection, task_name: str, task_args: dict[str, Any], tokenizer: Any, *, stage_prompt: str, **kwargs
+):
+    """``(validate, should_stop)`` for :func:`r1kit.train.loop.fit` from a [val] section ((None, None) when
+    ``val.every`` is 0). ``should_stop`` returns a reason once ``val_accuracy >= val.target_accuracy > 0``.
+    ``stage_prompt`` is what "auto" means for this stage; other keyword arguments go to
+    :func:`greedy_validator`."""
+    if not val.every:
+        return None, None
+    prompt = stage_prompt if val.prompt == "auto" else val.prompt
+    validate = greedy_validator(val, task_name, task_args, tokenizer, prompt=prompt, **kwargs)
+    target = val.target_accuracy
+
+    def should_stop(metrics: dict[str, float]) -> str | None:
+        if target > 0 and metrics["val_accuracy"] >= target:
+            return f"val_accuracy {metrics['val_accuracy']:.3f} >= target {target}"
+        return None
+
+    return validate, should_stop
+
+
+def run(config: Config, console: Any = None):
+    """Pretrain a model; returns a :class:`r1kit.train.result.RunResult` (``model_dir``, ``steps``,
+    ``tokens``, ``metrics_path``, ``metrics`` with loss / val_accuracy / stopped_early, ``cost``).
+
+    The run directory receives config.toml, metrics.jsonl, loss.png, checkpoints/ and model/ (the final
+    model and tokenizer in HF layout). Works the same under torchrun (rank 0 writes).
+    """
+    from r1kit.train.data import BatchStream, PackedWindows, pack_documents
+
+    dist, device = start_stage(config.train)
+    try:
+        resume_from = prepare_run_dir(config.run)
+        texts = corpus_texts(config.data, config.train.seed)
+        tokenizer = load_tokenizer(config.tokenizer, config.model, resume_from, texts)
+        stream = pack_documents(tokenizer.encode_batch(texts), tokenizer.eos_id, tokenizer.bos_id)
+        windows = PackedWindows(stream, config.data.seq_len)
+        model = build_model(config.model, tokenizer, device, config.train.seed)
+        batches = BatchStream(
+            windows,
+            config.train.batch_size,
+            config.train.micro_batch_size,
+            seed=config.train.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
+        validate, should_stop = validation_hooks(
+            config.val,
+            config.data.task,
+            config.data.task_args,
+            tokenizer,
+            stage_prompt="text",
+            seed=config.train.seed,
+        )
+        return fit(
+            model,
+            batches,
+            config.train,
+            config.run,
+            dist=dist,
+            device=device,
+            stage="pretrain",
+            resume_from=resume_from,
+            config=config,
+            tokenizer=tokenizer,
+            validate=validate,
+            validate_every=config.val.every,
+            should_stop=should_stop,
+            console=console,
+        )
+    finally:
+        cleanup_distributed(dist)
