@@ -1,0 +1,322 @@
+"""GRPO step time, r1kit against TRL's GRPOTrainer, on the same tiny model, data and settings.
+
+    python benchmarks/bench_grpo_trl.py                 # or: ./run.sh bench bench_grpo_trl
+    python benchmarks/bench_grpo_trl.py --steps 12 --warmup 2 --skip-trl
+
+Both sides train the same randomly initialised Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads,
+char-level vocab of ~100, saved once with transformers; r1kit loads the same directory) on the same
+prompts: 8 prompts x 8 completions x exactly 64 new tokens per step (EOS suppressed on both sides),
+temperature 1, beta 0, one update per rollout batch (mu = 1), AdamW, fp32 on CPU, the same reward.
+
+TRL runs in its own environment, `benchmarks/.venv-trl` (created on first use: torch==2.13.0 first,
+then trl from PyPI), in a subprocess (`_grpo_trl_worker.py`); r1kit runs in this interpreter. The
+two alternate, never at once: `--rounds` rounds of `--steps` steps each, the order flipped every
+round, so a shared machine's load hits both sides alike. Seconds per step are the median over all
+rounds' steps after each round's warm-up; the process CPU time per step (robust to other jobs when
+`--threads 1`) is reported too. The script prints a markdown table and the command that produced it.
+
+Top-level imports are stdlib only: the TRL worker imports `bench_reward` from this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TRL_VENV = HERE / ".venv-trl"
+TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+TRL_SPEC = os.environ.get("TRL_SPEC", "trl")
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<think>", "</think>"]
+# printable ASCII plus newline: 96 characters, 102 tokens with the specials
+CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+
+
+def bench_reward(completion: str, problem: object = None) -> float:
+    """The benchmark's reward, identical on both sides: the share of digits among the characters.
+
+    Cheap and with variance inside a group even for a random model, so advantages are non-zero.
+    """
+    return sum(ch.isdigit() for ch in completion) / max(len(completion), 1)
+
+
+def make_prompts(n: int = 256, seed: int = 0) -> list[str]:
+    """n addition prompts like ``"Add 123+45 ="``, the same for both sides."""
+    rng = random.Random(seed)
+    return [f"Add {rng.randint(0, 9999)}+{rng.randint(0, 9999)} =" for _ in range(n)]
+
+
+def make_model_dir(path: Path, seed: int = 0) -> Path:
+    """Save a random tiny Qwen2 (fp32) and a char-level PreTrainedTokenizerFast to ``path``."""
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        return path
+    import torch
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    cfg = Qwen2Config(
+        vocab_size=len(vocab),
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=vocab["<bos>"],
+        eos_token_id=vocab["<eos>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg).float()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+def ensure_trl_venv() -> Path:
+    """Create or reuse benchmarks/.venv-trl (torch pinned first, then trl); return its python."""
+    python = TRL_VENV / "bin" / "python"
+    stamp = TRL_VENV / ".bench-setup"
+    want = f"{TORCH_SPEC} {TRL_SPEC}"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+    # the environment is a build output: keep git from ever seeing it
+    (TRL_VENV / ".gitignore").write_text("*\n")
+    if not stamp.exists() or stamp.read_text().strip() != want:
+        # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+        subprocess.run([str(python), "-m", "pip", "install", "-q", TORCH_SPEC], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", TRL_SPEC], check=True)
+        stamp.write_text(want + "\n")
+    return python
+
+
+def run_trl(python: Path, model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> dict:
+    """Run the TRL worker in its environment; return its JSON report."""
+    cmd = [
+        str(python),
+        str(HERE / "_grpo_trl_worker.py"),
+        "--model",
+        str(model_dir),
+        "--prompts",
+        str(prompts_file),
+        "--steps",
+        str(args.steps),
+        "--prompts-per-step",
+        str(args.prompts_per_step),
+        "--group-size",
+        str(args.group_size),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--lr",
+        str(args.lr),
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(args.workdir / "trl"),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(HERE))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"TRL worker failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> dict:
+    """Train the same steps with `r1kit.rl.grpo.run` in this process; return step times."""
+    import torch
+
+    from r1kit.config import load_config
+    from r1kit.rl import grpo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = args.workdir / "r1kit"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    problems_file = args.workdir / "prompts.jsonl"
+    prompts = json.loads(prompts_file.read_text())
+    problems_file.write_text("".join(json.dumps({"prompt": p, "answer": ""}) + "\n" for p in prompts))
+    overrides = {
+        "run_dir": str(run_dir),
+        "device": "cpu",
+        "precision": "fp32",
+        "max_steps": str(args.steps),
+        "log_every": "1",
+        "progress": "false",
+        "tensorboard": "false",
+        "plot": "false",
+        "model.path": str(model_dir),
+        "data.task": f"jsonl:{problems_file}",
+        "data.task_args": "{hash_split = false}",
+        "data.train_problems": str(len(prompts)),
+        "data.template": "raw",
+        "reward.names": "bench_grpo_trl:bench_reward",
+        "reward.weights": "1.0",
+        "rollout.prompts_per_step": str(args.prompts_per_step),
+        "rollout.group_size": str(args.group_size),
+        "rollout.max_new_tokens": str(args.new_tokens),
+        "rollout.ignore_eos": "true",  # exactly new_tokens per completion, as min_new_tokens on TRL's side
+        "rollout.temperature": "1.0",
+        "loss.loss_type": "grpo",
+        "loss.beta": "0",
+        "loss.mu": "1",
+        "optim.lr": str(args.lr),
+        "optim.grad_clip": "1.0",
+        "eval.every": "0",
+    }
+    tokens = [t for k, v in overrides.items() for t in (f"--{k}", v)]
+    config = load_config(grpo.Config, None, tokens)
+    sys.path.insert(0, str(HERE))  # so the reward "bench_grpo_trl:bench_reward" imports
+    cpu_seconds: list[float] = []
+    real_step = grpo.GRPOTrainer.train_step
+
+    def timed_step(self):  # process CPU time per step: robust to other jobs on a shared machine
+        c0 = time.process_time()
+        out = real_step(self)
+        cpu_seconds.append(time.process_time() - c0)
+        return out
+
+    grpo.GRPOTrainer.train_step = timed_step
+    t0 = time.perf_counter()
+    try:
+        grpo.run(config)
+    finally:
+        grpo.GRPOTrainer.train_step = real_step
+    total = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "time/step" in r]
+    return {
+        "step_seconds": [r["time/step"] for r in rows],
+        "step_cpu_seconds": cpu_seconds,
+        "mean_completion_length": [r.get("completion/length_mean") for r in rows],
+        "split": {
+            k: statistics.median(r[k] for r in rows[args.warmup :] or rows)
+            for k in ("time/generate", "time/score", "time/logprobs", "time/backward")
+            if rows and k in rows[0]
+        },
+        "total_seconds": total,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def median_after_warmup(times: list[float], warmup: int) -> float:
+    """Median of the step times after the first `warmup` steps."""
+    kept = times[warmup:] or times
+    return statistics.median(kept)
+
+
+def pooled(rounds: list[dict], key: str, warmup: int) -> list[float]:
+    """The step times under `key` of every round, each round's warm-up steps left out."""
+    return [t for r in rounds for t in (r.get(key, [])[warmup:] or r.get(key, []))]
+
+
+def main() -> None:
+    """Run both sides alternately and print the comparison as a markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--steps", type=int, default=6, help="training steps per side and round, warm-up included"
+    )
+    ap.add_argument("--warmup", type=int, default=1, help="leading steps of each round left out")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations r1kit/TRL (order flips each round)")
+    ap.add_argument("--prompts-per-step", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: default)")
+    ap.add_argument("--workdir", type=Path, default=Path("runs/bench_grpo_trl"))
+    ap.add_argument("--skip-trl", action="store_true", help="time r1kit only")
+    ap.add_argument("--trl-python", type=Path, default=None, help="python of an existing TRL environment")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    model_dir = make_model_dir(args.workdir / "model")
+    prompts_file = args.workdir / "prompts.json"
+    prompts_file.write_text(json.dumps(make_prompts()))
+
+    python = None if args.skip_trl else (args.trl_python or ensure_trl_venv())
+    rounds: dict[str, list[dict]] = {"r1kit": [], "TRL": []}
+    for i in range(args.rounds):
+        order = ["r1kit", "TRL"] if i % 2 == 0 else ["TRL", "r1kit"]
+        for name in order:
+            if name == "r1kit":
+                rounds[name].append(run_r1kit(model_dir, prompts_file, args))
+            elif python is not None:
+                rounds[name].append(run_trl(python, model_dir, prompts_file, args))
+            last = rounds[name][-1] if rounds[name] else None
+            if last:
+                med = median_after_warmup(last["step_seconds"], args.warmup)
+                print(f"round {i + 1}: {name} {med:.3f} s/step", file=sys.stderr)
+    rounds = {k: v for k, v in rounds.items() if v}
+
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
+    n = args.prompts_per_step * args.group_size
+    threads = rounds["r1kit"][0]["torch_threads"]
+    print(
+        f"\nGRPO step, tiny Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads, vocab {len(SPECIALS) + len(CHARS)}), "
+        f"{args.prompts_per_step} prompts x {args.group_size} completions x {args.new_tokens} new tokens "
+        f"({n} sequences), beta 0, mu 1, fp32, CPU ({os.cpu_count()} cores, {threads} torch threads); "
+        f"{args.rounds} alternating rounds of {args.steps} steps, first {args.warmup} of each left out\n"
+    )
+    print(
+        "| implementation | s/step (median) | min | max | CPU s/step (median) | tokens/s | completion length |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    med, cpu = {}, {}
+    for name, res in rounds.items():
+        times = pooled(res, "step_seconds", args.warmup)
+        cpus = pooled(res, "step_cpu_seconds", args.warmup)
+        med[name] = statistics.median(times)
+        cpu[name] = statistics.median(cpus) if cpus else float("nan")
+        lengths = [x for r in res for x in r.get("mean_completion_length", []) if x is not None]
+        length = f"{statistics.mean(lengths):.1f}" if lengths else "?"
+        print(
+            f"| {name} | {med[name]:.3f} | {min(times):.3f} | {max(times):.3f} | {cpu[name]:.3f} | "
+            f"{n * args.new_tokens / med[name]:.0f} | {length} |"
+        )
+    if "TRL" in med:
+        per_round = [
+            median_after_warmup(t["step_seconds"], args.warmup)
+            / median_after_warmup(r["step_seconds"], args.warmup)
+            for r, t in zip(rounds["r1kit"], rounds["TRL"])
+        ]
+        print(
+            f"\nspeed-up r1kit vs TRL: {med['TRL'] / med['r1kit']:.2f}x wall "
+            f"(per round: {', '.join(f'{x:.2f}x' for x in per_round)}), "
+            f"{cpu['TRL'] / cpu['r1kit']:.2f}x CPU time"
+        )
+    splits = [r["split"] for r in rounds["r1kit"] if r.get("split")]
+    if splits:
+        keys = splits[0].keys()
+        print(
+            "r1kit time split (median s): "
+            + ", ".join(f"{k[5:]} {statistics.median(s[k] for s in splits):.3f}" for k in keys)
+        )
+    if "TRL" in rounds:
+        v = rounds["TRL"][0]
+        print(f"TRL {v.get('trl_version')}, torch {v.get('torch_version')}")
+    print(f"\ncommand: {command}")
+    (args.workdir / "results.json").write_text(json.dumps(rounds, indent=1))
+
+
+if __name__ == "__main__":
+    main()

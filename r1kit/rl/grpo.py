@@ -1,0 +1,1031 @@
+"""`r1kit grpo`: RL with verifiable rewards (GRPO, Dr. GRPO, DAPO, GSPO; SPEC §1-2).
+
+One step:
+
+1. sample: each rank takes its share of `prompts_per_step` prompts and the engine samples
+   `group_size` completions per prompt (KV cache, prefill once per prompt);
+2. score: rule-based rewards (task accuracy, format, DAPO soft overlong punishment, user rewards),
+   weighted; with dynamic sampling, groups whose rewards are all equal are dropped and refilled
+   from new prompts (at most `max_sampling_rounds` extra rounds);
+3. advantages: `group_advantages` (group-normalised for GRPO, centred only for Dr. GRPO);
+4. update: `mu` optimiser steps on the batch. Each step is one forward over prompt + completion
+   (right-padded, plain causal attention) and `policy_loss`; at the first one the current policy is
+   the sampling policy, so old_logp is that forward's log-prob, detached (never a second forward);
+   the reference model (only when beta > 0) adds one no-grad forward per step;
+5. after each optimiser step the MoE routing biases move (aux-loss-free balancing).
+
+Held-out evaluation (greedy accuracy and pass@1 over k samples) runs every `eval.every` steps;
+metrics go to metrics.jsonl (+ TensorBoard), a rich progress bar, and at the end `aha.png`
+(reward, held-out accuracy and completion length over steps). Checkpoints resume exactly
+(model, optimiser, scheduler, RNG, prompt stream, cost totals, elapsed time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from r1kit.config import ConfigError, check_one_of, check_positive, check_range, save_config
+from r1kit.train.result import RunResult
+
+PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length_mean")
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class ModelSection:
+    """[model] the policy to train.
+
+    path (str): HF model dir (llama, qwen2, qwen3, deepseek_v3), r1kit run dir (model/) or checkpoint dir.
+    tokenizer (str): tokenizer directory; "" = the model's directory or its nearest parent with one.
+    """
+
+    path: str = ""
+    tokenizer: str = ""
+
+
+@dataclass
+class DataSection:
+    """[data] the task, its prompts and the held-out split.
+
+    task (str): task name for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", "jsonl:FILE", ...).
+    task_args (dict): keyword arguments of the task, e.g. {digits = 4}.
+    train_problems (int): size of the training pool drawn from the "train" split (cycled, reshuffled per epoch).
+    template (str): "chat" (chat template + generation prompt, R1: starts in <think>) or "raw" (prompt as is).
+    system (str): system message for the chat template; empty = none (R1's usage recommendation).
+    """
+
+    task: str = "addition"
+    task_args: dict[str, Any] = field(default_factory=dict)
+    train_problems: int = 10000
+    template: Literal["chat", "raw"] = "chat"
+    system: str = ""
+
+
+@dataclass
+class RewardSection:
+    """[reward] rule-based rewards, summed with weights.
+
+    names (list): "accuracy" (the task's scorer), "format", "language", or "module:function".
+    weights (list): one weight per name.
+    overlong_cache (int): DAPO soft overlong window L_cache in tokens (L_max = max_new_tokens); 0 = off.
+    overlong_weight (float): weight of the overlong punishment in the reward.
+    """
+
+    names: list[str] = field(default_factory=lambda: ["accuracy", "format"])
+    weights: list[float] = field(default_factory=lambda: [1.0, 0.1])
+    overlong_cache: int = 0
+    overlong_weight: float = 1.0
+
+
+@dataclass
+class RolloutSection:
+    """[rollout] sampling of the completions.
+
+    prompts_per_step (int): prompts per step, over all ranks (R1-Zero: 32).
+    group_size (int): G, completions per prompt (R1-Zero: 16; DeepSeekMath: 64).
+    temperature (float): sampling temperature (R1-Zero: 1.0); the loss uses the same temperature.
+    top_p (float): nucleus sampling mass (1.0 = off).
+    top_k (int): top-k sampling (0 = off).
+    max_new_tokens (int): completion length cap (DeepSeekMath: 1024).
+    ignore_eos (bool): never stop at EOS (benchmarks: fixed-length completions).
+    dynamic_sampling (bool): DAPO: drop groups with all-equal rewards and refill with new prompts.
+    max_sampling_rounds (int): extra sampling rounds per step to refill; then dropped groups fill the rest.
+    overlong_filter (bool): DAPO: exclude truncated completions (finish "length") from the loss.
+    """
+
+    prompts_per_step: int = 32
+    group_size: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 1024
+    ignore_eos: bool = False
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    overlong_filter: bool = False
+
+
+@dataclass
+class LossSection:
+    """[loss] the policy-gradient objective (`r1kit.rl.losses.policy_loss`).
+
+    loss_type (str): "grpo" (per-sequence token mean), "dr_grpo" (sum / (G x max_new_tokens), no std),
+        "dapo" (token mean over the batch), "gspo" (sequence-level ratio).
+    advantage_scale (str): "auto" ("none" for dr_grpo, "group" otherwise), "group", "batch" or "none".
+    eps_low (float): lower clip range (GRPO/DAPO 0.2; GSPO 3e-4).
+    eps_high (float): upper clip range (GRPO 0.2; DAPO clip-higher 0.28; GSPO 4e-4).
+    beta (float): k3 KL weight; a reference is loaded only if > 0 (DeepSeekMath 0.04, R1-Zero 0.001, DAPO 0).
+    ref_reset_every (int): copy the policy into the reference every N steps (R1-Zero: 400); 0 = never.
+    mu (int): optimiser steps per rollout batch (GRPO's mu); old_logp is fixed by the first.
+    micro_batch_size (int): completions per forward/backward on one rank (accumulation); 0 = all at once.
+    """
+
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "gspo"] = "grpo"
+    advantage_scale: Literal["auto", "group", "batch", "none"] = "auto"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.001
+    ref_reset_every: int = 0
+    mu: int = 1
+    micro_batch_size: int = 0
+
+
+@dataclass
+class OptimSection:
+    """[optim] AdamW (`r1kit.train.loop.build_optimizer`) and its schedule.
+
+    lr (float): learning rate (R1-Zero: 3e-6; tiny CPU models: 1e-4, 3e-4 collapsed in EXPERIMENTS.md).
+    weight_decay (float): decoupled weight decay on matrices.
+    beta1 (float): AdamW beta1.
+    beta2 (float): AdamW beta2.
+    warmup_steps (int): linear warm-up optimiser steps.
+    schedule (str): "constant" or "cosine" (after the warm-up).
+    grad_clip (float): clip the global gradient norm; 0 = off.
+    moe_bias_gamma (float): aux-loss-free balancing speed after each optimiser step (0.001); 0 = off.
+    """
+
+    lr: float = 3e-6
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = 1.0
+    moe_bias_gamma: float = 0.001
+
+
+@dataclass
+class EvalSection:
+    """[eval] held-out evaluation during training (SPEC §2 protocol).
+
+    every (int): evaluate every N steps (and before the first and after the last); 0 = never.
+    split (str): held-out split of the task ("val" or "test").
+    problems (int): held-out problems.
+    samples (int): k samples per problem for pass@1 (mean correctness over the k); 0 = greedy only.
+    temperature (float): sampling temperature of the k samples (R1: 0.6).
+    top_p (float): nucleus mass of the k samples (R1: 0.95).
+    max_new_tokens (int): completion cap; 0 = rollout.max_new_tokens.
+    seed (int): seed of the held-out draw; differs from the SFT validation draw (seed 0), so the
+        problems the cold start was stopped on are not the ones GRPO is judged on.
+    """
+
+    every: int = 50
+    split: Literal["val", "test"] = "val"
+    problems: int = 64
+    samples: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 0
+    seed: int = 1
+
+
+@dataclass
+class Config:
+    """`r1kit grpo` configuration.
+
+    run_dir (str): run directory: config.toml, metrics.jsonl, checkpoints/, model/, aha.png.
+    resume (bool): continue from run_dir's latest checkpoint (without it, a run_dir with checkpoints is refused).
+    seed (int): seed of the prompt order and of the sampling streams.
+    device (str): "auto" (CUDA if available), "cpu", "cuda", "cuda:1".
+    precision (str): "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"; weights stay fp32.
+    strategy (str): "none" or "ddp" (under torchrun "none" becomes "ddp").
+    threads (int): torch CPU threads; 0 = torch's default.
+    max_steps (int): steps (rollout batches) of the whole run; 0 = no limit (then max_seconds must be set).
+    max_seconds (float): wall-clock budget in seconds, evaluation included; 0 = none.
+    log_every (int): metrics row and progress update every N steps.
+    save_every (int): checkpoint every N steps (0 = only at the end).
+    keep_last (int): checkpoints kept on disk.
+    progress (bool): rich progress bar (rank 0).
+    tensorboard (bool): also write TensorBoard events when tensorboard is installed.
+    plot (bool): write aha.png (reward, held-out accuracy, completion length) at the end.
+    """
+
+    run_dir: str = "runs/grpo"
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    strategy: Literal["none", "ddp"] = "none"
+    threads: int = 0
+    max_steps: int = 100
+    max_seconds: float = 0.0
+    log_every: int = 1
+    save_every: int = 0
+    keep_last: int = 2
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def __post_init__(self) -> None:
+        check_positive(self.max_steps, "max_steps", allow_zero=True)
+        check_positive(self.max_seconds, "max_seconds", allow_zero=True)
+        if self.max_steps == 0 and self.max_seconds == 0:
+            raise ConfigError("set max_steps and/or max_seconds (both are 0: the run would never stop)")
+        check_positive(self.log_every, "log_every")
+        check_positive(self.save_every, "save_every", allow_zero=True)
+        check_positive(self.keep_last, "keep_last")
+        r = self.rollout
+        check_positive(r.prompts_per_step, "rollout.prompts_per_step")
+        check_positive(r.group_size, "rollout.group_size")
+        check_positive(r.temperature, "rollout.temperature", allow_zero=True)
+        check_range(r.top_p, "rollout.top_p", 1e-9, 1.0)
+        check_positive(r.max_new_tokens, "rollout.max_new_tokens")
+        check_positive(r.max_sampling_rounds, "rollout.max_sampling_rounds", allow_zero=True)
+        if len(self.reward.names) != len(self.reward.weights):
+            raise ConfigError(
+                f"reward.names has {len(self.reward.names)} entries but reward.weights has "
+                f"{len(self.reward.weights)}; give one weight per reward"
+            )
+        for name in self.reward.names:
+            if name == "overlong":
+                raise ConfigError(
+                    "the overlong punishment is set by reward.overlong_cache (tokens), not a name"
+                )
+        check_range(self.reward.overlong_cache, "reward.overlong_cache", 0, r.max_new_tokens)
+        lo = self.loss
+        check_positive(lo.beta, "loss.beta", allow_zero=True)
+        check_positive(lo.eps_low, "loss.eps_low", allow_zero=True)
+        check_positive(lo.eps_high, "loss.eps_high", allow_zero=True)
+        check_positive(lo.mu, "loss.mu")
+        check_positive(lo.ref_reset_every, "loss.ref_reset_every", allow_zero=True)
+        check_positive(lo.micro_batch_size, "loss.micro_batch_size", allow_zero=True)
+        check_positive(self.optim.lr, "optim.lr", allow_zero=True)
+        check_positive(self.optim.grad_clip, "optim.grad_clip", allow_zero=True)
+        check_positive(self.eval.every, "eval.every", allow_zero=True)
+        check_positive(self.eval.samples, "eval.samples", allow_zero=True)
+        check_one_of(self.data.template, "data.template", ("chat", "raw"))
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The HF-layout directory to load: `path` itself, its `model/`, or its latest checkpoint."""
+    from r1kit.train.checkpoint import latest_checkpoint
+
+    path = Path(path)
+    if not str(path) or str(path) == ".":
+        raise ConfigError("model.path is empty: give an HF model directory or an r1kit run directory")
+    if (path / "config.json").is_file():
+        return path
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    ckpt = latest_checkpoint(path)
+    if ckpt is not None and (ckpt / "config.json").is_file():
+        return ckpt
+    raise FileNotFoundError(f"{path}: no config.json, model/ or checkpoint with a model found")
+
+
+def find_tokenizer_dir(model_dir: Path, explicit: str = "") -> Path:
+    """The tokenizer directory: `explicit`, else the model directory or the nearest parent with one."""
+    if explicit:
+        return Path(explicit)
+    for candidate in (model_dir, *model_dir.parents[:3]):
+        if (candidate / "tokenizer.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no tokenizer.json in {model_dir} or its parents; set model.tokenizer")
+
+
+def build_reward(config: Config, task) -> Any:
+    """The weighted `CombinedReward` of `reward.names` (the overlong term is added per token later)."""
+    from r1kit.rewards import combine, get_reward
+
+    parts = []
+    for name, weight in zip(config.reward.names, config.reward.weights):
+        label = name.rsplit(":", 1)[-1] if ":" in name else name
+        parts.append((label, get_reward(name, task), weight))
+    return combine(parts)
+
+
+def _call_seed(*parts: object) -> int:
+    """A stable 31-bit seed from `parts` (same on every machine and run)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (2**31)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_policy(
+    engine,
+    tokenizer,
+    task,
+    problems: list,
+    *,
+    samples: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    template: str,
+    system: str,
+    seed: int,
+    dist=None,
+    device: torch.device | None = None,
+    greedy: bool = True,
+) -> dict[str, float]:
+    """Held-out greedy accuracy and pass@1 over `samples` samples (mean correctness), on this rank's share.
+
+    Under torch.distributed each rank evaluates problems[rank::world] and the counts are summed.
+    Returns {"eval/greedy_acc" and "eval/length_mean" (greedy decode, when `greedy`), "eval/pass@1"
+    (when samples > 0)}.
+    """
+    from r1kit.engine import SamplingParams
+    from r1kit.metrics import pass_at_k
+    from r1kit.rl.rollout import render_prompt
+    from r1kit.train.loop import all_reduce_sum
+
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    mine = problems[rank::world]
+    prompts = [tokenizer.encode(render_prompt(tokenizer, p, template, system)) for p in mine]
+    greedy_correct = pass1_sum = length_sum = 0.0
+    if prompts:
+        if greedy:
+            params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+            outs = engine.generate(prompts, params)
+            greedy_correct = sum(task.score(c.text, mine[c.prompt_index]) >= 1.0 for c in outs)
+            length_sum = sum(len(c.token_ids) for c in outs)
+        if samples > 0:
+            params = SamplingParams(
+                n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+            )
+            outs = engine.generate(prompts, params)
+            correct = [0] * len(mine)
+            for c in outs:
+                correct[c.prompt_index] += task.score(c.text, mine[c.prompt_index]) >= 1.0
+            pass1_sum = sum(pass_at_k(samples, k, 1) for k in correct)
+    counts = [float(len(mine)), float(greedy_correct), float(pass1_sum), float(length_sum)]
+    if dist is not None and dist.distributed:
+        counts = all_reduce_sum(counts, dist, device or torch.device("cpu"))
+    n = max(counts[0], 1.0)
+    out = {"eval/greedy_acc": counts[1] / n, "eval/length_mean": counts[3] / n} if greedy else {}
+    if samples > 0:
+        out["eval/pass@1"] = counts[2] / n
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+
+class GRPOTrainer:
+    """The state of one GRPO run; `run(config)` builds it and calls `train()`.
+
+    Public attributes a test or a notebook may read: `model` (the plain policy), `train_model`
+    (DDP-wrapped or the same), `ref_model` (None unless beta > 0), `optimizer`, `scheduler`,
+    `engine`, `tokenizer`, `task`, `step`, `dist`, `device`.
+    """
+
+    def __init__(self, config: Config):
+        from r1kit.engine import Engine
+        from r1kit.model import Transformer
+        from r1kit.rl.rollout import PromptStream
+        from r1kit.tasks import get_task
+        from r1kit.tokenizer import Tokenizer
+        from r1kit.train.cost import CostMeter
+        from r1kit.train.loop import (
+            autocast_for,
+            build_optimizer,
+            build_scheduler,
+            resolve_device,
+            setup_distributed,
+            wrap_model,
+        )
+
+        self.config = c = config
+        self.dist = setup_distributed(c.device)
+        self.device = resolve_device(c.device, self.dist)
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        self.run_dir = Path(c.run_dir)
+        world = self.dist.world_size
+        if c.rollout.prompts_per_step % world:
+            raise ConfigError(
+                f"rollout.prompts_per_step ({c.rollout.prompts_per_step}) must be a multiple of the "
+                f"{world} ranks"
+            )
+        self.local_prompts = c.rollout.prompts_per_step // world
+
+        self.model_dir = resolve_model_dir(c.model.path)
+        self.tokenizer = Tokenizer.from_pretrained(find_tokenizer_dir(self.model_dir, c.model.tokenizer))
+        self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+        self.model = Transformer.from_pretrained(self.model_dir, device=self.device, dtype=torch.float32)
+        # GRPO trains the main model only: the MTP head gets no loss (and DDP would see unused parameters)
+        for p in self.model.mtp.parameters():
+            p.requires_grad_(False)
+        self.ref_model = None
+        if c.loss.beta > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.autocast = autocast_for(self.device, c.precision)
+
+        self.task = get_task(c.data.task, **c.data.task_args)
+        train_problems = self.task.problems(split="train", n=c.data.train_problems, seed=c.seed)
+        self.prompts = PromptStream(train_problems, seed=c.seed, rank=self.dist.rank, world_size=world)
+        self.eval_problems = (
+            self.task.problems(split=c.eval.split, n=c.eval.problems, seed=c.eval.seed)
+            if c.eval.every
+            else []
+        )
+        self.reward_fn = build_reward(c, self.task)
+        self.prompt_cache: dict[str, list[int]] = {}
+
+        self.optimizer = build_optimizer(
+            self.model, c.optim.lr, weight_decay=c.optim.weight_decay, betas=(c.optim.beta1, c.optim.beta2)
+        )
+        total_updates = max(c.max_steps, 1) * c.loss.mu
+        self.scheduler = build_scheduler(
+            self.optimizer, c.optim.warmup_steps, total_updates, c.optim.schedule
+        )
+        self.train_model = wrap_model(self.model, c.strategy, self.dist)
+        self.engine = Engine(self.model, self.tokenizer)
+
+        bf16 = c.precision == "bf16" or (c.precision == "auto" and self.device.type == "cuda")
+        self.meter = CostMeter(self.device, dtype="bf16" if bf16 else "fp32", world_size=world)
+        self.step = 0
+        self.elapsed_before = 0.0  # wall seconds of earlier segments of a resumed run
+        self.time_totals = {"generate": 0.0, "score": 0.0, "logprobs": 0.0, "backward": 0.0, "eval": 0.0}
+        self.last_eval: dict[str, float] = {}
+        self.first_eval: dict[str, float] = {}
+        self.ref_step = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def _gather_stream_states(self) -> list[dict[str, int]]:
+        """Every rank's prompt-stream state (one collective)."""
+        from r1kit.train.loop import all_reduce_sum
+
+        world, rank = self.dist.world_size, self.dist.rank
+        vec = [0.0] * (2 * world)
+        state = self.prompts.state_dict()
+        vec[2 * rank], vec[2 * rank + 1] = state["epoch"], state["cursor"]
+        if self.dist.distributed:
+            vec = all_reduce_sum(vec, self.dist, self.device)
+        return [{"epoch": int(vec[2 * r]), "cursor": int(vec[2 * r + 1])} for r in range(world)]
+
+    def save(self) -> Path | None:
+        """Checkpoint the run (rank 0 writes; every rank takes part in the gather)."""
+        from r1kit.train.checkpoint import save_checkpoint
+
+        streams = self._gather_stream_states()
+        path = None
+        if self.is_main:
+            extra = {
+                "streams": streams,
+                "cost": self.meter.state_dict(),
+                "elapsed": self.elapsed(),
+                "time_totals": dict(self.time_totals),
+                "first_eval": dict(self.first_eval),
+                "last_eval": dict(self.last_eval),
+                "ref_step": self.ref_step,
+            }
+            path = save_checkpoint(
+                self.run_dir,
+                self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                extra=extra,
+                keep_last=self.config.keep_last,
+            )
+        self._barrier()
+        return path
+
+    def resume(self) -> bool:
+        """Restore the latest checkpoint of run_dir if there is one; returns whether it did."""
+        from r1kit.model import Transformer
+        from r1kit.train.checkpoint import latest_checkpoint, load_checkpoint
+
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        extra = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step = int(extra["step"])
+        streams = extra.get("streams") or []
+        if len(streams) == self.dist.world_size:
+            self.prompts.load_state_dict(streams[self.dist.rank])
+        elif streams:  # a different world size: continue every rank from the furthest epoch
+            self.prompts.load_state_dict({"epoch": max(s["epoch"] for s in streams) + 1, "cursor": 0})
+        if "cost" in extra:
+            self.meter.load_state_dict(extra["cost"])
+        self.elapsed_before = float(extra.get("elapsed", 0.0))
+        self.time_totals.update(extra.get("time_totals", {}))
+        self.first_eval = dict(extra.get("first_eval", {}))
+        self.last_eval = dict(extra.get("last_eval", {}))
+        self.ref_step = int(extra.get("ref_step", 0))
+        if self.ref_model is not None:
+            ref_dir = self.run_dir / "reference"
+            source = ref_dir if (ref_dir / "config.json").is_file() and self.ref_step > 0 else self.model_dir
+            ref = Transformer.from_pretrained(source, device=self.device, dtype=torch.float32)
+            self.ref_model.load_state_dict(ref.state_dict())
+        return True
+
+    def _barrier(self) -> None:
+        if self.dist.distributed:
+            torch.distributed.barrier()
+
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far, earlier segments of a resumed run included."""
+        return self.elapsed_before + (time.perf_counter() - self._t_start)
+
+    # ------------------------------------------------------------------ one step
+    def _sampling_params(self, round_: int):
+        from r1kit.engine import SamplingParams
+
+        r = self.config.rollout
+        return SamplingParams(
+            n=r.group_size,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            max_new_tokens=r.max_new_tokens,
+            ignore_eos=r.ignore_eos,
+            seed=_call_seed(self.config.seed, self.step, self.dist.rank, round_),
+        )
+
+    def collect(self) -> tuple[Any, dict[str, float]]:
+        """Sample and score this rank's rollout for the step (dynamic sampling included)."""
+        from r1kit.rl.rollout import Rollout, informative_groups, sample_groups
+
+        c = self.config
+        G = c.rollout.group_size
+        target = self.local_prompts
+        kept, dropped = [], []
+        n_groups = n_zero = 0
+        t_gen = t_score = 0.0
+        rounds = 0
+        request = target
+        while True:
+            problems = self.prompts.take(request)
+            self.model.eval()
+            with self.autocast():
+                rollout, tg, ts = sample_groups(
+                    self.engine,
+                    self.tokenizer,
+                    problems,
+                    self._sampling_params(rounds),
+                    self.reward_fn,
+                    template=c.data.template,
+                    system=c.data.system,
+                    overlong_cache=c.reward.overlong_cache,
+                    overlong_weight=c.reward.overlong_weight,
+                    prompt_cache=self.prompt_cache,
+                )
+            t_gen, t_score = t_gen + tg, t_score + ts
+            useful_N = informative_groups(rollout.rewards_B, G)
+            n_groups += useful_N.numel()
+            n_zero += int((~useful_N).sum())
+            rounds += 1
+            if not c.rollout.dynamic_sampling:
+                kept.append(rollout)
+                break
+            kept.append(rollout.select_groups(useful_N, G))
+            dropped.append(rollout.select_groups(~useful_N, G))
+            have = sum(len(r) for r in kept) // G
+            if have >= target or rounds > c.rollout.max_sampling_rounds:
+                break
+            # ask for enough prompts to fill the batch at the informative rate seen so far
+            rate = max((n_groups - n_zero) / max(n_groups, 1), 0.25)
+            request = min(math.ceil((target - have) / rate), 4 * target)
+        batch = Rollout.concat(kept)
+        have = len(batch) // G
+        if have > target:
+            batch = batch.select_groups(torch.arange(have) < target, G)
+        elif have < target:  # cap reached: complete with zero-advantage groups to keep the batch size
+            filler = Rollout.concat(dropped)
+            need = torch.arange(len(filler) // G) < (target - have)
+            batch = Rollout.concat([batch, filler.select_groups(need, G)])
+        stats = {
+            "groups/zero_std_frac": n_zero / max(n_groups, 1),
+            "groups/sampling_rounds": float(rounds),
+            "time/generate": t_gen,
+            "time/score": t_score,
+        }
+        return batch, stats
+
+    def _advantages(self, rewards_B: torch.Tensor) -> torch.Tensor:
+        from r1kit.rl.losses import group_advantages
+
+        scale = self.config.loss.advantage_scale
+        if scale == "auto":
+            scale = "none" if self.config.loss.loss_type == "dr_grpo" else "group"
+        return group_advantages(rewards_B, self.config.rollout.group_size, scale=scale)
+
+    def _counted_tokens(self, rollout) -> list[float]:
+        """Per row, the completion tokens that count in the loss (not forced, not overlong-filtered)."""
+        drop_truncated = self.config.rollout.overlong_filter
+        return [
+            0.0 if drop_truncated and c.finish_reason == "length" else float(sum(c.mask))
+            for c in rollout.completions
+        ]
+
+    def _micro_batches(self, rollout, advantages_B: torch.Tensor, rows: list[int]) -> list:
+        """Micro-batches of `rows`, sorted by length so little padding is computed."""
+        from r1kit.rl.rollout import build_batch
+
+        c = self.config
+        size = c.loss.micro_batch_size or len(rows)
+        order = sorted(rows, key=lambda i: len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids))
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        return [
+            build_batch(
+                rollout, advantages_B, self.pad_id, overlong_filter=c.rollout.overlong_filter, rows=chunk
+            ).to(self.device)
+            for chunk in chunks
+        ]
+
+    def update(self, rollout) -> dict[str, float]:
+        """Advantages, reference log-probs, then `mu` optimiser steps on the rollout."""
+        from r1kit.rl.losses import entropy_from_logits, policy_loss
+        from r1kit.rl.rollout import completion_logprobs
+        from r1kit.train.loop import all_reduce_sum, moe_balance_step, train_step
+
+        c = self.config
+        lo = c.loss
+        temperature = c.rollout.temperature if c.rollout.temperature > 0 else 1.0
+        advantages_B = self._advantages(rollout.rewards_B)
+        counted_B = self._counted_tokens(rollout)
+        rows = list(range(len(rollout)))
+        if lo.beta == 0:
+            # Without a KL term a row with advantage exactly 0 has a loss of exactly 0 and no gradient
+            # (whatever the ratio): leave it out of the forward/backward but keep it in the normalisers
+            # below, so the update is the same as with it. One row stays so every rank runs a backward.
+            rows = [i for i in rows if float(advantages_B[i]) != 0.0] or [0]
+        micro = self._micro_batches(rollout, advantages_B, rows)
+        global_rows, global_tokens, kept_tokens = all_reduce_sum(
+            [float(len(rollout)), sum(counted_B), sum(counted_B[i] for i in rows)], self.dist, self.device
+        )
+        global_tokens, kept_tokens = max(global_tokens, 1.0), max(kept_tokens, 1.0)
+        t_logp = 0.0
+
+        if self.ref_model is not None:
+            t0 = time.perf_counter()
+            with torch.no_grad(), self.autocast():
+                for mb in micro:
+                    mb.ref_logp_BT = completion_logprobs(self.ref_model, mb, temperature)[0].float()
+            t_logp += time.perf_counter() - t0
+
+        metrics: dict[str, float] = {}
+        forward_s = [0.0]
+        first = [True]
+
+        def loss_fn(model, mb):
+            t0 = time.perf_counter()
+            logp_BT, logits_BLV = completion_logprobs(model, mb, temperature)
+            if mb.old_logp_BT is None:
+                # first update: the policy is still the one that sampled, so this forward's log-prob,
+                # detached, is old_logp (ratio 1 in value, REINFORCE gradient); kept for the next mu - 1
+                mb.old_logp_BT = logp_BT.detach()
+            loss, m = policy_loss(
+                logp_BT,
+                mb.old_logp_BT,
+                mb.ref_logp_BT,
+                mb.advantages_B,
+                mb.mask_BT,
+                loss_type=lo.loss_type,
+                eps_low=lo.eps_low,
+                eps_high=lo.eps_high,
+                beta=lo.beta,
+                max_completion_length=c.rollout.max_new_tokens,
+            )
+            rows, tokens = float(mb.mask_BT.shape[0]), mb.num_tokens
+            # this micro-batch's share of the global batch loss (train_step sums contributions)
+            weight = tokens / global_tokens if lo.loss_type == "dapo" else rows / global_rows
+            share = tokens / kept_tokens  # metrics: means over the rows that were run
+            out = {k: torch.tensor(v * share) for k, v in m.items() if k != "loss"}
+            if first[0]:
+                with torch.no_grad():
+                    ent_BT = entropy_from_logits(logits_BLV.detach()).gather(1, mb.index_BT)
+                    out["entropy"] = (ent_BT * mb.mask_BT).sum() / kept_tokens
+            forward_s[0] += time.perf_counter() - t0
+            return loss * weight, out
+
+        for it in range(lo.mu):
+            first[0] = it == 0
+            self.train_model.train()
+            t0 = time.perf_counter()
+            forward_s[0] = 0.0
+            stats = train_step(
+                self.train_model,
+                self.optimizer,
+                micro,
+                loss_fn,
+                scheduler=self.scheduler,
+                grad_clip=c.optim.grad_clip,
+                dist=self.dist,
+                autocast=self.autocast,
+                step=self.step + 1,
+            )
+            moe = moe_balance_step(self.train_model, c.optim.moe_bias_gamma, self.dist)
+            t_logp += forward_s[0]
+            metrics.setdefault("time/backward", 0.0)
+            metrics["time/backward"] += time.perf_counter() - t0 - forward_s[0]
+            if it == 0:
+                metrics.update({k: v for k, v in stats.metrics.items()})
+                metrics["loss"] = stats.loss
+                metrics["grad_norm"] = stats.grad_norm
+                metrics["lr"] = stats.lr
+                metrics.update(moe)
+        metrics["time/logprobs"] = t_logp
+        metrics["rows_skipped_frac"] = (len(rollout) - len(rows)) / max(len(rollout), 1)
+        metrics["train_tokens"] = float(
+            sum(len(p) + len(c.token_ids) for p, c in zip(rollout.prompt_ids, rollout.completions))
+        )
+        return metrics
+
+    def rollout_metrics(self, rollout) -> dict[str, float]:
+        """Reward, length and truncation statistics of this rank's rollout (summed over ranks)."""
+        from r1kit.train.loop import all_reduce_sum
+
+        lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float64)
+        truncated = torch.tensor(
+            [c.finish_reason == "length" for c in rollout.completions], dtype=torch.float64
+        )
+        series = {"reward": rollout.rewards_B.double(), **{k: v.double() for k, v in rollout.parts.items()}}
+        sums = [float(len(rollout)), float(lengths.sum()), float(truncated.sum())]
+        for v in series.values():
+            sums += [float(v.sum()), float((v * v).sum())]
+        sums = all_reduce_sum(sums, self.dist, self.device)
+        n = max(sums[0], 1.0)
+        out = {
+            "completion/length_mean": sums[1] / n,
+            "completion/truncated_frac": sums[2] / n,
+            "generated_tokens": sums[1],
+        }
+        max_len = float(lengths.max()) if len(lengths) else 0.0
+        if self.dist.distributed:
+            t = torch.tensor([max_len], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            max_len = float(t)
+        out["completion/length_max"] = max_len
+        for i, name in enumerate(series):
+            s, ss = sums[3 + 2 * i], sums[4 + 2 * i]
+            mean = s / n
+            std = math.sqrt(max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1.0))
+            key = "reward" if name == "reward" else f"reward/{name}"
+            out[f"{key}/mean"], out[f"{key}/std"] = mean, std
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out evaluation (see `evaluate_policy`)."""
+        c = self.config
+        t0 = time.perf_counter()
+        self.model.eval()
+        with self.autocast():
+            out = evaluate_policy(
+                self.engine,
+                self.tokenizer,
+                self.task,
+                self.eval_problems,
+                samples=c.eval.samples,
+                temperature=c.eval.temperature,
+                top_p=c.eval.top_p,
+                max_new_tokens=c.eval.max_new_tokens or c.rollout.max_new_tokens,
+                template=c.data.template,
+                system=c.data.system,
+                seed=_call_seed("eval", c.eval.seed, c.seed),
+                dist=self.dist,
+                device=self.device,
+            )
+        self.time_totals["eval"] += time.perf_counter() - t0
+        return out
+
+    def train_step(self) -> dict[str, float]:
+        """One full GRPO step: sample, score, advantages, mu updates, reference reset. Returns metrics."""
+        from r1kit.model.counting import flops_per_token
+
+        c = self.config
+        t0 = time.perf_counter()
+        rollout, stats = self.collect()
+        metrics = {**stats, **self.rollout_metrics(rollout)}
+        metrics.update(self.update(rollout))
+        self.step += 1
+        if self.ref_model is not None and c.loss.ref_reset_every and self.step % c.loss.ref_reset_every == 0:
+            self.ref_model.load_state_dict(self.model.state_dict())
+            self.ref_step = self.step
+            if self.is_main:
+                self.model.save_pretrained(self.run_dir / "reference")
+        for k in ("generate", "score", "logprobs", "backward"):
+            self.time_totals[k] += metrics[f"time/{k}"]
+        # FLOPs: sampling forwards (2N per token of prompt + completion), mu training passes (6N),
+        # and the reference forward (2N) when there is one; attention from flops_per_token.
+        gen_tokens = metrics.pop("generated_tokens")
+        train_tokens = metrics.pop("train_tokens") * self.dist.world_size
+        seq = max(1, int(metrics["completion/length_mean"]))
+        train_fpt = flops_per_token(self.model.config, seq, include_mtp=False)
+        flops = train_tokens * train_fpt * (c.loss.mu + (1 / 3 if self.ref_model is not None else 0))
+        flops += train_tokens * train_fpt / 3
+        step_cost = self.meter.add(int(gen_tokens), flops)
+        metrics["cost/tokens_generated"] = gen_tokens
+        metrics["cost/flops"] = flops
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics["tokens_per_s"] = gen_tokens / max(metrics["time/step"], 1e-9)
+        metrics["mfu"] = step_cost["mfu"]
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def _should_stop(self) -> str | None:
+        c = self.config
+        reason = None
+        if c.max_steps and self.step >= c.max_steps:
+            reason = "max_steps"
+        elif c.max_seconds and self.elapsed() >= c.max_seconds:
+            reason = "max_seconds"
+        if self.dist.distributed:  # rank 0's clock decides for everyone
+            flag = torch.tensor([{None: 0, "max_steps": 1, "max_seconds": 2}[reason]], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            reason = {0: None, 1: "max_steps", 2: "max_seconds"}[int(flag)]
+        return reason
+
+    def train(self) -> GRPOResult:
+        """Run until max_steps / max_seconds; returns the run's `RunResult`."""
+        from r1kit.train.log import MetricsLogger, ProgressBar
+
+        c = self.config
+        self._t_start = time.perf_counter()
+        resumed = False
+        if c.resume:
+            resumed = self.resume()
+        elif (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").iterdir()):
+            raise ConfigError(
+                f"{self.run_dir} already holds checkpoints; pass --resume true or pick another run_dir"
+            )
+        logger = None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.run_dir / "config.toml")
+            if not resumed:  # a fresh run (no checkpoint) starts a fresh metrics file
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            logger = MetricsLogger(
+                self.run_dir,
+                stage="grpo",
+                tensorboard=c.tensorboard,
+                resume_step=self.step if resumed else None,
+            )
+        bar = ProgressBar(
+            c.max_steps or None, "grpo", quiet=not (c.progress and self.is_main), start_step=self.step
+        )
+        self.meter.start()
+        stopped = None
+        try:
+            if c.eval.every and not resumed:
+                self.last_eval = self.first_eval = self.evaluate()
+                if logger is not None:
+                    logger.log({**self.last_eval}, step=0)
+            while (stopped := self._should_stop()) is None:
+                metrics = self.train_step()
+                due_eval = c.eval.every and self.step % c.eval.every == 0
+                if due_eval:
+                    self.last_eval = self.evaluate()
+                    metrics.update(self.last_eval)
+                metrics["elapsed_s"] = self.elapsed()
+                if logger is not None and (self.step % c.log_every == 0 or due_eval):
+                    logger.log(metrics, step=self.step)
+                if self.step % c.log_every == 0:
+                    fields = {
+                        "reward": metrics["reward/mean"],
+                        "len": metrics["completion/length_mean"],
+                        "s/step": metrics["time/step"],
+                    }
+                    if "eval/pass@1" in self.last_eval:
+                        fields["pass@1"] = self.last_eval["eval/pass@1"]
+                    bar.update(1 if c.log_every == 1 else c.log_every, **fields)
+                if c.save_every and self.step % c.save_every == 0:
+                    self.save()
+            if c.eval.every and self.step % c.eval.every != 0:
+                self.last_eval = self.evaluate()
+                if logger is not None:
+                    logger.log({**self.last_eval, "elapsed_s": self.elapsed()}, step=self.step)
+            self.save()
+        finally:
+            self.meter.stop()
+            bar.close()
+            if logger is not None:
+                logger.close()
+        return self._finish(stopped)
+
+    def _finish(self, stopped: str | None) -> GRPOResult:
+        """Save the final model + tokenizer, the aha plot and the summary; build the GRPOResult."""
+        from r1kit.train.log import plot_metrics
+
+        c = self.config
+        cost = self.meter.summary()
+        cost["time_split_s"] = dict(self.time_totals)
+        metrics: dict[str, Any] = {"steps": self.step, "stopped": stopped}
+        metrics.update({f"initial_{k}": v for k, v in self.first_eval.items()})
+        metrics.update({f"final_{k}": v for k, v in self.last_eval.items()})
+        if self.is_main:
+            final = self.run_dir / "model"
+            self.model.save_pretrained(final)
+            self.tokenizer.save_pretrained(final)
+            if c.plot:
+                keys = [k for k in PLOT_KEYS if k in _metric_keys(self.run_dir / "metrics.jsonl")]
+                if keys:
+                    plot_metrics(
+                        self.run_dir / "metrics.jsonl",
+                        self.run_dir / "aha.png",
+                        keys=keys,
+                        title=f"GRPO ({c.loss.loss_type}) on {c.data.task}",
+                        stage="grpo",
+                    )
+            summary = {"metrics": metrics, "cost": cost}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        self._barrier()
+        metrics_path = self.run_dir / "metrics.jsonl"
+        plot = self.run_dir / "aha.png"
+        return GRPOResult(
+            run_dir=self.run_dir,
+            metrics=metrics,
+            cost=cost,
+            model_dir=self.run_dir / "model",
+            metrics_path=metrics_path,
+            steps=self.step,
+            eval_history=eval_history(metrics_path),
+            plot_path=plot if plot.is_file() else None,
+        )
+
+
+@dataclass
+class GRPOResult(RunResult):
+    """What `run` returns: `RunResult` (run_dir, metrics, cost) plus the paths and the eval history.
+
+    Attributes:
+        model_dir: the final policy (HF layout + tokenizer), loadable by `r1kit chat/serve/eval/grpo`.
+        metrics_path: the run's metrics.jsonl (one row per logged step).
+        steps: GRPO steps done (rollout batches), resumed segments included.
+        eval_history: held-out evaluations in step order, e.g. [{"step": 0, "eval/greedy_acc": 0.3,
+            "eval/pass@1": 0.28, "eval/length_mean": 34.1}, ...] (empty with eval.every = 0).
+        plot_path: aha.png, or None when it was not drawn.
+    """
+
+    model_dir: Path | None = None
+    metrics_path: Path | None = None
+    steps: int = 0
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    plot_path: Path | None = None
+
+
+def eval_history(metrics_path: Path) -> list[dict[str, float]]:
+    """The held-out evaluation rows of a metrics.jsonl, in step order (the last row per step wins)."""
+    by_step: dict[int, dict[str, float]] = {}
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                evals = {k: v for k, v in row.items() if k.startswith("eval/")}
+                if evals:
+                    by_step[int(row["step"])] = {"step": int(row["step"]), **evals}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def _metric_keys(path: Path) -> set[str]:
+    """Keys present in a metrics.jsonl."""
+    keys: set[str] = set()
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                keys.update(json.loads(line))
+    return keys
+
+
+def run(config: Config) -> GRPOResult:
+    """Train a policy with GRPO-family RL as configured; see the module docstring.
+
+    The Python API needs no TOML: nested sections are plain dataclasses, e.g.
+
+        from r1kit.rl import grpo
+        cfg = grpo.Config(run_dir="runs/grpo", max_seconds=240, model=grpo.ModelSection(path="runs/sft"),
+                          rollout=grpo.RolloutSection(prompts_per_step=16, group_size=8, max_new_tokens=96),
+                          loss=grpo.LossSection(beta=0.0), optim=grpo.OptimSection(lr=1e-4))
+        result = grpo.run(cfg)    # result.model_dir, result.eval_history, result.cost, ...
+    """
+    from r1kit.train.loop import cleanup_distributed
+
+    trainer = GRPOTrainer(config)
+    try:
+        return trainer.train()
+    finally:
+        cleanup_distributed()
