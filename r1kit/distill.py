@@ -1,0 +1,827 @@
+"""`r1kit sample` and `r1kit distill`: rejection sampling and distillation (SPEC §2, R1 stages 3 and distill).
+
+Rejection sampling (`run_sample`): a teacher samples k completions per prompt; only verified-correct
+ones are kept (`task.score == 1`, and by default a well-formed `reasoning</think>answer` that ended
+with EOS), optionally deduplicated and thinned to the shortest or the first m per prompt. Each kept
+trace becomes a chat conversation ``{"messages": [user, assistant]}`` whose assistant content is the
+full completion in R1 layout, ``<think>\\n{reasoning}\\n</think>\\n{answer}``: r1kit's chat template
+renders it back to exactly the tokens the teacher generated after the generation prompt, so SFT on
+the file reproduces the `<think>` format. Statistics (acceptance rate per task, mean lengths) go to
+``<out>.stats.json`` and the console.
+
+Distillation (`run`), two methods:
+
+- "sft" (R1-Distill): supervised fine-tuning of a student, any architecture (e.g. a dense tiny Llama
+  for a DeepSeek-V3 teacher), on the verified traces, through `r1kit.train.sft`.
+- "logits": token-level knowledge distillation on the traces' completion tokens,
+  ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE``, which needs the teacher and
+  the student to share a vocabulary (it fails with a clear error otherwise).
+
+Both commands read the same config file, so a pipeline is
+
+    r1kit sample configs/distill_tiny.toml --teacher.path runs/sft_tiny
+    r1kit distill configs/distill_tiny.toml --teacher.path runs/sft_tiny
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from r1kit.train.loop import IGNORE_INDEX, RunConfig, TrainConfig
+from r1kit.train.pretrain import ModelSection
+from r1kit.train.result import RunResult
+from r1kit.train.sft import ValSection
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class TeacherSection:
+    """[teacher] the model that writes the traces (and the logits for logit distillation).
+
+    path (str): an HF model directory, an r1kit run directory (its `model/` or latest checkpoint) or a
+        checkpoint directory.
+    tokenizer (str): tokenizer directory; "" = found next to the model.
+    """
+
+    path: str = ""
+    tokenizer: str = ""
+
+
+@dataclass
+class SampleSection:
+    """[sample] rejection sampling (`r1kit sample`).
+
+    tasks (list[str]): task names for `r1kit.tasks.get_task`; each contributes `prompts` prompts.
+    task_args (dict): keyword arguments per task name, e.g. {addition = {min_digits = 1, max_digits = 4}}.
+    split (str): split the prompts come from ("train": evaluation splits stay unseen).
+    prompts (int): prompts per task.
+    seed (int): seed of the prompt draw and of the sampling streams.
+    template (str): "chat" (chat template + generation prompt) or "raw".
+    system (str): system message of the prompts and of the written conversations ("" = none).
+    k (int): completions sampled per prompt.
+    temperature (float): teacher sampling temperature.
+    top_p (float): nucleus mass.
+    max_new_tokens (int): completion cap (truncated completions are never kept).
+    verify (bool): keep only verified-correct completions (task.score == 1); false keeps any sample
+        (the "no rejection" ablation).
+    require_format (bool): keep only completions that ended with EOS and read "reasoning</think>answer"
+        with one `</think>` and a non-empty answer.
+    keep (str): "all" (every kept completion, in sampling order), "shortest" (fewest tokens first) or
+        "random" (a seeded shuffle), then cut to max_per_prompt.
+    max_per_prompt (int): most traces per prompt; 0 = no limit ("shortest" then keeps 1).
+    dedupe (bool): drop completions whose text repeats one already kept for the same prompt.
+    out (str): the chat JSONL written; statistics go to the same path with .stats.json.
+    batch_prompts (int): prompts per generate call (each brings k rows); 0 = all in one call.
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["addition"])
+    task_args: dict[str, Any] = field(default_factory=dict)
+    split: str = "train"
+    prompts: int = 1000
+    seed: int = 0
+    template: Literal["chat", "raw"] = "chat"
+    system: str = ""
+    k: int = 8
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    verify: bool = True
+    require_format: bool = True
+    keep: Literal["all", "shortest", "random"] = "all"
+    max_per_prompt: int = 0
+    dedupe: bool = True
+    out: str = "runs/distill/traces.jsonl"
+    batch_prompts: int = 256
+
+
+@dataclass
+class DistillSection:
+    """[distill] how the student learns from the teacher (`r1kit distill`).
+
+    method (str): "sft" (fine-tune on the traces, R1-Distill) or "logits" (KL to the teacher's token
+        distributions on the traces; needs a shared vocabulary).
+    files (list[str]): chat JSONL files to learn from; empty = sample.out.
+    tokenizer (str): the student's tokenizer directory; "" = the teacher's (required for "logits").
+    max_len (int): tokens kept per conversation.
+    temperature (float): T of the logit distillation (the KL is taken at T and scaled by T^2).
+    alpha (float): weight of the KL term; 1 - alpha goes to cross-entropy on the trace tokens.
+    """
+
+    method: Literal["sft", "logits"] = "sft"
+    files: list[str] = field(default_factory=list)
+    tokenizer: str = ""
+    max_len: int = 256
+    temperature: float = 1.0
+    alpha: float = 1.0
+
+
+@dataclass
+class Config:
+    """`r1kit sample` (rejection sampling) and `r1kit distill` (student training) share this config."""
+
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    student: ModelSection = field(default_factory=ModelSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    val: ValSection = field(default_factory=ValSection)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-3, warmup_steps=20))
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/distill"))
+
+    def __post_init__(self) -> None:
+        from r1kit.config import ConfigError, check_positive, check_range
+
+        s = self.sample
+        check_positive(s.k, "sample.k")
+        check_positive(s.prompts, "sample.prompts")
+        check_positive(s.max_new_tokens, "sample.max_new_tokens")
+        check_positive(s.temperature, "sample.temperature", allow_zero=True)
+        check_range(s.top_p, "sample.top_p", 1e-9, 1.0)
+        check_positive(s.max_per_prompt, "sample.max_per_prompt", allow_zero=True)
+        check_positive(s.batch_prompts, "sample.batch_prompts", allow_zero=True)
+        check_positive(self.distill.temperature, "distill.temperature")
+        check_range(self.distill.alpha, "distill.alpha", 0.0, 1.0)
+        check_positive(self.distill.max_len, "distill.max_len")
+        if not s.tasks:
+            raise ConfigError("sample.tasks must name at least one task")
+
+
+# ----------------------------------------------------------------------------------------------
+# rejection sampling
+
+
+def trace_messages(problem: Any, completion: str, system: str = "") -> list[dict[str, str]]:
+    """The SFT conversation of one trace: [system], the user prompt, and the completion as assistant
+    content in R1 layout (``<think>\\n{reasoning}\\n</think>\\n{answer}``), which r1kit's chat template
+    renders to exactly the completion tokens after the generation prompt."""
+    from r1kit.tokenizer import format_assistant, split_reasoning
+
+    reasoning, answer = split_reasoning(completion)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": problem.prompt})
+    messages.append({"role": "assistant", "content": format_assistant(reasoning, answer)})
+    return messages
+
+
+def well_formed(completion: Any) -> bool:
+    """A completion that ended on its own (EOS) and reads "reasoning</think>answer" with one
+    `</think>` and a non-empty answer (`r1kit.rewards.format_reward`)."""
+    from r1kit.rewards import format_reward
+
+    return completion.finish_reason == "stop" and format_reward(completion.text) == 1.0
+
+
+def select_traces(
+    completions: Sequence[Any],
+    scores: Sequence[float],
+    *,
+    verify: bool = True,
+    require_format: bool = True,
+    keep: str = "all",
+    max_per_prompt: int = 0,
+    dedupe: bool = True,
+    rng: random.Random | None = None,
+) -> list[int]:
+    """Indices of the completions of one prompt to keep as traces.
+
+    Args:
+        completions: the prompt's samples (text, token_ids, finish_reason).
+        scores: their task scores; with `verify` only full marks (1.0) pass.
+        require_format: also require `well_formed`.
+        keep: "all" (sampling order), "shortest" (fewest tokens first, ties in sampling order) or
+            "random" (shuffled with `rng`).
+        max_per_prompt: cut to this many (0 = no limit, but 1 for "shortest").
+        dedupe: skip a completion whose text equals an already kept one.
+
+    Returns:
+        The kept indices, in the order of preference.
+    """
+    from r1kit.evaluate import is_correct
+
+    if keep not in ("all", "shortest", "random"):
+        raise ValueError(f"keep must be 'all', 'shortest' or 'random', got {keep!r}")
+    ok = [
+        i
+        for i, (c, s) in enumerate(zip(completions, scores))
+        if (not verify or is_correct(s)) and (not require_format or well_formed(c))
+    ]
+    if keep == "shortest":
+        ok.sort(key=lambda i: len(completions[i].token_ids))
+    elif keep == "random":
+        (rng or random.Random(0)).shuffle(ok)
+    limit = max_per_prompt or (1 if keep == "shortest" else len(ok))
+    kept: list[int] = []
+    seen: set[str] = set()
+    for i in ok:
+        text = completions[i].text.strip()
+        if dedupe and text in seen:
+            continue
+        seen.add(text)
+        kept.append(i)
+        if len(kept) == limit:
+            break
+    return kept
+
+
+@dataclass
+class SampleResult:
+    """What rejection sampling produced.
+
+    rows: the dataset, one dict per kept trace: {"messages", "task", "id", "reference", "tokens"}.
+    stats: per task and "total": prompts, samples, correct, acceptance_rate (correct / samples),
+        solved_rate (prompts with a correct sample), well_formed_rate, kept, kept_per_prompt,
+        mean_tokens / mean_think_tokens (of the kept traces), duplicates, seconds.
+    """
+
+    rows: list[dict[str, Any]]
+    stats: dict[str, dict[str, float]]
+
+
+@dataclass
+class SampleRunResult(RunResult):
+    """What `run_sample` returns: a `RunResult` (metrics = the "total" statistics, "{task}/{stat}" and
+    "out"; cost of the generation) plus
+
+    path: the chat JSONL written (`sample.out`); stats_file: its statistics (`stats_path`).
+    stats: per task and "total" (see `SampleResult`).
+    """
+
+    path: Path = field(default_factory=Path)
+    stats_file: Path = field(default_factory=Path)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class DistillRunResult(RunResult):
+    """What `run` (`r1kit distill`) returns: the training `RunResult` (metrics: loss, steps,
+    val_accuracy when validating, model_dir; cost of the training) plus
+
+    model_dir: the student's HF-layout directory (weights + tokenizer); method: "sft" or "logits".
+    """
+
+    model_dir: Path = field(default_factory=Path)
+    method: str = "sft"
+
+
+def rejection_sample(
+    model: Any,
+    tokenizer: Any,
+    tasks: dict[str, Any],
+    problems: dict[str, Sequence[Any]],
+    *,
+    k: int = 8,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    verify: bool = True,
+    require_format: bool = True,
+    keep: str = "all",
+    max_per_prompt: int = 0,
+    dedupe: bool = True,
+    seed: int = 0,
+    template: str = "chat",
+    system: str = "",
+    batch_prompts: int = 256,
+    progress: bool = False,
+    console: Any = None,
+) -> SampleResult:
+    """Sample k completions per prompt from a teacher and keep the verified ones (see `select_traces`).
+
+    Args:
+        model: a `Transformer`, or any object with `Engine.generate`'s signature.
+        tokenizer: renders prompts with the chat template and counts tokens.
+        tasks: label -> task (scores completions); problems: label -> that task's prompts.
+        Others: the sampling and selection options of `SampleSection`.
+
+    Returns:
+        `SampleResult` (rows in task order, then prompt order; statistics per task and in total).
+    """
+    from r1kit.engine import SamplingParams
+    from r1kit.evaluate import (
+        _Progress,
+        as_engine,
+        completion_lengths,
+        generate_chunked,
+        is_correct,
+        problem_seed,
+        render_prompts,
+    )
+
+    engine = as_engine(model, tokenizer)
+    params = SamplingParams(
+        n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+    )
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    stats: dict[str, dict[str, float]] = {}
+    for label, task in tasks.items():
+        probs = list(problems[label])
+        if not probs:
+            continue
+        prompt_ids = render_prompts(tokenizer, probs, template, system)
+        bar = _Progress(len(probs), f"sample {label}", progress, console)
+        t0 = time.perf_counter()
+        try:
+            per_prompt = [dataclasses.replace(params, seed=problem_seed(seed, p.id)) for p in probs]
+            outs = generate_chunked(
+                engine, prompt_ids, per_prompt, batch=batch_prompts or len(probs), progress=bar
+            )
+        finally:
+            bar.close()
+        counts = dict.fromkeys(
+            (
+                "prompts",
+                "samples",
+                "correct",
+                "solved",
+                "well_formed",
+                "kept",
+                "tokens",
+                "think",
+                "dups",
+                "generated",
+            ),
+            0.0,
+        )
+        for i, problem in enumerate(probs):
+            group = sorted(outs[i * k : (i + 1) * k], key=lambda c: getattr(c, "sample_index", 0))
+            scores = [float(task.score(c.text, problem)) for c in group]
+            correct = [is_correct(s) for s in scores]
+            kept = select_traces(
+                group,
+                scores,
+                verify=verify,
+                require_format=require_format,
+                keep=keep,
+                max_per_prompt=max_per_prompt,
+                dedupe=dedupe,
+                rng=rng,
+            )
+            undeduped = select_traces(
+                group, scores, verify=verify, require_format=require_format, keep="all", dedupe=False
+            )
+            counts["prompts"] += 1
+            counts["samples"] += len(group)
+            counts["correct"] += sum(correct)
+            counts["solved"] += any(correct)
+            counts["well_formed"] += sum(well_formed(c) for c in group)
+            counts["generated"] += sum(len(c.token_ids) for c in group)
+            counts["dups"] += len(undeduped) - len({group[j].text.strip() for j in undeduped})
+            for j in kept:
+                c = group[j]
+                think, _ = completion_lengths(c.token_ids, tokenizer)
+                counts["kept"] += 1
+                counts["tokens"] += len(c.token_ids)
+                counts["think"] += think
+                rows.append(
+                    {
+                        "messages": trace_messages(problem, c.text, system),
+                        "task": label,
+                        "id": problem.id,
+                        "reference": problem.answer,
+                        "tokens": len(c.token_ids),
+                    }
+                )
+        counts["seconds"] = time.perf_counter() - t0
+        stats[label] = _sample_stats(counts)
+    totals = {key: sum(s["_raw"][key] for s in stats.values()) for key in next(iter(stats.values()))["_raw"]}
+    stats["total"] = _sample_stats(totals)
+    for s in stats.values():
+        del s["_raw"]
+    return SampleResult(rows, stats)
+
+
+def _sample_stats(c: dict[str, float]) -> dict[str, Any]:
+    """Rates and means from rejection-sampling counts (the raw counts stay under "_raw")."""
+    return {
+        "prompts": int(c["prompts"]),
+        "samples": int(c["samples"]),
+        "correct": int(c["correct"]),
+        "acceptance_rate": c["correct"] / max(c["samples"], 1),
+        "solved_rate": c["solved"] / max(c["prompts"], 1),
+        "well_formed_rate": c["well_formed"] / max(c["samples"], 1),
+        "kept": int(c["kept"]),
+        "kept_per_prompt": c["kept"] / max(c["prompts"], 1),
+        "mean_tokens": c["tokens"] / c["kept"] if c["kept"] else 0.0,
+        "mean_think_tokens": c["think"] / c["kept"] if c["kept"] else 0.0,
+        "duplicates": int(c["dups"]),
+        "generated_tokens": int(c["generated"]),
+        "seconds": c["seconds"],
+        "_raw": dict(c),
+    }
+
+
+def write_chat_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write rows ({"messages": [...], ...}) as JSONL, the layout `r1kit sft` (data.files) reads."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
+
+
+def stats_path(out: str | Path) -> Path:
+    """Where the statistics of a trace file go: traces.jsonl -> traces.stats.json."""
+    out = Path(out)
+    return out.with_name(out.stem + ".stats.json")
+
+
+def format_sample_table(stats: dict[str, dict[str, Any]]) -> Any:
+    """A rich Table of rejection-sampling statistics, one row per task and a total."""
+    from rich.table import Table
+
+    table = Table(title="r1kit sample: rejection sampling")
+    for name in ("task", "prompts", "samples", "accepted", "solved", "kept", "kept/prompt", "mean tok"):
+        table.add_column(name, justify="left" if name == "task" else "right")
+    for label, s in stats.items():
+        table.add_row(
+            label,
+            str(s["prompts"]),
+            str(s["samples"]),
+            f"{100 * s['acceptance_rate']:.1f}%",
+            f"{100 * s['solved_rate']:.1f}%",
+            str(s["kept"]),
+            f"{s['kept_per_prompt']:.2f}",
+            f"{s['mean_tokens']:.1f}",
+        )
+    return table
+
+
+def _teacher(config: Config):
+    """(teacher model, tokenizer, model dir) on train.device."""
+    from r1kit.config import ConfigError
+    from r1kit.evaluate import load_model_and_tokenizer
+
+    if not config.teacher.path:
+        raise ConfigError("teacher.path is empty: give the teacher's model or run directory")
+    return load_model_and_tokenizer(
+        config.teacher.path, config.teacher.tokenizer, config.train.device, "fp32"
+    )
+
+
+def run_sample(config: Config, console: Any = None) -> SampleRunResult:
+    """`r1kit sample`: rejection-sample the teacher on `sample.tasks`; writes the chat JSONL `sample.out`
+    and its statistics (`stats_path`). Returns a `SampleRunResult` (path, stats; metrics: the "total"
+    statistics, "{task}/{stat}" and "out"; cost of the generation)."""
+    from rich.console import Console
+
+    from r1kit.evaluate import _task_kwargs
+    from r1kit.model.counting import flops_per_token
+    from r1kit.tasks import get_task
+    from r1kit.train.cost import CostMeter
+
+    console = console or Console()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    s = config.sample
+    model, tokenizer, _ = _teacher(config)
+    tasks = {name: get_task(name, **_task_kwargs(s.task_args, name)) for name in s.tasks}
+    problems = {name: t.problems(split=s.split, n=s.prompts, seed=s.seed) for name, t in tasks.items()}
+    meter = CostMeter(next(model.parameters()).device).start()
+    with torch.no_grad():
+        result = rejection_sample(
+            model,
+            tokenizer,
+            tasks,
+            problems,
+            k=s.k,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_new_tokens=s.max_new_tokens,
+            verify=s.verify,
+            require_format=s.require_format,
+            keep=s.keep,
+            max_per_prompt=s.max_per_prompt,
+            dedupe=s.dedupe,
+            seed=s.seed,
+            template=s.template,
+            system=s.system,
+            batch_prompts=s.batch_prompts,
+            progress=config.run.progress,
+            console=console,
+        )
+    generated = result.stats["total"]["generated_tokens"]
+    meter.add(tokens=generated, flops=generated * flops_per_token(model.config, 0) / 3)  # forward = 1/3
+    meter.stop()
+    out = write_chat_jsonl(s.out, result.rows)
+    payload = {"out": str(out), "stats": result.stats}
+    stats_path(out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if config.run.progress:
+        console.print(format_sample_table(result.stats))
+        console.print(f"wrote {len(result.rows)} traces to {out} (stats: {stats_path(out)})", highlight=False)
+    metrics: dict[str, Any] = dict(result.stats["total"])
+    for label, st in result.stats.items():
+        if label != "total":
+            metrics.update({f"{label}/{key}": v for key, v in st.items()})
+    metrics["out"] = str(out)
+    return SampleRunResult(
+        run_dir=out.parent,
+        metrics=metrics,
+        cost=meter.summary(),
+        path=out,
+        stats_file=stats_path(out),
+        stats=result.stats,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# distillation
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    token_norm: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level knowledge distillation on the positions that carry a target.
+
+    loss = [alpha * T^2 * sum_t KL(softmax(t_t / T) || softmax(s_t / T)) + (1 - alpha) * sum_t CE(s_t, y_t)]
+    / token_norm, over positions t with ``targets != IGNORE_INDEX`` (the trace's completion tokens).
+    The T^2 factor keeps the gradient scale independent of T (Hinton et al. 2015).
+
+    Args:
+        student_logits: (B, T, V); teacher_logits: (B, T, V), same vocabulary (no gradient needed).
+        targets: (B, T) next-token ids with IGNORE_INDEX where no loss is taken.
+        temperature: T > 0; alpha: weight of the KL term in [0, 1].
+        token_norm: divisor (the global count of target tokens); default this batch's count.
+
+    Returns:
+        (loss, {"kl": mean KL at T (unscaled), "ce": mean cross-entropy}) with the metrics as
+        contributions to their means over `token_norm` tokens.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ: logit distillation needs the same vocabulary (use distill.method = 'sft')"
+        )
+    mask_BT = targets != IGNORE_INDEX
+    norm = float(token_norm) if token_norm is not None else max(int(mask_BT.sum()), 1)
+    s_NV = student_logits[mask_BT].float()
+    t_NV = teacher_logits[mask_BT].float().detach()
+    log_p_s = F.log_softmax(s_NV / temperature, dim=-1)
+    log_p_t = F.log_softmax(t_NV / temperature, dim=-1)
+    kl_sum = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum")  # sum_t KL(p_t || p_s)
+    ce_sum = F.cross_entropy(s_NV, targets[mask_BT], reduction="sum")
+    loss = (alpha * temperature**2 * kl_sum + (1.0 - alpha) * ce_sum) / norm
+    return loss, {"kl": (kl_sum / norm).detach(), "ce": (ce_sum / norm).detach()}
+
+
+def check_same_vocabulary(teacher: Any, student: Any) -> None:
+    """Raise ValueError unless the two models have the same vocabulary size (logit distillation
+    compares distributions over the same ids)."""
+    tv, sv = teacher.config.vocab_size, student.config.vocab_size
+    if tv != sv:
+        raise ValueError(
+            f"logit distillation needs a shared vocabulary: the teacher has vocab_size {tv}, the student "
+            f"{sv}. Build the student on the teacher's tokenizer (leave distill.tokenizer empty and "
+            f"student.init empty or with that vocabulary), or use distill.method = 'sft' (trace distillation)."
+        )
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    return a.backend.get_vocab(with_added_tokens=True) == b.backend.get_vocab(with_added_tokens=True)
+
+
+def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
+    """The `r1kit.train.sft` config of trace distillation."""
+    from r1kit.train import sft
+    from r1kit.train.pretrain import TokenizerSection
+
+    task = config.sample.tasks[0]
+    from r1kit.evaluate import _task_kwargs
+
+    return sft.Config(
+        model=config.student,
+        tokenizer=TokenizerSection(path=tokenizer_dir),
+        data=sft.SFTData(
+            files=files,
+            task=task,
+            task_args=_task_kwargs(config.sample.task_args, task),
+            system=config.sample.system,
+            max_len=config.distill.max_len,
+        ),
+        val=config.val,
+        train=config.train,
+        run=config.run,
+    )
+
+
+def run(config: Config, console: Any = None) -> DistillRunResult:
+    """`r1kit distill`: train the student on the teacher's traces (`distill.method` "sft") or on its
+    token distributions along those traces ("logits"). Returns a `DistillRunResult` (model_dir;
+    metrics: loss, steps, val_accuracy when validating, model_dir; cost)."""
+    from r1kit.config import ConfigError
+
+    files = list(config.distill.files) or [config.sample.out]
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"no trace file {missing[0]}: run `r1kit sample` with the same config first, or set distill.files"
+        )
+    tokenizer_dir = config.distill.tokenizer
+    if not tokenizer_dir and config.teacher.path:
+        from r1kit.rl.grpo import find_tokenizer_dir, resolve_model_dir
+
+        tokenizer_dir = str(
+            find_tokenizer_dir(resolve_model_dir(config.teacher.path), config.teacher.tokenizer)
+        )
+    if config.distill.method == "sft":
+        from r1kit.train import sft
+
+        result = sft.run(_sft_config(config, files, tokenizer_dir), console=console)
+    else:
+        if not config.teacher.path:
+            raise ConfigError("distill.method = 'logits' needs teacher.path (the teacher's logits)")
+        if config.run.resume:
+            raise ConfigError("distill.method = 'logits' does not support run.resume; start a new run.dir")
+        result = _run_logits(config, files, console)
+    model_dir = Path(result.metrics.get("model_dir") or Path(result.run_dir) / "model")
+    return DistillRunResult(
+        run_dir=Path(result.run_dir),
+        metrics=result.metrics,
+        cost=result.cost,
+        model_dir=model_dir,
+        method=config.distill.method,
+    )
+
+
+def _run_logits(config: Config, files: list[str], console: Any = None):
+    """Logit distillation: a compact single-process loop over `r1kit.train.loop`'s pieces (optimizer,
+    schedule, `train_step`), with the teacher's forward inside the loss."""
+    import contextlib
+    import functools
+
+    from r1kit.evaluate import load_model_and_tokenizer
+    from r1kit.model.counting import flops_per_token
+    from r1kit.tokenizer import Tokenizer
+    from r1kit.train import sft
+    from r1kit.train.cost import CostMeter, format_cost
+    from r1kit.train.data import BatchStream, ChatExamples, read_conversations
+    from r1kit.train.log import MetricsLogger, ProgressBar, plot_metrics
+    from r1kit.train.loop import (
+        autocast_for,
+        build_optimizer,
+        build_scheduler,
+        count_targets,
+        moe_balance_step,
+        prepare_run_dir,
+        train_step,
+    )
+    from r1kit.train.pretrain import build_model, start_stage
+
+    train, run_cfg, d = config.train, config.run, config.distill
+    dist, device = start_stage(train)
+    if dist.distributed:
+        raise RuntimeError(
+            "logit distillation runs in one process; use distill.method = 'sft' under torchrun"
+        )
+    prepare_run_dir(run_cfg)
+    teacher, tokenizer, _ = load_model_and_tokenizer(
+        config.teacher.path, config.teacher.tokenizer, str(device), "fp32"
+    )
+    teacher.requires_grad_(False)
+    if d.tokenizer and not _same_tokenizer(Tokenizer.from_pretrained(d.tokenizer), tokenizer):
+        raise ValueError(
+            f"logit distillation needs the teacher's tokenizer; distill.tokenizer {d.tokenizer} has a "
+            "different vocabulary (use distill.method = 'sft')"
+        )
+    student = build_model(config.student, tokenizer, device, train.seed)
+    check_same_vocabulary(teacher, student)
+    examples = ChatExamples(read_conversations(files), tokenizer, d.max_len)
+    stream = BatchStream(
+        examples, train.batch_size, train.micro_batch_size, seed=train.seed, pad_id=tokenizer.pad_id or 0
+    )
+    optimizer = build_optimizer(student, train.lr, train.weight_decay, (train.beta1, train.beta2), train.eps)
+    scheduler = build_scheduler(
+        optimizer, train.warmup_steps, train.steps, train.schedule, train.min_lr_ratio
+    )
+    autocast = autocast_for(device, train.precision)
+    validate = None
+    if config.val.every:
+        validate = sft.greedy_validator(
+            config.val, _sft_config(config, files, "").data, tokenizer, train.seed
+        )
+    run_dir = Path(run_cfg.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from r1kit.config import save_config
+
+    save_config(config, run_dir / "config.toml", header="r1kit distill (logits): resolved config")
+    # student forward + backward, plus the teacher's forward (a third of its training FLOPs)
+    flops_tok = flops_per_token(student.config, 0) + flops_per_token(teacher.config, 0) / 3
+    meter = CostMeter(device, dtype="fp32" if autocast is contextlib.nullcontext else "bf16")
+    logger = MetricsLogger(run_dir, stage="distill", tensorboard=run_cfg.tensorboard)
+    bar = ProgressBar(train.steps, "distill (logits)", console=console, quiet=not run_cfg.progress)
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], token_norm: float):
+        mask = batch.get("attention_mask")
+        with torch.no_grad():
+            teacher_logits = teacher(batch["input_ids"], attention_mask=mask)
+        student_logits = model(batch["input_ids"], attention_mask=mask)
+        return distillation_loss(
+            student_logits,
+            teacher_logits,
+            batch["targets"],
+            temperature=d.temperature,
+            alpha=d.alpha,
+            token_norm=token_norm,
+        )
+
+    stats, val_metrics, stop_reason, step = None, {}, None, 0
+    student.train()
+    meter.start()
+    try:
+        for step in range(1, train.steps + 1):
+            micro = [{k: v.to(device) for k, v in b.items()} for b in stream.next_micro_batches()]
+            n_tok = sum(count_targets(b["targets"])[0] for b in micro)
+            tokens = sum(int(b["input_ids"].numel()) for b in micro)
+            stats = train_step(
+                student,
+                optimizer,
+                micro,
+                functools.partial(loss_fn, token_norm=max(n_tok, 1)),
+                scheduler=scheduler,
+                grad_clip=train.grad_clip,
+                autocast=autocast,
+                step=step,
+            )
+            moe = moe_balance_step(student, train.moe_bias_gamma)
+            speed = meter.add(tokens=tokens, flops=tokens * flops_tok)
+            row = {"loss": stats.loss, **stats.metrics, "lr": stats.lr, "grad_norm": stats.grad_norm, **moe}
+            row["tokens_per_s"] = speed["tokens_per_s"]
+            if validate is not None and (step % config.val.every == 0 or step == train.steps):
+                meter.stop()
+                student.eval()
+                with torch.no_grad():
+                    val_metrics = dict(validate(student, step))
+                student.train()
+                meter.start()
+                row.update(val_metrics)
+                target = config.val.target_accuracy
+                if target > 0 and val_metrics["val_accuracy"] >= target:
+                    stop_reason = f"val_accuracy {val_metrics['val_accuracy']:.3f} >= target {target}"
+            if step % run_cfg.log_every == 0 or step == train.steps or stop_reason:
+                logger.log(row, step=step)
+            bar.update(loss=stats.loss, tokens_per_s=speed["tokens_per_s"])
+            if stop_reason or (run_cfg.stop_after and step >= run_cfg.stop_after):
+                break
+    finally:
+        meter.stop()
+        bar.close()
+        logger.close()
+    model_dir = run_dir / "model"
+    student.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    try:
+        plot_metrics(run_dir, run_dir / "loss.png", keys=["loss", "kl", "ce"], title="distill (logits)")
+    except ValueError:
+        pass
+    cost = meter.summary()
+    if run_cfg.progress:
+        from rich.console import Console
+
+        (console or Console()).print(f"distill cost: {format_cost(cost)}", highlight=False)
+    loss = stats.loss if stats is not None else math.nan
+    metrics = {
+        "loss": loss,
+        "steps": step,
+        "stopped_early": stop_reason is not None,
+        "stop_reason": stop_reason,
+        "model_dir": str(model_dir),
+        **val_metrics,
+    }
+    return RunResult(run_dir=run_dir, metrics=metrics, cost=cost)
+
+
+__all__ = [
+    "Config",
+    "DistillRunResult",
+    "SampleResult",
+    "SampleRunResult",
+    "check_same_vocabulary",
+    "distillation_loss",
+    "rejection_sample",
+    "run",
+    "run_sample",
+    "select_traces",
+    "stats_path",
+    "trace_messages",
+    "well_formed",
+    "write_chat_jsonl",
+]

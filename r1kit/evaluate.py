@@ -1,0 +1,1135 @@
+"""`r1kit eval`: pass@k, maj@k, best-of-N, greedy accuracy and test-time-scaling curves (SPEC §2, §4).
+
+R1's protocol: k samples per problem at temperature 0.6 and top-p 0.95, the prompt rendered with the
+chat template and its generation prompt (the response starts inside `<think>`), pass@1 = mean
+correctness over the k samples. On top of that this module reports
+
+- unbiased pass@k for several k (`r1kit.metrics.pass_at_k_many`);
+- maj@k (cons@k): majority vote over the normalised final answers (the text after `</think>`),
+  averaged over the n // k disjoint blocks of k samples (lower variance than the first k alone);
+- best-of-N under a scorer: "logprob" (the sample's mean token log-prob: the model's own
+  confidence), "accuracy" (the task's verifier: an oracle), "format", or any `r1kit.rewards` name;
+- greedy accuracy, mean thinking and answer lengths in tokens, the share of truncated samples;
+- budget forcing (s1): accuracy against a thinking cap (`max_thinking_tokens`) and against the
+  number of "Wait" extensions (`min_thinking_tokens` + `num_wait`).
+
+Generation is batched through `r1kit.engine.Engine`: a chunk of problems (`batch_problems`) goes out
+in one `generate` call with greedy and sampled requests side by side (per-prompt SamplingParams), so
+an evaluation is a handful of large calls. Everything is written to the output directory:
+`results.json` (metrics, curves, timing), `records_<task>_<split>.jsonl` (one line per problem:
+prompt, reference, samples, scores, extracted answers), `scaling_<task>_<split>.png` (accuracy vs k)
+and `budget_<task>_<split>.png` (accuracy vs thinking budget), and a rich table is printed.
+
+    r1kit eval configs/eval_tiny.toml --model.path runs/sft_tiny --sampling.k 16
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from r1kit.metrics import best_of_n, maj_at_k, normalize_answer, pass_at_k_many
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class ModelSection:
+    """[model] the model to evaluate.
+
+    path (str): an HF model directory (config.json + safetensors), an r1kit run directory (its `model/`
+        or latest checkpoint) or a checkpoint directory.
+    tokenizer (str): tokenizer directory; "" = found next to the model.
+    """
+
+    path: str = ""
+    tokenizer: str = ""
+
+
+@dataclass
+class DataSection:
+    """[data] what to evaluate on.
+
+    tasks (list[str]): task names for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", ...).
+    task_args (dict): keyword arguments per task name, e.g. {addition = {min_digits = 1, max_digits = 4}}.
+    splits (list[str]): held-out splits to evaluate ("test", "val"; "train" to measure memorisation).
+    problems (int): problems per (task, split).
+    seed (int): seed of the problem draw.
+    template (str): "chat" (chat template + generation prompt, R1's protocol) or "raw" (the prompt text).
+    system (str): system message ("" = none, as R1 recommends).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["addition"])
+    task_args: dict[str, Any] = field(default_factory=dict)
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    problems: int = 100
+    seed: int = 0
+    template: Literal["chat", "raw"] = "chat"
+    system: str = ""
+
+
+@dataclass
+class SamplingSection:
+    """[sampling] the k samples per problem (SPEC §2 protocol) and the metrics computed from them.
+
+    k (int): samples per problem (n of pass@k); 0 = greedy only.
+    temperature (float): sampling temperature (R1: 0.6).
+    top_p (float): nucleus mass (R1: 0.95).
+    top_k (int): top-k filter (0 = off).
+    max_new_tokens (int): completion cap in tokens.
+    seed (int): seed of the sampling streams (the engine keys each row's stream by its position in
+        the call: the same seed, problems and batch_problems give the same samples).
+    greedy (bool): also decode greedily (temperature 0) and report greedy accuracy.
+    ks (list[int]): k values of pass@k, maj@k and best-of-k; empty = 1, 2, 4, ... up to k.
+    best_of (list[str]): scorers for best-of-N: "logprob" (mean token log-prob), "accuracy" (the task
+        verifier, an oracle), "format", "language" or "module:function".
+    batch_problems (int): problems per generate call (each brings 1 greedy + k sampled rows); 0 = all
+        in one call (fastest; lower it when the KV cache of all rows does not fit).
+    """
+
+    k: int = 8
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 256
+    seed: int = 0
+    greedy: bool = True
+    ks: list[int] = field(default_factory=list)
+    best_of: list[str] = field(default_factory=lambda: ["logprob", "format"])
+    batch_problems: int = 256
+
+
+@dataclass
+class BudgetSection:
+    """[budget] budget forcing curves (s1, arXiv 2501.19393); off when both lists are empty.
+
+    caps (list[int]): thinking budgets: `</think>` is forced once the thinking block has this many tokens.
+    waits (list[int]): numbers of "Wait" extensions: a `</think>` sampled before `min_thinking_tokens`
+        is replaced by the wait string, at most this many times (0 = plain decoding).
+    min_thinking_tokens (int): the floor of the extensions; 0 = max_new_tokens (s1: ignore the end of
+        thinking exactly N times).
+    wait_string (str): text appended in place of a suppressed `</think>`.
+    samples (int): samples per problem at each point; 1 with temperature 0 = greedy (as s1).
+    temperature (float): sampling temperature of the curve.
+    top_p (float): nucleus mass of the curve.
+    max_new_tokens (int): completion cap; 0 = sampling.max_new_tokens.
+    problems (int): problems of each (task, split) used for the curve; 0 = all of them.
+    """
+
+    caps: list[int] = field(default_factory=list)
+    waits: list[int] = field(default_factory=list)
+    min_thinking_tokens: int = 0
+    wait_string: str = "Wait"
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 0
+    problems: int = 0
+
+
+@dataclass
+class RunSection:
+    """[run] where results go and how the run behaves.
+
+    dir (str): output directory: results.json, records_*.jsonl, scaling_*.png, budget_*.png.
+    device (str): "auto" (CUDA when available), "cpu", "cuda", "cuda:1".
+    dtype (str): weights' dtype for inference: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
+    threads (int): torch CPU threads; 0 = torch's default.
+    progress (bool): progress bar (problems/s) and the results table.
+    plots (bool): write the PNG curves.
+    records (bool): write the per-problem JSONL records.
+    """
+
+    dir: str = "runs/eval"
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int = 0
+    progress: bool = True
+    plots: bool = True
+    records: bool = True
+
+
+@dataclass
+class Config:
+    """`r1kit eval`: pass@k, maj@k, best-of-N, greedy accuracy and budget-forcing curves (sections below)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    budget: BudgetSection = field(default_factory=BudgetSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        from r1kit.config import ConfigError, check_positive, check_range
+
+        s = self.sampling
+        check_positive(s.k, "sampling.k", allow_zero=True)
+        check_positive(s.temperature, "sampling.temperature", allow_zero=True)
+        check_range(s.top_p, "sampling.top_p", 1e-9, 1.0)
+        check_positive(s.max_new_tokens, "sampling.max_new_tokens")
+        check_positive(s.batch_problems, "sampling.batch_problems", allow_zero=True)
+        check_positive(self.data.problems, "data.problems")
+        if s.k == 0 and not s.greedy:
+            raise ConfigError("sampling.k is 0 and sampling.greedy is false: nothing to evaluate")
+        for k in s.ks:
+            if not 1 <= k <= s.k:
+                raise ConfigError(f"sampling.ks: every k must be in 1..sampling.k = {s.k}, got {k}")
+        if any(b < 1 for b in self.budget.caps) or any(w < 0 for w in self.budget.waits):
+            raise ConfigError("budget.caps must be >= 1 and budget.waits >= 0")
+        if not self.data.tasks or not self.data.splits:
+            raise ConfigError("data.tasks and data.splits must name at least one task and one split")
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class EvalResult:
+    """The evaluation of one model on one (task, split).
+
+    Attributes:
+        task: task label; split: the split evaluated.
+        metrics: "problems", "samples" (k), "pass@1", "pass@{k}", "maj@{k}", "best_of_{k}/{scorer}",
+            "greedy_acc", "mean_score", "think_tokens", "answer_tokens", "completion_tokens",
+            "truncated" (share of samples cut by max_new_tokens), "answered" (share with an answer
+            after `</think>`); the greedy decode adds "greedy_think_tokens" / "greedy_answer_tokens".
+        curves: {"k": [...], "pass@k": [...], "maj@k": [...], "best_of/{scorer}": [...]}, aligned with "k".
+        records: one dict per problem (see `score_problems`).
+        budget: budget-forcing points (see `budget_curve`), empty when not run.
+        timing: "seconds", "problems_per_s", "tokens_per_s", "generated_tokens".
+    """
+
+    task: str
+    split: str
+    metrics: dict[str, float]
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    budget: list[dict[str, Any]] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready dict without the per-problem records."""
+        return {
+            "task": self.task,
+            "split": self.split,
+            "metrics": self.metrics,
+            "curves": self.curves,
+            "budget": self.budget,
+            "timing": self.timing,
+        }
+
+    def __getitem__(self, name: str) -> float:
+        """`result["pass@1"]`: a metric by name (KeyError lists the available ones)."""
+        try:
+            return self.metrics[name]
+        except KeyError:
+            raise KeyError(f"no metric {name!r}; available: {', '.join(self.metrics)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.metrics
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A metric by name, or `default`."""
+        return self.metrics.get(name, default)
+
+    def keys(self):
+        """The metric names (so `dict(result)` is the metrics dict)."""
+        return self.metrics.keys()
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts, lengths, scoring
+
+
+def render_prompts(
+    tokenizer: Any, problems: Sequence[Any], template: str = "chat", system: str = ""
+) -> list[list[int]]:
+    """Token ids of each problem's prompt: the chat template with the generation prompt (R1 protocol:
+    the response starts inside `<think>`), or the raw prompt text with template "raw"."""
+    out = []
+    for p in problems:
+        if template == "raw":
+            text = p.prompt
+        else:
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": p.prompt})
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        out.append(list(tokenizer.encode(text)))
+    return out
+
+
+def completion_lengths(token_ids: Sequence[int], tokenizer: Any) -> tuple[int, int]:
+    """(thinking tokens, answer tokens) of a completion's token ids.
+
+    Thinking is everything before the first `</think>`, the whole completion when there is none;
+    the answer is what follows it. The delimiter itself and a final EOS count in neither.
+    """
+    ids = list(token_ids)
+    eos = getattr(tokenizer, "eos_id", None)
+    if ids and eos is not None and ids[-1] == eos:
+        ids = ids[:-1]
+    end = getattr(tokenizer, "think_end_id", None)
+    if end is None or end not in ids:
+        return len(ids), 0
+    cut = ids.index(end)
+    return cut, len(ids) - cut - 1
+
+
+def extract_answer(completion: str) -> str:
+    """The normalised final answer of a completion: the text after `</think>` (SPEC §5), through
+    `normalize_answer` (last \\boxed{}, thousands separators, integer form). "" when there is none."""
+    from r1kit.tasks.base import final_answer
+
+    return normalize_answer(final_answer(completion))
+
+
+def mean_logprob(completion: Any) -> float:
+    """Mean log-prob of a completion's sampled tokens (forced tokens, mask 0, excluded); -inf if none."""
+    logprobs = list(getattr(completion, "logprobs", None) or [])
+    mask = list(getattr(completion, "mask", None) or [1] * len(logprobs))
+    kept = [lp for lp, m in zip(logprobs, mask) if m]
+    return sum(kept) / len(kept) if kept else -math.inf
+
+
+def make_scorers(names: Sequence[str], task: Any) -> dict[str, Callable[[Any, Any], float]]:
+    """Best-of-N scorers by name: each maps (completion object, problem) to a float, higher is better.
+
+    "logprob": the completion's mean token log-prob; "accuracy": the task's verifier; anything else
+    goes through `r1kit.rewards.get_reward` ("format", "language", "module:function").
+    """
+    scorers: dict[str, Callable[[Any, Any], float]] = {}
+    for name in names:
+        if name == "logprob":
+            scorers[name] = lambda c, p: mean_logprob(c)
+        elif name == "accuracy":
+            scorers[name] = lambda c, p: task.score(c.text, p)
+        else:
+            from r1kit.rewards import get_reward
+
+            try:
+                reward = get_reward(name, task)
+            except (ValueError, ImportError, AttributeError) as err:
+                raise ValueError(
+                    f"unknown best-of scorer {name!r}: valid are logprob, accuracy, format, language or "
+                    f"'module:function' ({err})"
+                ) from err
+            scorers[name] = lambda c, p, reward=reward: float(reward(c.text, p))
+    return scorers
+
+
+def is_correct(score: float) -> bool:
+    """Whether a task score counts as a correct sample (full marks)."""
+    return score >= 1.0 - 1e-9
+
+
+def score_problems(
+    task: Any,
+    problems: Sequence[Any],
+    samples: Sequence[Sequence[Any]],
+    tokenizer: Any,
+    *,
+    greedy: Sequence[Any] | None = None,
+    prompts: Sequence[str] | None = None,
+    scorers: dict[str, Callable[[Any, Any], float]] | None = None,
+) -> list[dict[str, Any]]:
+    """Score every sample and build the per-problem records.
+
+    Args:
+        task: scores a completion text against a problem (`task.score`).
+        problems: (P,) problems.
+        samples: (P, n) completions (objects with text, token_ids, finish_reason, logprobs, mask).
+        tokenizer: for the thinking/answer token counts (`completion_lengths`).
+        greedy: (P,) greedy completions, or None.
+        prompts: (P,) prompt texts to store (default: the problems' prompts).
+        scorers: best-of-N scorers from `make_scorers`.
+
+    Returns:
+        (P,) dicts: id, prompt, reference, samples (texts), scores, correct, answers (normalised),
+        think_tokens, answer_tokens, finish_reasons, best_of ({scorer: [score per sample]}),
+        majority (the most voted answer) and, with greedy, greedy {text, score, answer, think_tokens,
+        answer_tokens}.
+    """
+    from r1kit.metrics import majority_vote
+
+    scorers = scorers or {}
+    records = []
+    for i, (problem, outs) in enumerate(zip(problems, samples)):
+        scores = [float(task.score(c.text, problem)) for c in outs]
+        lengths = [completion_lengths(c.token_ids, tokenizer) for c in outs]
+        answers = [extract_answer(c.text) for c in outs]
+        record: dict[str, Any] = {
+            "id": problem.id,
+            "prompt": prompts[i] if prompts is not None else problem.prompt,
+            "reference": problem.answer,
+            "samples": [c.text for c in outs],
+            "scores": scores,
+            "correct": [is_correct(s) for s in scores],
+            "answers": answers,
+            "think_tokens": [t for t, _ in lengths],
+            "answer_tokens": [a for _, a in lengths],
+            "finish_reasons": [c.finish_reason for c in outs],
+            "best_of": {name: [fn(c, problem) for c in outs] for name, fn in scorers.items()},
+            "majority": majority_vote(answers, normalize=None)[0] if outs else None,
+        }
+        if greedy is not None:
+            g = greedy[i]
+            think, answer = completion_lengths(g.token_ids, tokenizer)
+            record["greedy"] = {
+                "text": g.text,
+                "score": float(task.score(g.text, problem)),
+                "answer": extract_answer(g.text),
+                "think_tokens": think,
+                "answer_tokens": answer,
+            }
+        records.append(record)
+    return records
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return [*ks, n] if n >= 1 else []
+
+
+def _block_mean(n: int, k: int, fn: Callable[[int, int], float]) -> float:
+    """Mean of fn(start, stop) over the n // k disjoint blocks of k consecutive samples."""
+    blocks = n // k
+    return sum(fn(b * k, (b + 1) * k) for b in range(blocks)) / blocks
+
+
+def aggregate(
+    records: Sequence[dict[str, Any]], ks: Sequence[int] | None = None
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The metrics and the accuracy-vs-k curves of scored records (from `score_problems`).
+
+    Every record must hold the same number n of samples. pass@k is the unbiased estimator from the n
+    samples (its mean over problems); maj@k and best-of-k are averaged over the n // k disjoint blocks of
+    k consecutive samples of each problem, then over problems (maj@n and best-of-n use all n).
+    Majority voting compares the normalised answers; the winner is correct when its first sample is
+    (a missing answer does not vote; no vote at all counts as wrong). Best-of-k picks the sample with
+    the highest score (first on ties) and takes its correctness.
+
+    Returns:
+        (metrics, curves) as described in `EvalResult`.
+    """
+    P = len(records)
+    if P == 0:
+        raise ValueError("aggregate: no records")
+    metrics: dict[str, float] = {"problems": float(P)}
+    curves: dict[str, list[float]] = {}
+    n = len(records[0]["samples"])
+    if any(len(r["samples"]) != n for r in records):
+        raise ValueError("aggregate: every problem must have the same number of samples")
+    if n:
+        ks = sorted(set(ks if ks else default_ks(n)))
+        if ks[0] < 1 or ks[-1] > n:
+            raise ValueError(f"aggregate: ks must lie in 1..{n}, got {ks}")
+        correct_P = [sum(r["correct"]) for r in records]
+        metrics["samples"] = float(n)
+        curves["k"] = [float(k) for k in ks]
+        for k in ks:
+            metrics[f"pass@{k}"] = float(pass_at_k_many(n, correct_P, k).mean())
+        metrics["pass@1"] = float(pass_at_k_many(n, correct_P, 1).mean())
+        curves["pass@k"] = [metrics[f"pass@{k}"] for k in ks]
+        for k in ks:
+            metrics[f"maj@{k}"] = (
+                sum(
+                    _block_mean(
+                        n, k, lambda a, b, r=r: maj_at_k(r["answers"][a:b], r["correct"][a:b], b - a, None)
+                    )
+                    for r in records
+                )
+                / P
+            )
+        curves["maj@k"] = [metrics[f"maj@{k}"] for k in ks]
+        for name in records[0].get("best_of", {}):
+            for k in ks:
+
+                def pick(a: int, b: int, r: dict[str, Any], name: str = name) -> float:
+                    window = r["best_of"][name][a:b]
+                    return float(r["correct"][a + best_of_n(window, window)])
+
+                metrics[f"best_of_{k}/{name}"] = (
+                    sum(_block_mean(n, k, lambda a, b, r=r: pick(a, b, r)) for r in records) / P
+                )
+            curves[f"best_of/{name}"] = [metrics[f"best_of_{k}/{name}"] for k in ks]
+        total = P * n
+        metrics["mean_score"] = sum(sum(r["scores"]) for r in records) / total
+        metrics["think_tokens"] = sum(sum(r["think_tokens"]) for r in records) / total
+        metrics["answer_tokens"] = sum(sum(r["answer_tokens"]) for r in records) / total
+        metrics["completion_tokens"] = metrics["think_tokens"] + metrics["answer_tokens"]
+        metrics["truncated"] = sum(r["finish_reasons"].count("length") for r in records) / total
+        metrics["answered"] = sum(sum(bool(a) for a in r["answers"]) for r in records) / total
+    if all("greedy" in r for r in records):
+        metrics["greedy_acc"] = sum(is_correct(r["greedy"]["score"]) for r in records) / P
+        metrics["greedy_think_tokens"] = sum(r["greedy"]["think_tokens"] for r in records) / P
+        metrics["greedy_answer_tokens"] = sum(r["greedy"]["answer_tokens"] for r in records) / P
+    return metrics, curves
+
+
+# ----------------------------------------------------------------------------------------------
+# generation
+
+
+def problem_seed(seed: int, problem_id: Any) -> int:
+    """The sampling seed of one problem: a stable 31-bit hash of (seed, problem id), so each problem has
+    its own random streams whatever else is evaluated with it."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}/{problem_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (2**31)
+
+
+def as_engine(model_or_engine: Any, tokenizer: Any) -> Any:
+    """An object with `generate(prompts, params)`: the argument itself when it has one, else an
+    `r1kit.engine.Engine` over the model."""
+    if hasattr(model_or_engine, "generate") and not hasattr(model_or_engine, "new_cache"):
+        return model_or_engine
+    from r1kit.engine import Engine
+
+    return Engine(model_or_engine, tokenizer)
+
+
+def generate_chunked(
+    engine: Any,
+    prompts: Sequence[Sequence[int]],
+    params: Any,
+    *,
+    batch: int,
+    progress: Any = None,
+) -> list[Any]:
+    """`engine.generate` over `prompts` in chunks of `batch` prompts (one call per chunk); returns the
+    completions in the engine's order (prompt-major). `params` is one SamplingParams for every prompt or
+    a list with one per prompt. `progress(prompts_done)` is called after each chunk."""
+    outs: list[Any] = []
+    per_prompt = isinstance(params, (list, tuple))
+    for start in range(0, len(prompts), batch):
+        chunk = list(prompts[start : start + batch])
+        outs.extend(engine.generate(chunk, list(params[start : start + batch]) if per_prompt else params))
+        if progress is not None:
+            progress(start + len(chunk))
+    return outs
+
+
+class _Progress:
+    """Problems/s progress bar over the generate calls (quiet when disabled)."""
+
+    def __init__(self, total: int, description: str, enabled: bool, console: Any = None):
+        from r1kit.train.log import ProgressBar
+
+        self.bar = ProgressBar(total, description, console=console, quiet=not enabled)
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def __call__(self, done: int) -> None:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(done - self.done, **{"problems/s": f"{done / elapsed:.1f}"})
+        self.done = done
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any = None,
+    task: Any = "addition",
+    problems: Sequence[Any] | int = 100,
+    k: int = 8,
+    *,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    top_k: int = 0,
+    max_new_tokens: int = 256,
+    greedy: bool = True,
+    ks: Sequence[int] | None = None,
+    best_of: Sequence[str] = ("logprob", "format"),
+    seed: int = 0,
+    template: str = "chat",
+    system: str = "",
+    batch_problems: int = 256,
+    caps: Sequence[int] = (),
+    waits: Sequence[int] = (),
+    min_thinking_tokens: int = 0,
+    wait_string: str = "Wait",
+    budget_problems: int = 0,
+    task_args: dict[str, Any] | None = None,
+    split: str = "test",
+    data_seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    label: str | None = None,
+    progress: bool = False,
+    console: Any = None,
+) -> EvalResult:
+    """Evaluate a model on `problems` with R1's protocol; see the module docstring for the metrics.
+
+    All problems x (1 greedy + k sampled) rows go through the engine in ceil(P / batch_problems)
+    `generate` calls (one call when batch_problems is 0 or >= P).
+
+    Args:
+        model: a `Transformer` (wrapped in an `Engine`), a model or run directory (str/Path, loaded with
+            `load_model_and_tokenizer` on `device`/`dtype`), or any object with the
+            `Engine.generate(prompts, params)` signature (a stub in tests, an existing engine).
+        tokenizer: renders the prompts (chat template) and counts thinking/answer tokens; None (or a
+            directory) with a model directory = the tokenizer found next to the model.
+        task: a `Task` (scores completions with `task.score(text, problem)`) or a task name for
+            `r1kit.tasks.get_task` with `task_args`.
+        problems: the (P,) problems, or a count drawn from `split` with `data_seed` (as [data] seed).
+        k: samples per problem (0 = greedy only); temperature, top_p, top_k, max_new_tokens, seed:
+            their sampling (R1: 0.6 / 0.95).
+        greedy: also decode greedily for `greedy_acc`.
+        ks: k values of the curves (default 1, 2, 4, ... k); best_of: scorers (`make_scorers`).
+        template, system: prompt rendering (`render_prompts`).
+        batch_problems: problems per generate call (0 = all); each brings 1 greedy and k sampled rows.
+        caps, waits: budget-forcing points (`budget_curve`, greedy, on the first `budget_problems`
+            problems, 0 = all) stored in `result.budget`; min_thinking_tokens, wait_string: as there.
+        split: the split drawn from (with a count) and recorded; label: the task label recorded
+            (default the task's name).
+        progress: show a problems/s progress bar.
+
+    Returns:
+        `EvalResult` with metrics (also `result["pass@1"]`), curves, per-problem records, budget points
+        and timing.
+    """
+    if isinstance(model, (str, Path)):
+        tok_dir = str(tokenizer) if isinstance(tokenizer, (str, Path)) else ""
+        model, loaded, _ = load_model_and_tokenizer(str(model), tok_dir, device, dtype)
+        if tokenizer is None or isinstance(tokenizer, (str, Path)):
+            tokenizer = loaded
+    elif tokenizer is None:
+        raise ValueError("evaluate: give a tokenizer with a model object, or pass a model directory")
+    if isinstance(task, str):
+        from r1kit.tasks import get_task
+
+        task = get_task(task, **(task_args or {}))
+    if isinstance(problems, int):
+        problems = task.problems(split=split, n=problems, seed=data_seed)
+    import torch
+
+    with torch.no_grad():
+        result = _evaluate(
+            model,
+            tokenizer,
+            task,
+            problems,
+            k,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            greedy=greedy,
+            ks=ks,
+            best_of=best_of,
+            seed=seed,
+            template=template,
+            system=system,
+            batch_problems=batch_problems,
+            label=label,
+            split=split,
+            progress=progress,
+            console=console,
+        )
+        if caps or waits:
+            t0 = time.perf_counter()
+            result.budget = budget_curve(
+                model,
+                tokenizer,
+                task,
+                problems[:budget_problems] if budget_problems else problems,
+                caps=caps,
+                waits=waits,
+                min_thinking_tokens=min_thinking_tokens,
+                wait_string=wait_string,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+                template=template,
+                system=system,
+                batch_problems=batch_problems,
+            )
+            result.timing["budget_seconds"] = time.perf_counter() - t0
+            result.timing["budget_generated_tokens"] = float(
+                sum(p["generated_tokens"] for p in result.budget)
+            )
+    return result
+
+
+def _evaluate(
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    problems: Sequence[Any],
+    k: int,
+    *,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+    greedy: bool,
+    ks: Sequence[int] | None,
+    best_of: Sequence[str],
+    seed: int,
+    template: str,
+    system: str,
+    batch_problems: int,
+    label: str | None,
+    split: str,
+    progress: bool,
+    console: Any,
+) -> EvalResult:
+    """`evaluate` on a model object, a task object and a list of problems."""
+    from r1kit.engine import SamplingParams
+
+    if not problems:
+        raise ValueError("evaluate: no problems")
+    scorers = make_scorers(best_of, task) if k > 0 else None  # a bad scorer name fails before generating
+    engine = as_engine(model, tokenizer)
+    prompt_ids = render_prompts(tokenizer, problems, template, system)
+    requests: list[tuple[int, Any]] = []  # (problem index, params), greedy first for each problem
+    greedy_params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
+    for i, problem in enumerate(problems):
+        if greedy:
+            requests.append((i, greedy_params))
+        if k > 0:
+            sample_params = SamplingParams(
+                n=k,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                max_new_tokens=max_new_tokens,
+                seed=problem_seed(seed, problem.id),
+            )
+            requests.append((i, sample_params))
+    per_problem = len(requests) // len(problems)
+    bar = _Progress(len(problems), f"eval {label or task.name}", progress, console)
+    t0 = time.perf_counter()
+    try:
+        outs = generate_chunked(
+            engine,
+            [prompt_ids[i] for i, _ in requests],
+            [sp for _, sp in requests],
+            batch=(batch_problems or len(problems)) * per_problem,
+            progress=lambda done: bar(done // per_problem),
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    # split the prompt-major output back into per-problem greedy and sampled completions
+    greedy_outs: list[Any] = []
+    sample_outs: list[list[Any]] = [[] for _ in problems]
+    pos = 0
+    for i, sp in requests:
+        chunk = outs[pos : pos + sp.n]
+        pos += sp.n
+        if sp is greedy_params:
+            greedy_outs.append(chunk[0])
+        else:
+            sample_outs[i] = sorted(chunk, key=lambda c: getattr(c, "sample_index", 0))
+    if pos != len(outs):
+        raise RuntimeError(f"engine returned {len(outs)} completions, expected {pos}")
+    texts = [tokenizer.decode(ids) for ids in prompt_ids] if template == "chat" else None
+    records = score_problems(
+        task,
+        problems,
+        sample_outs,
+        tokenizer,
+        greedy=greedy_outs if greedy else None,
+        prompts=texts,
+        scorers=scorers,
+    )
+    metrics, curves = aggregate(records, ks)
+    tokens = sum(len(c.token_ids) for c in outs)
+    timing = {
+        "seconds": seconds,
+        "problems_per_s": len(problems) / seconds if seconds > 0 else 0.0,
+        "generated_tokens": float(tokens),
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+    }
+    return EvalResult(label or task.name, split, metrics, curves, records, timing=timing)
+
+
+def budget_curve(
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    problems: Sequence[Any],
+    *,
+    caps: Sequence[int] = (),
+    waits: Sequence[int] = (),
+    min_thinking_tokens: int = 0,
+    wait_string: str = "Wait",
+    samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    template: str = "chat",
+    system: str = "",
+    batch_problems: int = 256,
+) -> list[dict[str, Any]]:
+    """Accuracy against the thinking budget with budget forcing (s1; SPEC §4), in batched generate calls.
+
+    Every point decodes all problems; all points of a chunk of problems go out in one generate call
+    (per-prompt SamplingParams).
+
+    Args:
+        caps: thinking caps: `</think>` is forced after this many thinking tokens (`max_thinking_tokens`).
+        waits: "Wait" extensions: up to this many sampled `</think>` are replaced by `wait_string`
+            while the block is shorter than `min_thinking_tokens` (0 = max_new_tokens: every early
+            end is suppressed, s1's "ignore the end of thinking N times").
+        samples, temperature, top_p: sampling at each point (default greedy, as s1).
+        Others as in `evaluate`.
+
+    Returns:
+        One dict per point, caps first then waits: {"mode": "cap" | "wait", "value": cap or wait count,
+        "accuracy" (mean correctness over problems and samples), "think_tokens", "answer_tokens"
+        (means), "answered" (share with a non-empty answer), "generated_tokens" (total, for costing)}.
+    """
+    from r1kit.engine import SamplingParams
+
+    floor = min_thinking_tokens or max_new_tokens
+    base = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    points: list[tuple[str, int, Any]] = [
+        ("cap", c, SamplingParams(**base, max_thinking_tokens=c)) for c in caps
+    ]
+    points += [
+        (
+            "wait",
+            w,
+            SamplingParams(**base, min_thinking_tokens=floor, num_wait=w, wait_string=wait_string),
+        )
+        for w in waits
+    ]
+    if not points or not problems:
+        return []
+    engine = as_engine(model, tokenizer)
+    prompt_ids = render_prompts(tokenizer, problems, template, system)
+    requests = [(j, i) for i in range(len(problems)) for j in range(len(points))]
+    outs = generate_chunked(
+        engine,
+        [prompt_ids[i] for _, i in requests],
+        [replace(points[j][2], seed=problem_seed(seed, problems[i].id)) for j, i in requests],
+        batch=(batch_problems or len(problems)) * len(points),
+    )
+    sums = [[0.0] * 5 for _ in points]  # correct, think, answer, answered, generated tokens
+    for idx, (j, i) in enumerate(requests):
+        for c in outs[idx * samples : (idx + 1) * samples]:
+            think, answer = completion_lengths(c.token_ids, tokenizer)
+            s = sums[j]
+            s[0] += is_correct(task.score(c.text, problems[i]))
+            s[1] += think
+            s[2] += answer
+            s[3] += bool(extract_answer(c.text))
+            s[4] += len(c.token_ids)
+    total = len(problems) * samples
+    return [
+        {
+            "mode": mode,
+            "value": value,
+            "accuracy": s[0] / total,
+            "think_tokens": s[1] / total,
+            "answer_tokens": s[2] / total,
+            "answered": s[3] / total,
+            "generated_tokens": int(s[4]),
+        }
+        for (mode, value, _), s in zip(points, sums)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# plots, tables, files
+
+
+def plot_scaling(curves: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
+    """PNG of accuracy against k: pass@k, maj@k and each best-of-k curve (log2 x axis)."""
+    from matplotlib.figure import Figure  # Agg canvas, imported only when plotting
+
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ks = curves.get("k", [])
+    for i, (name, ys) in enumerate((n, v) for n, v in curves.items() if n != "k"):
+        label = name.replace("best_of/", "best-of-k ") if name.startswith("best_of/") else name
+        ax.plot(ks, ys, marker="o", label=label, color=f"C{i}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(int(k)) for k in ks])
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "test-time scaling: accuracy vs k")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def plot_budget(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """PNG of budget forcing: accuracy against the thinking cap, and against the number of "Wait"
+    extensions (mean thinking tokens on a second axis)."""
+    from matplotlib.figure import Figure
+
+    modes = [m for m in ("cap", "wait") if any(p["mode"] == m for p in points)]
+    if not modes:
+        raise ValueError("plot_budget: no points")
+    fig = Figure(figsize=(4.8 * len(modes), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    for ax, mode in zip(axes, modes):
+        pts = [p for p in points if p["mode"] == mode]
+        xs = [p["value"] for p in pts]
+        ax.plot(xs, [p["accuracy"] for p in pts], marker="o", color="C0", label="accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("accuracy")
+        ax.set_xlabel("thinking cap (tokens)" if mode == "cap" else 'number of "Wait" extensions')
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.plot(xs, [p["think_tokens"] for p in pts], marker="s", color="C1", alpha=0.7, label="thinking")
+        twin.set_ylabel("mean thinking tokens", color="C1")
+        ax.set_title("cap (force </think>)" if mode == "cap" else "extend (suppress </think>)")
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def write_records(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
+    """Write per-problem records as JSONL (one problem per line)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "task"
+
+
+def format_table(results: Sequence[EvalResult]) -> Any:
+    """A rich Table with one column per (task, split) and one row per headline metric (accuracies in %,
+    lengths in tokens), narrow enough for an 80-column log."""
+    from rich.table import Table
+
+    names: list[str] = []
+    for r in results:
+        for name in r.metrics:
+            if name not in names and name not in ("problems", "samples", "mean_score"):
+                names.append(name)
+    # maj@1 and best-of-1 equal pass@1: kept in results.json, left out of the table
+    names = [n for n in names if not (n == "maj@1" or n.startswith("best_of_1/"))]
+    order = ["greedy_acc", "pass@", "maj@", "best_of_", "think_tokens", "answer_tokens", "completion_tokens"]
+    order += ["greedy_think_tokens", "greedy_answer_tokens", "answered", "truncated"]
+    names.sort(key=lambda n: next((i for i, prefix in enumerate(order) if n.startswith(prefix)), len(order)))
+    table = Table(title="r1kit eval")
+    table.add_column("metric")
+    for r in results:
+        table.add_column(f"{r.task} ({r.split})", justify="right")
+    for name in names:
+        cells = []
+        for r in results:
+            value = r.metrics.get(name)
+            if value is None:
+                cells.append("–")
+            elif "tokens" in name:
+                cells.append(f"{value:.1f}")
+            else:
+                cells.append(f"{100 * value:.1f}%")
+        table.add_row(name, *cells)
+    table.add_row("problems", *(str(int(r.metrics["problems"])) for r in results))
+    table.add_row("problems/s", *(f"{r.timing.get('problems_per_s', 0.0):.1f}" for r in results))
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and the stage
+
+
+def load_model_and_tokenizer(path: str, tokenizer_dir: str = "", device: str = "auto", dtype: str = "auto"):
+    """(model in eval mode, tokenizer, model directory) from an HF model directory or an r1kit run directory.
+
+    `path` may be the model directory itself, a run directory (its `model/` or latest checkpoint) or a
+    checkpoint; the tokenizer comes from `tokenizer_dir`, else the model directory or its parents.
+    """
+    import torch
+
+    from r1kit.model import Transformer
+    from r1kit.rl.grpo import find_tokenizer_dir, resolve_model_dir
+    from r1kit.tokenizer import Tokenizer
+    from r1kit.train.loop import resolve_device
+
+    model_dir = resolve_model_dir(path)
+    tokenizer = Tokenizer.from_pretrained(find_tokenizer_dir(model_dir, tokenizer_dir))
+    dev = resolve_device(device)
+    torch_dtype = torch.float32
+    if dtype == "bf16" or (dtype == "auto" and dev.type == "cuda"):
+        torch_dtype = torch.bfloat16
+    model = Transformer.from_pretrained(model_dir, device=dev, dtype=torch_dtype).eval()
+    return model, tokenizer, model_dir
+
+
+def _task_kwargs(task_args: dict[str, Any], name: str) -> dict[str, Any]:
+    """The keyword arguments of task `name`: task_args[name] when it is a table, else {}."""
+    value = task_args.get(name, {})
+    if not isinstance(value, dict):
+        from r1kit.config import ConfigError
+
+        raise ConfigError(
+            f"data.task_args maps task names to tables of arguments, e.g. {{{name} = {{digits = 4}}}}; "
+            f"got {name} = {value!r}"
+        )
+    return value
+
+
+def run(config: Config, console: Any = None):
+    """Evaluate `model.path` on every (task, split); writes results.json, records and plots to
+    `run.dir`, prints the table. Returns a `RunResult` whose metrics are "{task}/{split}/{metric}"."""
+    import torch
+    from rich.console import Console
+
+    from r1kit.tasks import get_task
+    from r1kit.train.cost import CostMeter
+    from r1kit.train.result import RunResult
+
+    console = console or Console()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    model, tokenizer, model_dir = load_model_and_tokenizer(
+        config.model.path, config.model.tokenizer, config.run.device, config.run.dtype
+    )
+    device = next(model.parameters()).device
+    meter = CostMeter(device, dtype="bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32")
+    from r1kit.model.counting import flops_per_token
+
+    forward_flops = flops_per_token(model.config, 0) / 3  # training FLOPs are 3x the forward's
+    out_dir = Path(config.run.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s, b = config.sampling, config.budget
+    results: list[EvalResult] = []
+    meter.start()
+    with torch.no_grad():
+        for name in config.data.tasks:
+            task = get_task(name, **_task_kwargs(config.data.task_args, name))
+            for split in config.data.splits:
+                problems = task.problems(split=split, n=config.data.problems, seed=config.data.seed)
+                result = evaluate(
+                    model,
+                    tokenizer,
+                    task,
+                    problems,
+                    s.k,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    top_k=s.top_k,
+                    max_new_tokens=s.max_new_tokens,
+                    greedy=s.greedy,
+                    ks=s.ks or None,
+                    best_of=s.best_of,
+                    seed=s.seed,
+                    template=config.data.template,
+                    system=config.data.system,
+                    batch_problems=s.batch_problems,
+                    label=name,
+                    split=split,
+                    progress=config.run.progress,
+                    console=console,
+                )
+                meter.add(
+                    tokens=int(result.timing["generated_tokens"]),
+                    flops=result.timing["generated_tokens"] * forward_flops,
+                )
+                if b.caps or b.waits:
+                    subset = problems[: b.problems] if b.problems else problems
+                    result.budget = budget_curve(
+                        model,
+                        tokenizer,
+                        task,
+                        subset,
+                        caps=b.caps,
+                        waits=b.waits,
+                        min_thinking_tokens=b.min_thinking_tokens,
+                        wait_string=b.wait_string,
+                        samples=b.samples,
+                        temperature=b.temperature,
+                        top_p=b.top_p,
+                        max_new_tokens=b.max_new_tokens or s.max_new_tokens,
+                        seed=s.seed,
+                        template=config.data.template,
+                        system=config.data.system,
+                        batch_problems=s.batch_problems,
+                    )
+                    generated = sum(p["generated_tokens"] for p in result.budget)
+                    meter.add(tokens=generated, flops=generated * forward_flops)
+                stem = f"{_slug(name)}_{_slug(split)}"
+                if config.run.records:
+                    write_records(out_dir / f"records_{stem}.jsonl", result.records)
+                if config.run.plots:
+                    if result.curves.get("k"):
+                        plot_scaling(result.curves, out_dir / f"scaling_{stem}.png", f"{name} ({split})")
+                    if result.budget:
+                        plot_budget(result.budget, out_dir / f"budget_{stem}.png", f"{name} ({split})")
+                results.append(result)
+    meter.stop()
+    cost = meter.summary()
+    payload = {
+        "model": str(model_dir),
+        "protocol": {
+            "k": s.k,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_new_tokens": s.max_new_tokens,
+            "template": config.data.template,
+        },
+        "results": [r.summary() for r in results],
+        "cost": cost,
+    }
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    from r1kit.config import save_config
+
+    save_config(config, out_dir / "config.toml", header="r1kit eval: resolved config")
+    if config.run.progress:
+        console.print(format_table(results))
+        for r in results:
+            for p in r.budget:
+                console.print(
+                    f"  budget {r.task}/{r.split} {p['mode']}={p['value']}: accuracy {100 * p['accuracy']:.1f}%"
+                    f", thinking {p['think_tokens']:.1f} tokens",
+                    highlight=False,
+                )
+        console.print(f"results in {out_dir}/ (results.json, records_*.jsonl, *.png)", highlight=False)
+    metrics = {f"{r.task}/{r.split}/{k}": v for r in results for k, v in r.metrics.items()}
+    return RunResult(run_dir=out_dir, metrics=metrics, cost=cost)
+
+
+__all__ = [
+    "Config",
+    "EvalResult",
+    "aggregate",
+    "budget_curve",
+    "completion_lengths",
+    "evaluate",
+    "extract_answer",
+    "format_table",
+    "load_model_and_tokenizer",
+    "make_scorers",
+    "plot_budget",
+    "plot_scaling",
+    "problem_seed",
+    "render_prompts",
+    "run",
+    "score_problems",
+    "write_records",
+]
