@@ -57,7 +57,9 @@ def format_metric(name: str, value: float | None) -> str:
 
 
 def metrics_table(stages: list[StageReport]) -> str:
-    """Markdown table with one row per metric and one column per stage ('–' where a stage lacks it)."""
+    """Markdown table with one row per metric and one column per stage that has metrics ('–' where a
+    stage lacks one of them)."""
+    stages = [s for s in stages if s.metrics]
     names: list[str] = []
     for stage in stages:
         names.extend(k for k in stage.metrics if k not in names)

@@ -59,8 +59,10 @@ class Config:
     served_model_name: the model id clients send and /v1/models lists (default: DIR's name).
     device: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16", "float16".
-    max_batch_size: most sequences generated together in one engine batch.
-    batch_window_ms: how long the worker waits for more requests before starting a batch.
+    max_batch_size: most sequences decoding together in the continuous batch (a larger single request
+        runs alone).
+    batch_window_ms: how long an idle worker waits for more requests after the first arrives; while
+        decoding, new requests join the running batch at the next step.
     default_max_tokens: max_tokens of requests that give none (thinking included).
     temperature: default temperature (DeepSeek-R1's recommended 0.6).
     top_p: default top_p (DeepSeek-R1's recommended 0.95).
