@@ -1,61 +1,867 @@
-"""`r1kit demo`: what the foundation can do today, end to end on a CPU in seconds.
+"""`r1kit demo`: the DeepSeek-R1 recipe end to end on a laptop CPU, with a report card.
 
-Builds a tiny DeepSeek-V3-style model (MLA + DeepSeekMoE + MTP), prints its parameter and FLOPs
-counts, runs a forward pass, saves it in the Hugging Face layout, reloads it, and checks that the
-reloaded model's logits are identical. The full R1 recipe demo replaces this as the stages land.
+The stages (SPEC §2, at toy scale, no downloads):
+
+1. **tokenizer**: a byte-level BPE vocabulary trained on the task's text (digits stay single tokens);
+2. **pretrain**: a tiny DeepSeek-V3-style model (MLA + DeepSeekMoE with auxiliary-loss-free balancing
+   + MTP) learns the worked solutions of easier addition problems as plain text;
+3. **cold-start SFT**: the chat format (``<think>`` reasoning ``</think>`` answer) with loss on the
+   assistant tokens, stopped on a held-out validation accuracy rather than a clock, so the starting
+   point is the same on any machine;
+4. **GRPO** on harder problems (R1 rewards: accuracy + format), and **the control**: the same FLOPs
+   spent on more SFT from the same checkpoint (with a cosine decay, its best shot), so the report shows
+   what RL added rather than what more training of any kind would have;
+5. **evaluation** of every stage on held-out problems (a different split and seed) with R1's protocol:
+   greedy accuracy, pass@1 over k samples (T 0.6, top-p 0.95), maj@k, thinking length, and a
+   budget-forcing curve;
+6. **rejection sampling** of the RL model (verified traces only) and **distillation** into a smaller
+   dense student.
+
+It writes ``<run_dir>/report.md`` (and ``report.json``): a summary paragraph, metric × stage table,
+cost table (wall time, tokens, FLOPs, MFU, device-hours, dollars), plots; missed targets are stated
+plainly. ``--quick true`` shrinks every stage for a smoke test (a few minutes on 2 cores).
+
+    r1kit demo                      # ~15 minutes on 2 CPU cores
+    r1kit demo --quick true --run_dir runs/demo-quick
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class Recipe:
+    """The knobs of the recipe; ``Recipe.full()`` and ``Recipe.quick()`` are the two presets.
+
+    Attributes (counts are problems; steps are optimiser steps):
+        sft_digits: operand digits of the SFT problems; hard_share of them get hard_digits instead
+            (without a few longer problems a tiny model cannot length-generalise and RL cannot start).
+        rl_digits: operand digits of the GRPO prompts (harder than the SFT mix).
+        eval_splits: report label -> operand digits of the held-out problems (split "test").
+        teacher: ModelConfig overrides of the tiny-v3 preset for the policy.
+        student: ModelConfig overrides of the tiny-llama preset for the dense student.
+    """
+
+    vocab_size: int = 320
+    sft_digits: tuple[int, int] = (3, 4)
+    hard_digits: tuple[int, int] = (5, 5)
+    hard_share: float = 0.1
+    rl_digits: tuple[int, int] = (4, 5)
+    eval_splits: dict[str, int] = field(default_factory=lambda: {"4-digit": 4, "5-digit": 5})
+    teacher: dict[str, Any] = field(default_factory=lambda: {"num_hidden_layers": 2})
+    student: dict[str, Any] = field(
+        default_factory=lambda: {
+            "hidden_size": 64,
+            "num_hidden_layers": 3,
+            "intermediate_size": 192,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+        }
+    )
+    tokenizer_texts: int = 5000
+    corpus: int = 20000
+    sft_examples: int = 100000
+    pretrain_steps: int = 150
+    pretrain_batch: int = 32
+    pretrain_lr: float = 3e-3
+    seq_len: int = 128
+    sft_max_steps: int = 2500
+    sft_batch: int = 64
+    sft_lr: float = 3e-3
+    val_every: int = 25
+    val_problems: int = 64
+    val_target: float = 0.25
+    grpo_steps: int = 300
+    grpo_prompts: int = 16
+    grpo_group: int = 8
+    grpo_lr: float = 1e-4
+    grpo_eval_every: int = 50
+    max_new_tokens: int = 96
+    eval_problems: int = 128
+    eval_k: int = 8
+    budget_caps: tuple[int, ...] = (8, 16, 24, 32, 40, 48)
+    budget_waits: tuple[int, ...] = (1, 2)
+    sample_prompts: int = 3000
+    sample_k: int = 4
+    distill_steps: int = 800
+    distill_lr: float = 3e-3
+
+    @classmethod
+    def full(cls) -> Recipe:
+        """The demo as documented (about 15 minutes on 2 cores)."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> Recipe:
+        """Every stage shrunk to a smoke test: the numbers mean nothing, the pipeline is exercised."""
+        return cls(
+            tokenizer_texts=1000,
+            corpus=1000,
+            sft_examples=2000,
+            pretrain_steps=10,
+            sft_max_steps=20,
+            val_every=10,
+            val_problems=16,
+            grpo_steps=4,
+            grpo_prompts=4,
+            grpo_group=4,
+            grpo_eval_every=2,
+            max_new_tokens=48,
+            eval_problems=16,
+            eval_k=4,
+            budget_caps=(8, 32),
+            budget_waits=(1,),
+            sample_prompts=32,
+            sample_k=2,
+            distill_steps=10,
+        )
 
 
 @dataclass
 class Config:
-    """Options of `r1kit demo`.
+    """`r1kit demo`: the R1 recipe at toy scale, with a report card.
 
-    Attributes:
-        out: directory the demo model is written to.
-        preset: model preset to build.
-        seed: random seed for the weights and the input batch.
+    run_dir (str): where everything goes (one sub-directory per stage, report.md at the top). An existing
+        one is moved to <run_dir>.prev first, so a rerun never mixes two runs.
+    quick (bool): the smoke-test preset (every stage shrunk; minutes, not a result).
+    seed (int): seed of the data draws, initialisations and sampling (evaluation seeds differ from training).
+    device (str): "auto" (CUDA when available), "cpu", "cuda".
+    threads (int): torch CPU threads; 0 = torch's default.
+    dollars_per_hour (float): price of one device-hour in the cost table; 0 = the cost module's default.
+    progress (bool): progress bars.
     """
 
-    out: str = "runs/demo/model"
-    preset: str = "tiny-v3"
+    run_dir: str = "runs/demo"
+    quick: bool = False
     seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    dollars_per_hour: float = 0.0
+    progress: bool = True
 
 
-def run(config: Config) -> dict[str, float]:
-    """Build, count, save, reload and compare; returns the counts and the max logit difference."""
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def _sft_mixture(recipe: Recipe):
+    """The cold-start distribution: easier problems plus a share of longer ones."""
+    from r1kit.tasks import MixtureTask, get_task
+
+    lo, hi = recipe.sft_digits
+    hard_lo, hard_hi = recipe.hard_digits
+    easy = get_task("addition", min_digits=lo, max_digits=hi)
+    hard = get_task("addition", min_digits=hard_lo, max_digits=hard_hi)
+    return MixtureTask([easy, hard], [1.0 - recipe.hard_share, recipe.hard_share])
+
+
+def _inference_flops_per_token(cfg: Any, seq_len: int) -> float:
+    """Forward FLOPs per generated token: a third of the training figure (no MTP at inference)."""
+    from r1kit.model.counting import flops_per_token
+
+    return flops_per_token(cfg, seq_len, include_mtp=False) / 3.0
+
+
+class _Stages:
+    """Collects per-stage cost summaries and timings in pipeline order."""
+
+    def __init__(self, config: Config, device: Any):
+        self.config = config
+        self.device = device
+        self.costs: dict[str, dict[str, Any]] = {}
+        self.notes: dict[str, list[str]] = {}
+
+    def meter(self, flops_per_token: float | None = None):
+        from r1kit.train.cost import CostMeter
+
+        return CostMeter(
+            self.device,
+            dollars_per_device_hour=self.config.dollars_per_hour or None,
+            flops_per_token=flops_per_token,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# the stages
+
+
+def _prepare(run_dir: Path, console: Any) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        previous = run_dir.with_name(run_dir.name + ".prev")
+        if previous.exists():
+            shutil.rmtree(previous)
+        run_dir.rename(previous)
+        console.print(f"[dim]moved the previous {run_dir} to {previous}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def stage_tokenizer(recipe: Recipe, run_dir: Path, seed: int, stages: _Stages) -> tuple[Any, Path, Path]:
+    """Train the tokenizer on the task's text; write the pretraining corpus and the SFT chats."""
+    from r1kit.tokenizer import Tokenizer
+    from r1kit.train.data import problem_messages
+
+    t0 = time.perf_counter()
+    mixture = _sft_mixture(recipe)
+    # one draw from the train split, cut in three: pretraining and SFT see different problems
+    n_pre, n_sft = recipe.corpus, recipe.sft_examples
+    problems = mixture.problems(split="train", n=n_pre + n_sft, seed=seed)
+    chats = [problem_messages(mixture, p) for p in problems]
+    texts = ["\n".join(m["content"] for m in chat) for chat in chats[:n_pre]]
+    tokenizer = Tokenizer.train(texts[: recipe.tokenizer_texts], vocab_size=recipe.vocab_size)
+    tok_dir = run_dir / "tokenizer"
+    tokenizer.save_pretrained(tok_dir)
+    data = run_dir / "data"
+    corpus = _write_jsonl(data / "pretrain.jsonl", [{"text": t} for t in texts])
+    chats_path = _write_jsonl(data / "sft.jsonl", [{"messages": c} for c in chats[n_pre:]])
+    wall = time.perf_counter() - t0
+    stages.costs["tokenizer"] = {"wall_s": wall, "tokens": 0, "flops": 0.0}
+    stages.notes["tokenizer"] = [
+        f"byte-level BPE, {tokenizer.vocab_size} tokens, trained on {min(len(texts), recipe.tokenizer_texts)} "
+        f"worked solutions; {n_pre} problems written for pretraining and {n_sft} other ones for SFT "
+        f"({wall:.1f} s)"
+    ]
+    return tokenizer, corpus, chats_path
+
+
+def _train_common(recipe: Recipe, config: Config, steps: int, batch: int, lr: float, **extra: Any):
+    from r1kit.train.loop import TrainConfig
+
+    return TrainConfig(
+        steps=max(1, steps),
+        batch_size=batch,
+        lr=lr,
+        warmup_steps=min(20, max(1, steps // 10)),
+        device=config.device,
+        seed=config.seed,
+        threads=config.threads,
+        **extra,
+    )
+
+
+def _run_config(path: Path, config: Config):
+    from r1kit.train.loop import RunConfig
+
+    return RunConfig(
+        dir=str(path),
+        log_every=5,
+        progress=config.progress,
+        dollars_per_hour=config.dollars_per_hour,
+    )
+
+
+def stage_pretrain(recipe: Recipe, config: Config, run_dir: Path, corpus: Path, console: Any):
+    from r1kit.train import pretrain
+
+    cfg = pretrain.Config(
+        model=pretrain.ModelSection(preset="tiny-v3", overrides=dict(recipe.teacher)),
+        tokenizer=pretrain.TokenizerSection(path=str(run_dir / "tokenizer")),
+        data=pretrain.PretrainData(files=[str(corpus)], seq_len=recipe.seq_len),
+        train=_train_common(recipe, config, recipe.pretrain_steps, recipe.pretrain_batch, recipe.pretrain_lr),
+        run=_run_config(run_dir / "pretrain", config),
+    )
+    return pretrain.run(cfg, console=console)
+
+
+def _val_section(recipe: Recipe, target: float, every: int):
+    from r1kit.train.sft import ValSection
+
+    return ValSection(
+        every=every,
+        task="addition",
+        task_args={"digits": recipe.eval_splits.get("4-digit", recipe.sft_digits[1])},
+        num_problems=recipe.val_problems,
+        max_new_tokens=recipe.max_new_tokens,
+        target_accuracy=target,
+    )
+
+
+def stage_sft(recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: Path, console: Any):
+    from r1kit.train import sft
+
+    cfg = sft.Config(
+        model=sft.ModelSection(init=str(init)),
+        tokenizer=sft.TokenizerSection(path=str(run_dir / "tokenizer")),
+        data=sft.SFTData(files=[str(chats)], max_len=recipe.seq_len),
+        val=_val_section(recipe, recipe.val_target, recipe.val_every),
+        train=_train_common(
+            recipe, config, recipe.sft_max_steps, recipe.sft_batch, recipe.sft_lr, schedule="constant"
+        ),
+        run=_run_config(run_dir / "sft", config),
+    )
+    return sft.run(cfg, console=console)
+
+
+def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
+    from r1kit.rl import grpo
+
+    lo, hi = recipe.rl_digits
+    cfg = grpo.Config(
+        run_dir=str(run_dir / "grpo"),
+        seed=config.seed,
+        device=config.device,
+        threads=config.threads,
+        max_steps=recipe.grpo_steps,
+        log_every=1,
+        progress=config.progress,
+        tensorboard=False,
+        model=grpo.ModelSection(path=str(init), tokenizer=str(run_dir / "tokenizer")),
+        data=grpo.DataSection(
+            task="addition", task_args={"min_digits": lo, "max_digits": hi}, train_problems=20000
+        ),
+        reward=grpo.RewardSection(names=["accuracy", "format"], weights=[1.0, 0.1]),
+        rollout=grpo.RolloutSection(
+            prompts_per_step=recipe.grpo_prompts,
+            group_size=recipe.grpo_group,
+            temperature=1.0,
+            max_new_tokens=recipe.max_new_tokens,
+        ),
+        loss=grpo.LossSection(loss_type="grpo", beta=0.0, mu=1),
+        optim=grpo.OptimSection(lr=recipe.grpo_lr, schedule="constant", grad_clip=1.0),
+        eval=grpo.EvalSection(
+            every=recipe.grpo_eval_every,
+            split="val",
+            problems=recipe.val_problems,
+            samples=4,
+            max_new_tokens=recipe.max_new_tokens,
+        ),
+    )
+    if config.dollars_per_hour and hasattr(cfg, "dollars_per_hour"):
+        cfg.dollars_per_hour = config.dollars_per_hour
+    return grpo.run(cfg)
+
+
+def stage_control(
+    recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: Path, steps: int, console: Any
+):
+    """More SFT from the SFT checkpoint with the FLOPs GRPO spent (fresh examples, cosine decay)."""
+    from r1kit.train import sft
+
+    cfg = sft.Config(
+        model=sft.ModelSection(init=str(init)),
+        tokenizer=sft.TokenizerSection(path=str(run_dir / "tokenizer")),
+        data=sft.SFTData(files=[str(chats)], max_len=recipe.seq_len),
+        val=_val_section(recipe, 0.0, 0),
+        train=replace(
+            _train_common(recipe, config, steps, recipe.sft_batch, recipe.sft_lr, schedule="cosine"),
+            seed=config.seed + 1,  # a different order: the examples it sees first are new to it
+        ),
+        run=_run_config(run_dir / "sft_control", config),
+    )
+    return sft.run(cfg, console=console)
+
+
+def stage_sample(recipe: Recipe, config: Config, run_dir: Path, teacher: Path, console: Any):
+    from r1kit import distill
+
+    hi = recipe.rl_digits[1]
+    cfg = distill.Config(
+        teacher=distill.TeacherSection(path=str(teacher), tokenizer=str(run_dir / "tokenizer")),
+        sample=distill.SampleSection(
+            tasks=["addition"],
+            task_args={"addition": {"min_digits": recipe.sft_digits[0], "max_digits": hi}},
+            split="train",
+            prompts=recipe.sample_prompts,
+            seed=config.seed + 7,
+            k=recipe.sample_k,
+            temperature=0.6,
+            top_p=0.95,
+            max_new_tokens=recipe.max_new_tokens,
+            keep="shortest",
+            max_per_prompt=1,
+            out=str(run_dir / "data" / "traces.jsonl"),
+        ),
+        train=_train_common(recipe, config, 1, recipe.sft_batch, recipe.distill_lr),
+        run=_run_config(run_dir / "distill", config),
+    )
+    return distill.run_sample(cfg, console=console)
+
+
+def stage_distill(recipe: Recipe, config: Config, run_dir: Path, traces: Path, console: Any):
+    from r1kit import distill
+
+    cfg = distill.Config(
+        teacher=distill.TeacherSection(path=str(run_dir / "grpo"), tokenizer=str(run_dir / "tokenizer")),
+        student=distill.ModelSection(preset="tiny-llama", overrides=dict(recipe.student)),
+        distill=distill.DistillSection(
+            method="sft", files=[str(traces)], tokenizer=str(run_dir / "tokenizer"), max_len=recipe.seq_len
+        ),
+        train=_train_common(recipe, config, recipe.distill_steps, recipe.sft_batch, recipe.distill_lr),
+        run=_run_config(run_dir / "student", config),
+    )
+    return distill.run(cfg, console=console)
+
+
+def _model_dir(result: Any) -> Path:
+    """The final model directory of a stage's RunResult."""
+    metrics = getattr(result, "metrics", {}) or {}
+    if metrics.get("model_dir"):
+        return Path(metrics["model_dir"])
+    return Path(result.run_dir) / "model"
+
+
+def stage_evaluate(
+    recipe: Recipe,
+    config: Config,
+    run_dir: Path,
+    models: dict[str, Path],
+    tokenizer: Any,
+    stages: _Stages,
+    console: Any,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Evaluate each model on each held-out split; the RL model also gets scaling and budget curves."""
+    from r1kit.evaluate import budget_curve, evaluate, plot_budget, plot_scaling, write_records
+    from r1kit.model import Transformer
+    from r1kit.tasks import get_task
+    from r1kit.train.log import stage_header
+
+    results: dict[str, dict[str, Any]] = {name: {} for name in models}
+    extras: dict[str, Any] = {"plots": [], "budget": {}, "curves": {}}
+    out = run_dir / "eval"
+    for name, path in models.items():
+        stage_header(f"evaluate: {name}", str(path), console=console)
+        model = Transformer.from_pretrained(path).eval()
+        meter = stages.meter(_inference_flops_per_token(model.config, recipe.seq_len))
+        meter.start()
+        for split, digits in recipe.eval_splits.items():
+            task = get_task("addition", digits=digits)
+            problems = task.problems(split="test", n=recipe.eval_problems, seed=config.seed + 1000)
+            res = evaluate(
+                model,
+                tokenizer,
+                task,
+                problems,
+                k=recipe.eval_k,
+                max_new_tokens=recipe.max_new_tokens,
+                seed=config.seed + 2000,
+                label=f"{name} {split}",
+                split="test",
+                progress=config.progress,
+                console=console,
+            )
+            meter.add(int(res.timing["generated_tokens"]))
+            results[name][split] = res.metrics
+            write_records(out / f"{_slug(name)}-{split}.jsonl", res.records)
+            if name == "GRPO":
+                extras["curves"][split] = res.curves
+                extras["plots"].append(
+                    str(
+                        plot_scaling(
+                            res.curves, out / f"scaling-{split}.png", f"GRPO model, {split}: accuracy vs k"
+                        )
+                    )
+                )
+        if name == "GRPO":
+            split, digits = next(iter(recipe.eval_splits.items()))  # where the model is competent
+            task = get_task("addition", digits=digits)
+            problems = task.problems(split="test", n=recipe.eval_problems, seed=config.seed + 1000)
+            points = budget_curve(
+                model,
+                tokenizer,
+                task,
+                problems,
+                caps=recipe.budget_caps,
+                waits=recipe.budget_waits,
+                max_new_tokens=recipe.max_new_tokens + 32,
+                seed=config.seed + 3000,
+            )
+            meter.add(
+                int(sum(p.get("think_tokens", 0) + p.get("answer_tokens", 0) for p in points) * len(problems))
+            )
+            extras["budget"] = {"split": split, "points": points}
+            extras["plots"].append(
+                str(plot_budget(points, out / "budget.png", f"GRPO model, {split}: budget forcing"))
+            )
+        meter.stop()
+        stages.costs[f"eval {name}"] = meter.summary()
+    (out / "results.json").write_text(json.dumps({"results": results, **extras}, indent=2, default=float))
+    return results, extras
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+def _stage_plot(path: Path, names: tuple[str, ...]) -> list[str]:
+    return [str(path / n) for n in names if (path / n).is_file()]
+
+
+def plot_stage_accuracy(results: dict[str, dict[str, Any]], path: Path, metric: str = "pass@1") -> Path:
+    """Bar chart of one metric per stage and split (what a reader looks at first)."""
+    from matplotlib.figure import Figure
+
+    stages = list(results)
+    splits = sorted({s for r in results.values() for s in r})
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(splits))
+    for j, split in enumerate(splits):
+        ys = [100 * results[s].get(split, {}).get(metric, 0.0) for s in stages]
+        xs = [i + (j - (len(splits) - 1) / 2) * width for i in range(len(stages))]
+        bars = ax.bar(xs, ys, width, label=split, color=f"C{j}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_ylabel(f"held-out {metric} (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.set_title(f"held-out {metric} by stage")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _table_metrics(results: dict[str, Any], k: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for split, m in results.items():
+        out[f"{split} greedy accuracy"] = m.get("greedy_acc", float("nan"))
+        out[f"{split} pass@1 (k={k})"] = m.get("pass@1", float("nan"))
+        out[f"{split} maj@{k}"] = m.get(f"maj@{k}", float("nan"))
+        out[f"{split} pass@{k}"] = m.get(f"pass@{k}", float("nan"))
+        out[f"{split} mean thinking tokens"] = m.get("think_tokens", float("nan"))
+    return out
+
+
+def _points(a: float, b: float) -> str:
+    return f"{100 * (b - a):+.1f} points"
+
+
+def build_summary(
+    recipe: Recipe,
+    results: dict[str, dict[str, Any]],
+    facts: dict[str, Any],
+    quick: bool,
+) -> tuple[str, list[str]]:
+    """The opening paragraph and the list of targets (met or not), from the measured numbers."""
+    hard = list(recipe.eval_splits)[-1]
+    k = recipe.eval_k
+    sft, rl, ctrl, student = (results.get(n, {}) for n in ("SFT", "GRPO", "SFT control", "student"))
+
+    def p1(r: dict[str, Any], split: str = hard) -> float:
+        return r.get(split, {}).get("pass@1", float("nan"))
+
+    gains = {split: p1(rl, split) - p1(sft, split) for split in recipe.eval_splits}
+    targets = []
+    for split, gain in gains.items():
+        ok = gain >= 0.15
+        targets.append(
+            f"GRPO lifts held-out {split} pass@1 by ≥ 15 points: {'met' if ok else 'NOT met'} "
+            f"({100 * p1(sft, split):.1f}% → {100 * p1(rl, split):.1f}%, {_points(p1(sft, split), p1(rl, split))})"
+        )
+    maj_ok = all(
+        r.get(s, {}).get(f"maj@{k}", 0) >= r.get(s, {}).get("pass@1", 0) - 1e-9
+        for r in results.values()
+        for s in recipe.eval_splits
+    )
+    targets.append(f"maj@{k} ≥ pass@1 for every stage and split: {'met' if maj_ok else 'NOT met'}")
+    splits = list(recipe.eval_splits)
+
+    def versus(a: dict[str, Any], b: dict[str, Any]) -> str:
+        return ", ".join(f"{sp} pass@1 {100 * p1(a, sp):.1f}% vs {100 * p1(b, sp):.1f}%" for sp in splits)
+
+    beat_control = all(p1(rl, sp) > p1(ctrl, sp) for sp in splits)
+    targets.append(
+        f"GRPO beats the same compute spent on more SFT on every split ({versus(rl, ctrl)}): "
+        f"{'yes' if beat_control else 'NO'}"
+    )
+    ratio = facts.get("student_active_ratio", float("nan"))
+    reach = all(p1(student, sp) >= p1(rl, sp) - 0.15 for sp in splits)
+    targets.append(
+        f"student within 15 points of its teacher on every split at {100 * ratio:.0f}% of the teacher's "
+        f"active parameters ({versus(student, rl)}): {'met' if reach else 'NOT met'}"
+    )
+    sft_note = (
+        f"stopped at step {facts.get('sft_steps')} when 4-digit greedy validation accuracy reached "
+        f"{100 * facts.get('sft_val', 0):.0f}% (target {100 * recipe.val_target:.0f}%)"
+        if facts.get("sft_stopped_early")
+        else f"did NOT reach the {100 * recipe.val_target:.0f}% validation target in {facts.get('sft_steps')} steps"
+    )
+
+    def across(r: dict[str, Any]) -> str:
+        return " and ".join(f"{100 * p1(r, sp):.1f}% ({sp})" for sp in splits)
+
+    moves = "; ".join(
+        f"{sp} {100 * p1(sft, sp):.1f}% → {100 * p1(rl, sp):.1f}% ({_points(p1(sft, sp), p1(rl, sp))})"
+        for sp in splits
+    )
+    control_beats = [sp for sp in splits if p1(ctrl, sp) > p1(rl, sp)]
+    verdict = (
+        "RL beat the control on every split"
+        if not control_beats
+        else f"**the control beat RL on {', '.join(control_beats)}**: on this task, with perfect worked "
+        "solutions, the same compute is better spent on more SFT"
+    )
+    summary = (
+        f"{'**Quick smoke test: every stage shrunk, the numbers mean nothing.** ' if quick else ''}"
+        f"A {facts['teacher_params']} DeepSeek-V3-style model (MLA, DeepSeekMoE with {facts['experts']} routed "
+        f"experts and aux-loss-free balancing, MTP; {facts['teacher_active']} active per token) learned "
+        f"column-by-column addition on {facts['device']} in {facts['total_time']} "
+        f"({facts['total_flops']} FLOPs, {facts['total_dollars']}). The cold-start SFT {sft_note}. "
+        f"GRPO (accuracy + format rewards, {facts.get('grpo_steps')} steps of {recipe.grpo_prompts}×{recipe.grpo_group} "
+        f"rollouts on {recipe.rl_digits[0]}–{recipe.rl_digits[1]} digit problems) moved held-out pass@1: {moves}. "
+        f"The same FLOPs spent on more SFT from the same checkpoint reached {across(ctrl)}; {verdict}. "
+        f"A dense student with {100 * ratio:.0f}% of the teacher's active parameters, trained on "
+        f"{facts.get('traces')} verified traces from the RL model, reached {across(student)}. "
+        f"All evaluation problems come from a held-out split with a different seed."
+    )
+    return summary, targets
+
+
+def write_demo_report(
+    recipe: Recipe,
+    config: Config,
+    run_dir: Path,
+    results: dict[str, dict[str, Any]],
+    extras: dict[str, Any],
+    stages: _Stages,
+    facts: dict[str, Any],
+    plots: dict[str, list[str]],
+) -> Path:
+    from r1kit.report import StageReport, write_report
+    from r1kit.train.cost import summarize_costs
+
+    k = recipe.eval_k
+    summary, targets = build_summary(recipe, results, facts, config.quick)
+    order = [
+        ("tokenizer", "tokenizer", None),
+        ("pretrain", "pretrain", None),
+        ("SFT", "SFT", "SFT"),
+        ("GRPO", "GRPO", "GRPO"),
+        ("SFT control", "SFT control", "SFT control"),
+        ("rejection sampling", "rejection sampling", None),
+        ("student", "student", "student"),
+    ]
+    reports = []
+    for title, cost_key, eval_key in order:
+        metrics = _table_metrics(results[eval_key], k) if eval_key and eval_key in results else {}
+        reports.append(
+            StageReport(
+                title,
+                metrics=metrics,
+                cost=stages.costs.get(cost_key, {}),
+                plots=plots.get(title, []),
+                notes=stages.notes.get(cost_key, []),
+            )
+        )
+    eval_costs = {key: c for key, c in stages.costs.items() if key.startswith("eval ")}
+    reports.append(StageReport("evaluation", cost=summarize_costs(eval_costs) if eval_costs else {}))
+    if "other" in stages.costs:
+        reports.append(StageReport("other (data, tokenizing, loading, saving)", cost=stages.costs["other"]))
+    total = summarize_costs([c for c in stages.costs.values() if c.get("wall_s")])
+    budget = extras.get("budget", {})
+    budget_rows = ["| mode | value | accuracy | mean thinking tokens |", "|---|---|---|---|"]
+    for p in budget.get("points", []):
+        budget_rows.append(
+            f"| {p['mode']} | {p['value']} | {100 * p['accuracy']:.1f}% | {p['think_tokens']:.1f} |"
+        )
+    extra = {
+        "Targets": "\n".join(f"- {t}" for t in targets),
+        "Totals": (
+            f"{total['wall_s'] / 60:.1f} min wall clock, {total['tokens'] / 1e6:.2f}M tokens, "
+            f"{total['flops'] / 1e12:.2f} TFLOPs, MFU {100 * total['mfu']:.1f}%, "
+            f"{total['device_hours']:.4f} device-hours, ${total['dollars']:.4f} on {facts['device']}."
+        ),
+        "Held-out accuracy by stage": f"![pass@1 by stage]({Path(plots['summary'][0]).name})",
+        f"Budget forcing ({budget.get('split', '')}, GRPO model, greedy)": "\n".join(budget_rows)
+        + (
+            "\n\nThe chain of thought here has a fixed length (one step per column): a cap below it cuts "
+            'the answer off, and a forced "Wait" (never seen in training) derails the model. Thinking '
+            "longer pays only on tasks where longer reasoning helps."
+        ),
+        "Chat with the result": (
+            f"```\nr1kit serve --model {facts['rl_dir']}     # OpenAI-compatible API + web chat on 127.0.0.1:8000\n"
+            f"r1kit chat --model {facts['rl_dir']}      # in the terminal\n```"
+        ),
+    }
+    return write_report(
+        run_dir / "report.md",
+        "r1kit demo: the DeepSeek-R1 recipe on a laptop",
+        summary,
+        reports,
+        extra_sections=extra,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Run the whole recipe; returns {"report": path, "results": ..., "facts": ...}."""
     import torch
     from rich.console import Console
 
-    from r1kit.model import ModelConfig, Transformer
-    from r1kit.model.info import describe
+    from r1kit.model import ModelConfig
+    from r1kit.model.counting import active_param_count, param_count
     from r1kit.report import format_number
+    from r1kit.train.cost import format_duration, summarize_costs
+    from r1kit.train.log import stage_header
+    from r1kit.train.loop import resolve_device
 
     console = Console()
-    console.rule(f"r1kit demo: a tiny {config.preset} model")
-    torch.manual_seed(config.seed)
-    cfg = ModelConfig.preset(config.preset)
-    model = Transformer(cfg).eval()
-    counts = describe(cfg, seq_len=128)
-    console.print(
-        f"parameters {format_number(counts['params'])}, active per token {format_number(counts['active_params'])}, "
-        f"training FLOPs per token {format_number(counts['train_flops_per_token'])} at 128 tokens"
+    recipe = Recipe.quick() if config.quick else Recipe.full()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(config.run_dir)
+    _prepare(run_dir, console)
+    device = resolve_device(config.device)
+    stages = _Stages(config, device)
+    t_start = time.perf_counter()
+    mode = "quick smoke test" if config.quick else "full recipe"
+    stage_header(
+        f"r1kit demo ({mode})", f"run directory {run_dir}; report at {run_dir / 'report.md'}", console
     )
-    ids = torch.randint(0, cfg.vocab_size, (4, 32), generator=torch.Generator().manual_seed(config.seed))
-    mask = torch.ones_like(ids)
-    mask[1, :7] = 0  # a left-padded row: padding must not change the real tokens' logits
-    with torch.no_grad():
-        logits, mtp = model(ids, attention_mask=mask, return_mtp=True)
-        model.save_pretrained(config.out)
-        reloaded = Transformer.from_pretrained(config.out).eval()
-        logits2, mtp2 = reloaded(ids, attention_mask=mask, return_mtp=True)
-    diff = max((logits - logits2).abs().max().item(), (mtp - mtp2).abs().max().item())
-    console.print(f"saved to {config.out} (Hugging Face layout: config.json + model.safetensors)")
-    console.print(f"reloaded: max |logit difference| = {diff:.2e} (main head and MTP head)")
-    if diff > 1e-6:
-        raise RuntimeError(f"reloaded model differs from the saved one by {diff}")
-    console.print("[green]ok[/green]")
-    return {**counts, "max_abs_diff": diff}
+
+    stage_header("1/7 tokenizer", "byte-level BPE on the task's worked solutions", console)
+    tokenizer, corpus, chats = stage_tokenizer(recipe, run_dir, config.seed, stages)
+
+    stage_header(
+        "2/7 pretrain", "tiny DeepSeek-V3 (MLA + MoE + MTP) on worked solutions as plain text", console
+    )
+    pre = stage_pretrain(recipe, config, run_dir, corpus, console)
+    stages.costs["pretrain"] = pre.cost
+
+    stage_header(
+        "3/7 cold-start SFT",
+        f"chat format, assistant-only loss; stops when 4-digit greedy accuracy reaches {100 * recipe.val_target:.0f}%",
+        console,
+    )
+    sft_res = stage_sft(recipe, config, run_dir, chats, _model_dir(pre), console)
+    stages.costs["SFT"] = sft_res.cost
+    sft_dir = _model_dir(sft_res)
+
+    stage_header(
+        "4/7 GRPO",
+        f"accuracy + format rewards on {recipe.rl_digits[0]}-{recipe.rl_digits[1]} digit problems",
+        console,
+    )
+    rl_res = stage_grpo(recipe, config, run_dir, sft_dir)
+    stages.costs["GRPO"] = rl_res.cost
+    stages.notes["GRPO"] = [
+        "completion length stays flat here: the column-by-column format fixes the length of the chain "
+        "of thought, so R1's growing-length curve needs a task where longer reasoning helps (Countdown)"
+    ]
+    rl_dir = _model_dir(rl_res)
+
+    sft_steps = max(1, int(sft_res.metrics.get("steps", 1)))
+    flops_per_sft_step = (sft_res.cost.get("flops") or 1.0) / sft_steps
+    control_steps = max(1, round((rl_res.cost.get("flops") or 0.0) / flops_per_sft_step))
+    stage_header(
+        "4b/7 control", f"{control_steps} more SFT steps from the SFT checkpoint = GRPO's FLOPs", console
+    )
+    ctrl_res = stage_control(recipe, config, run_dir, chats, sft_dir, control_steps, console)
+    stages.costs["SFT control"] = ctrl_res.cost
+
+    stage_header(
+        "5/7 rejection sampling", "the RL model writes traces; only verified-correct ones are kept", console
+    )
+    sample_res = stage_sample(recipe, config, run_dir, rl_dir, console)
+    traces = Path(sample_res.metrics.get("out", run_dir / "data" / "traces.jsonl"))
+    total_stats = sample_res.metrics
+    stages.costs["rejection sampling"] = sample_res.cost
+    stages.notes["rejection sampling"] = [
+        f"{total_stats.get('prompts', '?')} prompts × {recipe.sample_k} samples, acceptance rate "
+        f"{100 * float(total_stats.get('acceptance_rate', 0)):.1f}%, {total_stats.get('kept', '?')} traces kept "
+        "(shortest correct one per prompt)"
+    ]
+
+    stage_header("6/7 distillation", "a smaller dense student learns from the verified traces", console)
+    student_data = traces
+    if not int(total_stats.get("kept", 0) or 0):
+        # nothing verified (a quick run's model solves nothing): say so and keep the pipeline whole
+        student_data = chats
+        stages.notes["student"] = [
+            "NO verified traces were kept, so the student was trained on the cold-start worked solutions "
+            "instead: this is not distillation"
+        ]
+    student_res = stage_distill(recipe, config, run_dir, student_data, console)
+    stages.costs["student"] = student_res.cost
+    student_dir = _model_dir(student_res)
+
+    stage_header(
+        "7/7 evaluation", f"held-out problems, R1 protocol (T 0.6, top-p 0.95, k={recipe.eval_k})", console
+    )
+    models = {"SFT": sft_dir, "GRPO": rl_dir, "SFT control": _model_dir(ctrl_res), "student": student_dir}
+    results, extras = stage_evaluate(recipe, config, run_dir, models, tokenizer, stages, console)
+
+    # what no stage metered (writing data, tokenizing the chats, loading and saving models), so the
+    # cost table adds up to the wall clock
+    metered = sum(float(c.get("wall_s") or 0.0) for c in stages.costs.values())
+    other = max(0.0, time.perf_counter() - t_start - metered)
+    rate = next(
+        (c["dollars"] / c["device_hours"] for c in stages.costs.values() if c.get("device_hours")), 0.0
+    )
+    stages.costs["other"] = {
+        "wall_s": other,
+        "tokens": 0,
+        "flops": 0.0,
+        "device_hours": other / 3600,
+        "dollars": other / 3600 * rate,
+    }
+    teacher_cfg = ModelConfig.from_hf_dict(json.loads((rl_dir / "config.json").read_text()))
+    student_cfg = ModelConfig.from_hf_dict(json.loads((student_dir / "config.json").read_text()))
+    total = summarize_costs([c for c in stages.costs.values() if c.get("wall_s")])
+    facts = {
+        "device": (
+            f"a CPU ({torch.get_num_threads()} threads)"
+            if device.type == "cpu"
+            else (total.get("device_name") or str(device))
+        ),
+        "teacher_params": format_number(param_count(teacher_cfg)) + "-parameter",
+        "teacher_active": format_number(active_param_count(teacher_cfg, False)),
+        "experts": teacher_cfg.n_routed_experts,
+        "student_active_ratio": active_param_count(student_cfg, False)
+        / active_param_count(teacher_cfg, False),
+        "total_time": format_duration(time.perf_counter() - t_start),
+        "total_flops": format_number(total["flops"]),
+        "total_dollars": f"${total['dollars']:.4f}",
+        "sft_steps": sft_steps,
+        "sft_val": sft_res.metrics.get("val_accuracy", 0.0),
+        "sft_stopped_early": bool(sft_res.metrics.get("stopped_early")),
+        "grpo_steps": rl_res.metrics.get("steps", recipe.grpo_steps),
+        "traces": total_stats.get("kept", "?"),
+        "rl_dir": str(rl_dir),
+    }
+    plots = {
+        "pretrain": _stage_plot(Path(pre.run_dir), ("loss.png",)),
+        "SFT": _stage_plot(Path(sft_res.run_dir), ("loss.png",)),
+        "GRPO": _stage_plot(Path(rl_res.run_dir), ("aha.png",)) + extras["plots"],
+        "SFT control": _stage_plot(Path(ctrl_res.run_dir), ("loss.png",)),
+        "student": _stage_plot(Path(student_res.run_dir), ("loss.png",)),
+        "summary": [str(plot_stage_accuracy(results, run_dir / "accuracy.png"))],
+    }
+    report = write_demo_report(recipe, config, run_dir, results, extras, stages, facts, plots)
+    (run_dir / "demo.json").write_text(
+        json.dumps(
+            {"recipe": asdict(recipe), "config": asdict(config), "results": results, "facts": facts},
+            indent=2,
+            default=str,
+        )
+    )
+    stage_header("done", f"report card: {report}", console)
+    console.print(report.read_text().split("\n## ")[0])
+    console.print(f"\nChat with the RL model:\n  r1kit serve --model {rl_dir}\n  r1kit chat --model {rl_dir}")
+    return {"report": report, "results": results, "facts": facts, "elapsed_s": time.perf_counter() - t_start}
+
+
+__all__ = ["Config", "Recipe", "run"]
