@@ -91,7 +91,7 @@ class Recipe:
     eval_k: int = 8
     budget_caps: tuple[int, ...] = (8, 16, 24, 32, 40, 48)
     budget_waits: tuple[int, ...] = (1, 2)
-    sample_prompts: int = 3000
+    sample_prompts: int = 8000
     sample_k: int = 4
     distill_steps: int = 800
     distill_lr: float = 3e-3
