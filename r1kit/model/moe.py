@@ -113,15 +113,29 @@ class Experts(nn.Module):
 
     def forward(self, x_MD: torch.Tensor, counts_E: torch.Tensor, dispatch: str = "auto") -> torch.Tensor:
         """x (M, D) rows sorted by expert, counts (E,) -> (M, D) unweighted expert outputs."""
-        if dispatch == "auto" and not torch.is_grad_enabled() and not x_MD.is_cuda and self._small():
+        if (
+            dispatch == "auto"
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not x_MD.is_cuda
+            and self._small()
+        ):
             return self._forward_inference(x_MD, counts_E)
         gate_MF, up_MF = grouped_linear(x_MD, self.gate_up_proj, counts_E, dispatch).chunk(2, dim=-1)
         return grouped_linear(F.silu(gate_MF) * up_MF, self.down_proj, counts_E, dispatch)
 
+    def train(self, mode: bool = True) -> Experts:
+        """Switching mode drops the transposed inference copies: fused optimizers (``AdamW(fused=True)``)
+        update the weights in place without moving their version counters, so a copy made at one
+        validation would otherwise outlive the training steps after it."""
+        self._inference_weights = None
+        return super().train(mode)
+
     def _forward_inference(self, x_MD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        """CPU inference: the per-expert loop over weights stored input-major (K, N), ~30% faster than x @ W^T
-        at the few rows per expert of a decode step. The transposed copies are rebuilt whenever the weights
-        change (their version counters move on every in-place update: optimizer steps, load_state_dict)."""
+        """CPU inference (eval mode only): the per-expert loop over weights stored input-major (K, N), ~30%
+        faster than x @ W^T at the few rows per expert of a decode step. The transposed copies are rebuilt
+        when the weights' version counters move (load_state_dict, plain in-place updates) and whenever the
+        module switches between train and eval mode (fused optimizer steps move no counter)."""
         if x_MD.shape[0] == 0:
             return x_MD.new_zeros(0, self.down_proj.shape[1])
         gate_up_EDF, down_EFD = self._transposed()

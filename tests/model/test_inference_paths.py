@@ -114,3 +114,33 @@ def test_rmsnorm_fused_fp32_path_equals_the_formula():
     assert (norm(x) - ref).abs().max() <= 1e-6
     bf = norm.to(torch.bfloat16)(x.bfloat16())  # bf16: the fp32-internal reference path
     assert bf.dtype == torch.bfloat16 and (bf.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_moe_inference_copies_follow_fused_optimizer_steps():
+    """A validation between training steps must see the current expert weights: fused AdamW updates them
+    in place without moving their version counters (the demo's SFT validation once read stale copies)."""
+    from r1kit.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny-v3", num_hidden_layers=2)
+    model = Transformer(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (2, 8))
+    model.eval()
+    with torch.no_grad():
+        before = model(ids)  # builds the transposed inference copies
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    for _ in range(2):
+        opt.zero_grad()
+        model(ids).float().logsumexp(-1).mean().backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        got = model(ids)
+    fresh = Transformer(cfg)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    with torch.no_grad():
+        want = fresh(ids)
+    assert not torch.allclose(before, want, atol=1e-4)  # the steps changed the model
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

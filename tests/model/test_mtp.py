@@ -94,5 +94,6 @@ def test_mtp_weights_survive_save_and_load(tmp_path):
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded_state[name], tensor), name
     ids, _, _ = padded_batch(96, [6], 6)
+    loaded.eval(), model.eval()  # the same expert kernels on both sides (eval mode uses the inference copies)
     with torch.no_grad():
         assert torch.equal(loaded(ids, return_mtp=True)[1], model(ids, return_mtp=True)[1])
