@@ -389,6 +389,20 @@ def evaluate_policy(
 # the trainer
 
 
+def step_flops(
+    train_fpt: float, sampled_tokens: float, trained_tokens: float, mu: int, reference: bool
+) -> float:
+    """FLOPs of one GRPO step, from the training FLOPs per token ``train_fpt`` (6N + attention).
+
+    Sampling is a forward (a third of a training pass) over every token the engine computed: each
+    group's prompt once (the prefill is shared) and every completion, in every dynamic-sampling round.
+    The update is ``mu`` forward + backward passes, and the reference model's forward when there is
+    one, over the rows that actually ran (zero-advantage rows are skipped when beta is 0): the equal-FLOPs
+    SFT control in the demo is only fair if these are not over-counted.
+    """
+    return train_fpt * (sampled_tokens / 3 + trained_tokens * (mu + (1 / 3 if reference else 0)))
+
+
 class GRPOTrainer:
     """The state of one GRPO run; `run(config)` builds it and calls `train()`.
 
@@ -576,7 +590,7 @@ class GRPOTrainer:
         kept, dropped = [], []
         n_groups = n_zero = 0
         t_gen = t_score = 0.0
-        rounds = 0
+        rounds = sampled = 0
         request = target
         while True:
             problems = self.prompts.take(request)
@@ -595,6 +609,9 @@ class GRPOTrainer:
                     prompt_cache=self.prompt_cache,
                 )
             t_gen, t_score = t_gen + tg, t_score + ts
+            # what the engine computed this round: each group's prompt once (shared prefill), every completion
+            sampled += sum(len(rollout.prompt_ids[i]) for i in range(0, len(rollout), G))
+            sampled += sum(len(comp.token_ids) for comp in rollout.completions)
             useful_N = informative_groups(rollout.rewards_B, G)
             n_groups += useful_N.numel()
             n_zero += int((~useful_N).sum())
@@ -623,6 +640,7 @@ class GRPOTrainer:
             "groups/sampling_rounds": float(rounds),
             "time/generate": t_gen,
             "time/score": t_score,
+            "sampled_tokens": float(sampled),
         }
         return batch, stats
 
@@ -751,8 +769,9 @@ class GRPOTrainer:
                 metrics.update(moe)
         metrics["time/logprobs"] = t_logp
         metrics["rows_skipped_frac"] = (len(rollout) - len(rows)) / max(len(rollout), 1)
+        # the rows that ran forward and backward (zero-advantage rows skipped above cost nothing)
         metrics["train_tokens"] = float(
-            sum(len(p) + len(c.token_ids) for p, c in zip(rollout.prompt_ids, rollout.completions))
+            sum(len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids) for i in rows)
         )
         return metrics
 
@@ -816,6 +835,7 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One full GRPO step: sample, score, advantages, mu updates, reference reset. Returns metrics."""
         from r1kit.model.counting import flops_per_token
+        from r1kit.train.loop import all_reduce_sum
 
         c = self.config
         t0 = time.perf_counter()
@@ -830,16 +850,17 @@ class GRPOTrainer:
                 self.model.save_pretrained(self.run_dir / "reference")
         for k in ("generate", "score", "logprobs", "backward"):
             self.time_totals[k] += metrics[f"time/{k}"]
-        # FLOPs: sampling forwards (2N per token of prompt + completion), mu training passes (6N),
-        # and the reference forward (2N) when there is one; attention from flops_per_token.
         gen_tokens = metrics.pop("generated_tokens")
-        train_tokens = metrics.pop("train_tokens") * self.dist.world_size
+        sampled, trained = all_reduce_sum(
+            [metrics.pop("sampled_tokens"), metrics.pop("train_tokens")], self.dist, self.device
+        )
         seq = max(1, int(metrics["completion/length_mean"]))
         train_fpt = flops_per_token(self.model.config, seq, include_mtp=False)
-        flops = train_tokens * train_fpt * (c.loss.mu + (1 / 3 if self.ref_model is not None else 0))
-        flops += train_tokens * train_fpt / 3
+        flops = step_flops(train_fpt, sampled, trained, c.loss.mu, self.ref_model is not None)
         step_cost = self.meter.add(int(gen_tokens), flops)
         metrics["cost/tokens_generated"] = gen_tokens
+        metrics["cost/tokens_sampled"] = sampled
+        metrics["cost/tokens_trained"] = trained
         metrics["cost/flops"] = flops
         metrics["time/step"] = time.perf_counter() - t0
         metrics["tokens_per_s"] = gen_tokens / max(metrics["time/step"], 1e-9)

@@ -491,3 +491,38 @@ def test_torchrun_two_ranks_moe(moe_dir, tmp_path):
     rows = read_rows(run_dir)
     assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2]
     assert (run_dir / "checkpoints" / "step_00000002").is_dir()
+
+
+def test_step_flops_count_only_what_ran(dense_dir, tmp_path):
+    """FLOPs = fpt · (sampled/3 + trained·mu): each group's prompt once, every completion, and only the
+    rows that ran the update (zero-advantage groups skipped at beta 0), so the demo's equal-FLOPs SFT
+    control is not handed compute that GRPO never spent."""
+    from r1kit.model.counting import flops_per_token
+
+    assert grpo.step_flops(60.0, 30, 12, 1, False) == 60.0 * (10 + 12)
+    assert grpo.step_flops(60.0, 30, 12, 2, True) == pytest.approx(60.0 * (10 + 12 * (2 + 1 / 3)))
+    cfg = tiny_config(dense_dir, tmp_path / "run", *_reward_args(), "--max_steps", "1")
+    trainer = grpo.GRPOTrainer(cfg)
+    G = cfg.rollout.group_size
+    captured = {}
+    collect = trainer.collect
+
+    def spy():
+        rollout, stats = collect()
+        captured["rollout"] = rollout
+        return rollout, stats
+
+    trainer.collect = spy
+    m = trainer.train_step()
+    rollout = captured["rollout"]
+    prompts = sum(len(rollout.prompt_ids[i]) for i in range(0, len(rollout), G))
+    completions = sum(len(c.token_ids) for c in rollout.completions)
+    assert m["cost/tokens_sampled"] == prompts + completions
+    # half_constant_reward: groups of problems with an even answer all score 0 and are not trained on
+    advantages = trainer._advantages(rollout.rewards_B)
+    ran = [i for i in range(len(rollout)) if float(advantages[i]) != 0.0]
+    assert 0 < len(ran) < len(rollout)
+    trained = sum(len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids) for i in ran)
+    assert m["cost/tokens_trained"] == trained
+    fpt = flops_per_token(trainer.model.config, max(1, int(m["completion/length_mean"])), include_mtp=False)
+    assert m["cost/flops"] == pytest.approx(fpt * (m["cost/tokens_sampled"] / 3 + trained))
