@@ -15,7 +15,7 @@ The stages (SPEC §2, at toy scale, no downloads):
    greedy accuracy, pass@1 over k samples (T 0.6, top-p 0.95), maj@k, thinking length, and a
    budget-forcing curve;
 6. **rejection sampling** of the RL model (verified traces only) and **distillation** into a smaller
-   dense student.
+   dense student, pretrained on the same corpus first (R1's students were pretrained base models).
 
 It writes ``<run_dir>/report.md`` (and ``report.json``): a summary paragraph, metric × stage table,
 cost table (wall time, tokens, FLOPs, MFU, device-hours, dollars), plots; missed targets are stated
@@ -49,12 +49,14 @@ class Recipe:
         eval_splits: report label -> operand digits of the held-out problems (split "test").
         teacher: ModelConfig overrides of the tiny-v3 preset for the policy.
         student: ModelConfig overrides of the tiny-llama preset for the dense student.
+        student_pretrain_steps: the student first learns the pretraining corpus (R1's students were
+            pretrained base models, not random networks); 0 = distil into a random init.
     """
 
     vocab_size: int = 320
     sft_digits: tuple[int, int] = (3, 4)
     hard_digits: tuple[int, int] = (5, 5)
-    hard_share: float = 0.1
+    hard_share: float = 0.2
     rl_digits: tuple[int, int] = (4, 5)
     eval_splits: dict[str, int] = field(default_factory=lambda: {"4-digit": 4, "5-digit": 5})
     teacher: dict[str, Any] = field(default_factory=lambda: {"num_hidden_layers": 2})
@@ -91,9 +93,10 @@ class Recipe:
     eval_k: int = 8
     budget_caps: tuple[int, ...] = (8, 16, 24, 32, 40, 48)
     budget_waits: tuple[int, ...] = (1, 2)
-    sample_prompts: int = 8000
-    sample_k: int = 4
-    distill_steps: int = 800
+    sample_prompts: int = 20000
+    sample_k: int = 2
+    student_pretrain_steps: int = 150
+    distill_steps: int = 1200
     distill_lr: float = 3e-3
 
     @classmethod
@@ -123,6 +126,7 @@ class Recipe:
             budget_waits=(1,),
             sample_prompts=32,
             sample_k=2,
+            student_pretrain_steps=5,
             distill_steps=10,
         )
 
@@ -267,15 +271,34 @@ def _run_config(path: Path, config: Config):
     )
 
 
-def stage_pretrain(recipe: Recipe, config: Config, run_dir: Path, corpus: Path, console: Any):
+def stage_pretrain(
+    recipe: Recipe,
+    config: Config,
+    run_dir: Path,
+    corpus: Path,
+    console: Any,
+    preset: str = "tiny-v3",
+    overrides: dict[str, Any] | None = None,
+    steps: int | None = None,
+    name: str = "pretrain",
+):
+    """Next-token pretraining on the corpus: the teacher by default, the student with its preset."""
     from r1kit.train import pretrain
 
     cfg = pretrain.Config(
-        model=pretrain.ModelSection(preset="tiny-v3", overrides=dict(recipe.teacher)),
+        model=pretrain.ModelSection(
+            preset=preset, overrides=dict(recipe.teacher if overrides is None else overrides)
+        ),
         tokenizer=pretrain.TokenizerSection(path=str(run_dir / "tokenizer")),
         data=pretrain.PretrainData(files=[str(corpus)], seq_len=recipe.seq_len),
-        train=_train_common(recipe, config, recipe.pretrain_steps, recipe.pretrain_batch, recipe.pretrain_lr),
-        run=_run_config(run_dir / "pretrain", config),
+        train=_train_common(
+            recipe,
+            config,
+            recipe.pretrain_steps if steps is None else steps,
+            recipe.pretrain_batch,
+            recipe.pretrain_lr,
+        ),
+        run=_run_config(run_dir / name, config),
     )
     return pretrain.run(cfg, console=console)
 
@@ -394,12 +417,16 @@ def stage_sample(recipe: Recipe, config: Config, run_dir: Path, teacher: Path, c
     return distill.run_sample(cfg, console=console)
 
 
-def stage_distill(recipe: Recipe, config: Config, run_dir: Path, traces: Path, console: Any):
+def stage_distill(
+    recipe: Recipe, config: Config, run_dir: Path, traces: Path, console: Any, init: Path | None = None
+):
     from r1kit import distill
 
     cfg = distill.Config(
         teacher=distill.TeacherSection(path=str(run_dir / "grpo"), tokenizer=str(run_dir / "tokenizer")),
-        student=distill.ModelSection(preset="tiny-llama", overrides=dict(recipe.student)),
+        student=distill.ModelSection(
+            preset="tiny-llama", init=str(init) if init else "", overrides=dict(recipe.student)
+        ),
         distill=distill.DistillSection(
             method="sft", files=[str(traces)], tokenizer=str(run_dir / "tokenizer"), max_len=recipe.seq_len
         ),
@@ -620,8 +647,9 @@ def build_summary(
         f"GRPO (accuracy + format rewards, {facts.get('grpo_steps')} steps of {recipe.grpo_prompts}×{recipe.grpo_group} "
         f"rollouts on {recipe.rl_digits[0]}–{recipe.rl_digits[1]} digit problems) moved held-out pass@1: {moves}. "
         f"The same FLOPs spent on more SFT from the same checkpoint reached {across(ctrl)}; {verdict}. "
-        f"A dense student with {100 * ratio:.0f}% of the teacher's active parameters, trained on "
-        f"{facts.get('traces')} verified traces from the RL model, reached {across(student)}. "
+        f"A dense student with {100 * ratio:.0f}% of the teacher's active parameters"
+        + (", pretrained on the same corpus and" if recipe.student_pretrain_steps else ",")
+        + f" trained on {facts.get('traces')} verified traces from the RL model, reached {across(student)}. "
         f"All evaluation problems come from a held-out split with a different seed."
     )
     return summary, targets
@@ -649,11 +677,14 @@ def write_demo_report(
         ("GRPO", "GRPO", "GRPO"),
         ("SFT control", "SFT control", "SFT control"),
         ("rejection sampling", "rejection sampling", None),
+        ("student pretrain", "student pretrain", None),
         ("student", "student", "student"),
     ]
     reports = []
     for title, cost_key, eval_key in order:
         metrics = _table_metrics(results[eval_key], k) if eval_key and eval_key in results else {}
+        if cost_key not in stages.costs and not metrics:
+            continue  # a stage this recipe skipped
         reports.append(
             StageReport(
                 title,
@@ -785,7 +816,13 @@ def run(config: Config) -> dict[str, Any]:
         "(shortest correct one per prompt)"
     ]
 
-    stage_header("6/7 distillation", "a smaller dense student learns from the verified traces", console)
+    stage_header(
+        "6/7 distillation",
+        "a smaller dense student "
+        + ("is pretrained on the same corpus, then " if recipe.student_pretrain_steps else "")
+        + "learns from the verified traces",
+        console,
+    )
     student_data = traces
     if not int(total_stats.get("kept", 0) or 0):
         # nothing verified (a quick run's model solves nothing): say so and keep the pipeline whole
@@ -794,7 +831,22 @@ def run(config: Config) -> dict[str, Any]:
             "NO verified traces were kept, so the student was trained on the cold-start worked solutions "
             "instead: this is not distillation"
         ]
-    student_res = stage_distill(recipe, config, run_dir, student_data, console)
+    student_init = None
+    if recipe.student_pretrain_steps:
+        student_pre = stage_pretrain(
+            recipe,
+            config,
+            run_dir,
+            corpus,
+            console,
+            preset="tiny-llama",
+            overrides=recipe.student,
+            steps=recipe.student_pretrain_steps,
+            name="student_pretrain",
+        )
+        stages.costs["student pretrain"] = student_pre.cost
+        student_init = _model_dir(student_pre)
+    student_res = stage_distill(recipe, config, run_dir, student_data, console, init=student_init)
     stages.costs["student"] = student_res.cost
     student_dir = _model_dir(student_res)
 
@@ -847,6 +899,7 @@ def run(config: Config) -> dict[str, Any]:
         "SFT": _stage_plot(Path(sft_res.run_dir), ("loss.png",)),
         "GRPO": _stage_plot(Path(rl_res.run_dir), ("aha.png",)) + extras["plots"],
         "SFT control": _stage_plot(Path(ctrl_res.run_dir), ("loss.png",)),
+        "student pretrain": _stage_plot(Path(run_dir / "student_pretrain"), ("loss.png",)),
         "student": _stage_plot(Path(student_res.run_dir), ("loss.png",)),
         "summary": [str(plot_stage_accuracy(results, run_dir / "accuracy.png"))],
     }

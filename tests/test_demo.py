@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +57,7 @@ def test_report_tables_are_complete(quick_run):
         "GRPO",
         "SFT control",
         "rejection sampling",
+        "student pretrain",
         "student",
         "evaluation",
     ):
@@ -70,8 +73,11 @@ def test_plots_and_artifacts_exist(quick_run):
     assert len(images) >= 5
     for image in images:
         assert (run_dir / image).is_file(), image
-    for stage in ("pretrain", "sft", "grpo", "sft_control", "student"):
+    for stage in ("pretrain", "sft", "grpo", "sft_control", "student_pretrain", "student"):
         assert (run_dir / stage / "metrics.jsonl").is_file(), stage
+    # the student is distilled into its pretrained base, not a random init
+    student_init = tomllib.loads((run_dir / "student" / "config.toml").read_text())["model"]["init"]
+    assert Path(student_init) == run_dir / "student_pretrain" / "model"
     data = json.loads((run_dir / "report.json").read_text())
     assert [s["name"] for s in data["stages"]][:3] == ["tokenizer", "pretrain", "SFT"]
 
