@@ -374,13 +374,21 @@ def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
 def stage_control(
     recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: Path, steps: int, console: Any
 ):
-    """More SFT from the SFT checkpoint with the FLOPs GRPO spent (fresh examples, cosine decay)."""
+    """More SFT from the SFT checkpoint with the FLOPs GRPO spent (cosine decay, its best shot), on the
+    cold-start distribution: ``steps × batch`` conversations drawn afresh (seed + 1) from the SFT file, so
+    only what it trains on is tokenised."""
+    import random
+
     from r1kit.train import sft
 
+    lines = chats.read_text(encoding="utf-8").splitlines()
+    need = min(len(lines), steps * recipe.sft_batch)
+    subset = run_dir / "data" / "sft_control.jsonl"
+    subset.write_text("\n".join(random.Random(config.seed + 1).sample(lines, need)) + "\n", encoding="utf-8")
     cfg = sft.Config(
         model=sft.ModelSection(init=str(init)),
         tokenizer=sft.TokenizerSection(path=str(run_dir / "tokenizer")),
-        data=sft.SFTData(files=[str(chats)], max_len=recipe.seq_len),
+        data=sft.SFTData(files=[str(subset)], max_len=recipe.seq_len),
         val=_val_section(recipe, 0.0, 0),
         train=replace(
             _train_common(recipe, config, steps, recipe.sft_batch, recipe.sft_lr, schedule="cosine"),

@@ -406,28 +406,37 @@ class Tokenizer:
         `encode_prompt` at inference time. Raises ValueError if the template does not render a chat as
         an extension of its prefixes (e.g. templates that drop earlier turns' reasoning).
         """
+        return self.encode_chats([messages])[0]
+
+    def _chat_pieces(self, messages: Sequence[dict]) -> list[tuple[str, int]]:
+        """The text of a chat cut at its assistant spans: [(piece, is_assistant), ...] (see encode_chat)."""
         full = self.apply_chat_template(messages)
-        spans = []
+        pieces: list[tuple[str, int]] = []
+        pos = 0
         for i, message in enumerate(messages):
             if message.get("role") != "assistant":
                 continue
             prefix = self.apply_chat_template(messages[:i], add_generation_prompt=True)
-            upto = self.apply_chat_template(messages[: i + 1])
+            # the last message's render is the full chat: no need to render it twice
+            upto = full if i == len(messages) - 1 else self.apply_chat_template(messages[: i + 1])
             if not (upto.startswith(prefix) and full.startswith(upto)):
                 raise ValueError(f"chat template is not incremental at message {i}; cannot build a loss mask")
-            spans.append((len(prefix), len(upto)))
-        ids: list[int] = []
-        mask: list[int] = []
-        pos = 0
-        for start, end in spans:
-            for piece, flag in ((full[pos:start], 0), (full[start:end], 1)):
-                if piece:
-                    piece_ids = self.encode(piece)
-                    ids += piece_ids
-                    mask += [flag] * len(piece_ids)
-            pos = end
-        if pos < len(full):
-            tail = self.encode(full[pos:])
-            ids += tail
-            mask += [0] * len(tail)
-        return ids, mask
+            pieces += [(full[pos : len(prefix)], 0), (full[len(prefix) : len(upto)], 1)]
+            pos = len(upto)
+        pieces.append((full[pos:], 0))
+        return [(text, flag) for text, flag in pieces if text]
+
+    def encode_chats(self, conversations: Sequence[Sequence[dict]]) -> list[tuple[list[int], list[int]]]:
+        """`encode_chat` over many conversations, the pieces encoded in one batch (parallel in Rust)."""
+        cut = [self._chat_pieces(list(messages)) for messages in conversations]
+        encoded = iter(self.encode_batch([text for pieces in cut for text, _ in pieces]))
+        out = []
+        for pieces in cut:
+            ids: list[int] = []
+            mask: list[int] = []
+            for _, flag in pieces:
+                piece_ids = next(encoded)
+                ids += piece_ids
+                mask += [flag] * len(piece_ids)
+            out.append((ids, mask))
+        return out

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 
 @pytest.fixture(scope="module")

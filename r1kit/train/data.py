@@ -141,8 +141,12 @@ class ChatExamples:
 
     def __init__(self, conversations: Sequence[Sequence[dict]], tokenizer: Any, max_len: int):
         self.examples: list[dict[str, torch.Tensor]] = []
-        for messages in conversations:
-            ids, mask = tokenizer.encode_chat(list(messages))
+        encode = getattr(tokenizer, "encode_chats", None)
+        if encode is not None:  # r1kit's Tokenizer: one batched (parallel) encode
+            encoded = encode(conversations)
+        else:
+            encoded = [tokenizer.encode_chat(list(messages)) for messages in conversations]
+        for ids, mask in encoded:
             example = chat_example(ids, mask, max_len)
             if (example["targets"] != IGNORE_INDEX).any():
                 self.examples.append(example)

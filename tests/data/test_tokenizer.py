@@ -222,6 +222,37 @@ def test_encode_chat_mask(tok):
     assert ids[:first] == tok.encode_prompt(chat[:2])
 
 
+def test_encode_chats_batch_equals_piecewise_encoding(tok):
+    """The batched path (SFT data) gives, chat by chat, the ids of encoding each piece on its own."""
+    chats = [
+        [
+            {"role": "user", "content": "1+2"},
+            {"role": "assistant", "content": format_assistant("1+2+0=03", "3")},
+        ],
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "12+9"},
+            {"role": "assistant", "content": format_assistant("2+9+0=11,1+0+1=02", "21")},
+            {"role": "user", "content": "and again?"},
+        ],
+        [{"role": "user", "content": "no answer yet"}],
+    ]
+    for chat, (ids, mask) in zip(chats, tok.encode_chats(chats)):
+        expected_ids, expected_mask = [], []
+        text = tok.apply_chat_template(chat)
+        for i, m in enumerate(chat):
+            if m["role"] == "assistant":
+                start = len(tok.apply_chat_template(chat[:i], add_generation_prompt=True))
+                end = len(tok.apply_chat_template(chat[: i + 1]))
+                done = len(tok.decode(expected_ids))
+                for piece, flag in ((text[done:start], 0), (text[start:end], 1)):
+                    expected_ids += tok.encode(piece)
+                    expected_mask += [flag] * len(tok.encode(piece))
+        tail = tok.encode(text[len(tok.decode(expected_ids)) :])
+        assert ids == expected_ids + tail and mask == expected_mask + [0] * len(tail)
+        assert (ids, mask) == tok.encode_chat(chat)
+
+
 def test_split_reasoning():
     assert split_reasoning("abc\n</think>\n42") == ("abc", "42")
     assert split_reasoning("<think>\nabc\n</think>\n42") == ("abc", "42")
