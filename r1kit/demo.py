@@ -93,10 +93,10 @@ class Recipe:
     eval_k: int = 8
     budget_caps: tuple[int, ...] = (8, 16, 24, 32, 40, 48)
     budget_waits: tuple[int, ...] = (1, 2)
-    sample_prompts: int = 20000
+    sample_prompts: int = 12000
     sample_k: int = 2
     student_pretrain_steps: int = 150
-    distill_steps: int = 1200
+    distill_steps: int = 800
     distill_lr: float = 3e-3
 
     @classmethod
