@@ -428,18 +428,12 @@ class DecodeBatch:
         """Budget-forcing state of the merged batch (neutral rows for a side that has none)."""
         if self.budget is None and other.budget is None:
             return None
-        ref = self.budget if self.budget is not None else other.budget
-        mine = (
-            self.budget
-            if self.budget is not None
-            else ref.neutral(self.row_seqs, self.tokenizer, self.device)
-        )
-        theirs = (
-            other.budget
-            if other.budget is not None
-            else ref.neutral(other.row_seqs, other.tokenizer, other.device)
-        )
-        return mine.concat(theirs)
+        if self.budget is None:
+            mine = other.budget.neutral(self.row_seqs, self.tokenizer, self.device)
+            return mine.concat(other.budget)
+        if other.budget is None:
+            return self.budget.concat(self.budget.neutral(other.row_seqs, other.tokenizer, other.device))
+        return self.budget.concat(other.budget)
 
     # ---------------------------------------------------------------- results
     def completions(self) -> list[Completion]:
