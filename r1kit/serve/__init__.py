@@ -91,49 +91,20 @@ class Config:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
 
 
-def resolve_device_dtype(device: str, dtype: str):
-    """(torch.device, torch.dtype) from the "auto"-able config strings."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dtype == "auto":
-        return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
-        raise ConfigError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
-    return dev, names[dtype]
-
-
-def load_model_dir(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
-    """Load (model, tokenizer) from a model directory, model in eval mode on `device`."""
-    from r1kit.model import Transformer
-    from r1kit.tokenizer import Tokenizer
-
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ConfigError(f"--model {path}: not a directory")
-    dev, dt = resolve_device_dtype(device, dtype)
-    tokenizer = Tokenizer.from_pretrained(directory)
-    if tokenizer.chat_template is None:
-        raise ConfigError(f"{directory}/tokenizer_config.json has no chat_template")
-    model = Transformer.from_pretrained(directory, device=dev, dtype=dt)
-    model.eval()
-    return model, tokenizer
-
-
 def run(config: Config) -> None:
     """Load the model, start the batching worker and serve HTTP until interrupted."""
     import uvicorn
 
     from r1kit.engine import Engine
+    from r1kit.loaders import load_model
     from r1kit.serve.app import create_app
 
     if not config.model:
         raise SystemExit("r1kit serve: needs --model DIR (a model directory with a tokenizer)")
     try:
-        model, tokenizer = load_model_dir(config.model, config.device, config.dtype)
+        model, tokenizer, _ = load_model(
+            config.model, device=config.device, dtype=config.dtype, require_chat_template=True
+        )
     except (ConfigError, FileNotFoundError) as err:
         raise SystemExit(f"r1kit serve: {err}") from None
     if config.api_key is None and os.environ.get("R1KIT_API_KEY"):

@@ -26,10 +26,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger(__name__)
+from r1kit.tokenizer import THINK_END, THINK_START
 
-THINK_START = "<think>"
-THINK_END = "</think>"
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
