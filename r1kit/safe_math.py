@@ -180,9 +180,10 @@ def is_tractable(text: str) -> bool:
 
 MAX_EXPRESSION_NESTING = 64
 MAX_EXPRESSION_DIGITS = 200  # digits in one number: sympy takes seconds on a few thousand
-_LONG_NUMBER = re.compile(rf"\d{{{MAX_EXPRESSION_DIGITS + 1}}}")
+_LONG_NUMBER = re.compile(rf"\d{{{MAX_EXPRESSION_DIGITS + 1}}}|\d\s*[eE]\s*[-+]?\s*\d{{4}}")  # or 1e9999
+MAX_EXPRESSION_POWERS = 100  # ** or ^ operators in one answer (each is checked with a scan)
 _HUGE_FACTORIAL = re.compile(
-    r"\d{4,}\s*!|\b(?:factorial|factorial2|subfactorial|gamma|binomial|Integral|Sum|Product)\s*\("
+    r"(?<!\d)\d{4,}\s*!|\b(?:factorial|factorial2|subfactorial|gamma|binomial|Integral|Sum|Product)\s*\("
 )
 _OPENERS, _CLOSERS = "([{", ")]}"
 
@@ -216,7 +217,9 @@ def _group_start(text: str, end: int) -> int:
 def is_bounded_expression(text: str, max_nesting: int = MAX_EXPRESSION_NESTING) -> bool:
     """Static bounds on a Python/sympy-syntax answer before a third-party scorer evaluates it.
 
-    Rejects bracket nesting deeper than `max_nesting`, numbers of more than 200 digits, power
+    Rejects bracket nesting deeper than `max_nesting`, numbers of more than 200 digits or with an
+    exponent of 4 or more digits (1e9999), more than
+    100 powers, power
     towers (a ** or ^ in or right after an exponent: 9**9**9, 2**(10**10)), exponents of 4 or more
     digits, a power of a power of a power ((((9**99)**99)**99), and factorials, gamma, binomials,
     sums and integrals (which sympy would try to evaluate). Whatever slips through is cut off by
@@ -232,9 +235,11 @@ def is_bounded_expression(text: str, max_nesting: int = MAX_EXPRESSION_NESTING) 
                 return False
         elif ch in _CLOSERS:
             depth -= 1
-    if _HUGE_FACTORIAL.search(text) or _LONG_NUMBER.search(text):
+    if _LONG_NUMBER.search(text) or _HUGE_FACTORIAL.search(text):
         return False
     text = text.replace("**", "^")
+    if text.count("^") > MAX_EXPRESSION_POWERS:
+        return False
     i = text.find("^")
     while i >= 0:
         j = i + 1

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ class _Worker:
         self.buffer = b""
         self.ready = False
         self.failed = False  # it reported that it cannot start (a preload is missing)
+        self.error = ""
 
     def read_line(self, deadline: float) -> dict | None:
         """The next JSON object line from the worker; None at `deadline`, on EOF, junk or an oversized line."""
@@ -115,6 +117,7 @@ class _Worker:
             if reply is not None:
                 self.ready = reply.get("ready") is True
                 self.failed = not self.ready
+                self.error = str(reply.get("error", ""))[:200]
         return self.ready
 
     def kill(self) -> None:
@@ -191,7 +194,8 @@ class Sandbox:
             for w in workers:
                 if w.lock.acquire(blocking=False):
                     ready += w.check_ready()
-                    self.broken |= w.failed
+                    if w.failed:
+                        self._break(w)
                     if not w.ready and not w.failed and w.proc.poll() is not None:
                         self._discard(w)  # died while starting
                     else:
@@ -203,6 +207,14 @@ class Sandbox:
                 return True
             time.sleep(0.01)
         return False
+
+    def _break(self, worker: _Worker) -> None:
+        """A worker cannot import `preload` or run `setup`: say so once; calls return their default."""
+        if not self.broken:
+            self.broken = True
+            warnings.warn(
+                f"{self!r}: workers cannot start ({worker.error}); scoring returns defaults", stacklevel=4
+            )
 
     def _discard(self, worker: _Worker) -> None:
         """Kill a worker whose lock the caller holds, and start its replacement."""
@@ -227,7 +239,7 @@ class Sandbox:
                     self._warm = True
                     return w
                 if w.failed:
-                    self.broken = True
+                    self._break(w)
                     w.lock.release()
                     return None
                 if w.proc.poll() is not None:  # died while starting

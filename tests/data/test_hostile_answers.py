@@ -118,6 +118,8 @@ def _math_task(tmp_path):
 
 BUILTIN = [("addition", {}), ("multiplication", {"multiplier_digits": 2}), ("countdown", {})]
 GYM_OWN = ["countdown", "puzzle24", "chain_sum", "products", "number_sorting", "basic_arithmetic", "gcd"]
+# The sympy and eval scorers get every hostile answer; the other sandboxed datasets a sample.
+GYM_SANDBOXED_FULL = ("polynomial_multiplication", "simple_integration", "binary_matrix")
 GYM_SANDBOXED = [
     "polynomial_multiplication",
     "simple_integration",
@@ -199,7 +201,7 @@ def test_sandboxed_gym_datasets_survive_hostile_answers(tmp_path, dataset, fast_
     # The reference answers score 1.0 through the sandbox (n_queens accepts any of its boards).
     assert [task.reward(f"x</think>{p.answer}", p) for p in problems] == [1.0] * 3
     for completions in hostile_completions(sentinel).values():
-        for completion in completions:
+        for completion in completions if dataset in GYM_SANDBOXED_FULL else completions[:3]:
             _assert_bounded(task, completion, problems[0])
     assert not os.path.exists(sentinel) and os.listdir(tmp_path) == []
     assert box.warm_up(120)  # the killed workers were replaced
@@ -306,3 +308,11 @@ print(refused, len(attempts), len(open('/etc/hostname').read()) >= 0)
     assert out.stdout.split() == ["7", "7", "True"], out.stderr[-500:]
     assert not target.exists()
     assert len(_seccomp_program()) < 256
+
+
+def test_a_sandbox_that_cannot_start_returns_defaults():
+    box = Sandbox(("no_such_module_r1kit",), workers=1, startup_timeout=60)
+    with pytest.warns(UserWarning, match="cannot start"):
+        assert box.call("math", "1", "1", default="fallback") == "fallback"
+    assert box.broken and box.call("math", "1", "1", default=0.0) == 0.0
+    box.close()
