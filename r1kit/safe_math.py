@@ -279,6 +279,57 @@ def is_bounded_expression(text: str, max_nesting: int = MAX_EXPRESSION_NESTING) 
     return True
 
 
+MAX_EXPRESSION_NODES = 2000
+# Functions a symbolic answer may call (sympy names); anything else called is refused.
+SYMPY_FUNCTIONS = frozenset(
+    "sqrt cbrt root exp log ln sin cos tan cot sec csc asin acos atan acot atan2 sinh cosh tanh coth "
+    "asinh acosh atanh Abs abs sign re im conjugate floor ceiling Rational Integer Min Max".split()
+)
+_SYMPY_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.BitXor)
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+
+def is_symbolic_expression(text: str) -> bool:
+    """Whether `text` is a plain symbolic expression that sympy can parse without running code.
+
+    `is_bounded_expression` first, then a Python-syntax AST whitelist: numbers, names without
+    underscores, + - * / ** ^, unary signs, and calls of `SYMPY_FUNCTIONS` by name with positional
+    arguments. No attributes, subscripts, strings, lambdas, comprehensions or keywords, so
+    `sympy.parse_expr` (an eval) on such text only builds sympy expressions.
+    """
+    if not is_bounded_expression(text):
+        return False
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    nodes = 0
+    for node in ast.walk(tree):
+        nodes += 1
+        if nodes > MAX_EXPRESSION_NODES:
+            return False
+        if isinstance(node, (ast.Expression, ast.Load, ast.USub, ast.UAdd, *_SYMPY_BINOPS)):
+            continue
+        if isinstance(node, ast.BinOp):
+            if not isinstance(node.op, _SYMPY_BINOPS):
+                return False
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.UAdd)):
+                return False
+        elif isinstance(node, ast.Constant):
+            if type(node.value) not in (int, float):
+                return False
+        elif isinstance(node, ast.Name):
+            if not _IDENTIFIER.fullmatch(node.id):
+                return False
+        elif isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in SYMPY_FUNCTIONS) or node.keywords:
+                return False
+        else:
+            return False
+    return True
+
+
 def candidate_answer(text: str) -> str:
     """The final-answer candidate of a model answer: the last \\boxed{} content, else the last 300 chars."""
     boxed = extract_boxed(text)

@@ -312,10 +312,13 @@ def get_sandbox(preload: tuple[str, ...], setup: tuple = ()) -> Sandbox:
 
 
 def as_score(value: Any) -> float:
-    """A worker's answer as a finite float (anything else is 0.0)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A score as a finite float: numbers and bools convert, anything else (None, text, nan) is 0.0."""
+    if isinstance(value, (str, bytes)):
         return 0.0
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
     return value if math.isfinite(value) else 0.0
 
 

@@ -9,13 +9,14 @@ Scoring, per dataset (`scoring_mode`):
   credit when the reference is a substring) use a copy of that rule; chain_sum and products use
   reasoning-gym's decimal rule; number_sorting parses the list as JSON; countdown and puzzle24
   parse the expression with `safe_math.evaluate_arithmetic` (an AST walker, never eval) instead
-  of reasoning-gym's `sympy.parse_expr`, which runs Python.
+  of reasoning-gym's `sympy.parse_expr`, which runs Python; binary_matrix, spiral_matrix,
+  string_insertion and n_queens read list answers with `ast.literal_eval` instead of `eval`.
 - "sandbox": every other dataset's own `score_answer`, in a confined worker process
-  (`r1kit.sandbox`): polynomial_multiplication and the integration datasets (sympy
-  `parse_expr`), binary_matrix / spiral_matrix / string_insertion / n_queens (`eval` of the
-  answer), and all the rest, so that no third-party scorer sees model text in the training process.
+  (`r1kit.sandbox`), so that no third-party scorer sees model text in the training process.
   Answers are first bounded statically (`safe_math.is_bounded_expression`: no power towers, huge
-  exponents, factorials or nesting deeper than 64), and a timeout (2 s) or a crash scores 0.
+  exponents, factorials or nesting deeper than 64); for polynomial_multiplication and the
+  integration datasets, which call `sympy.parse_expr`, only plain symbolic expressions are sent
+  (`safe_math.is_symbolic_expression`). A timeout (2 s) or a crash scores 0.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-from r1kit.safe_math import evaluate_arithmetic, is_bounded_expression
+from r1kit.safe_math import evaluate_arithmetic, is_bounded_expression, is_symbolic_expression
 from r1kit.sandbox import as_score, get_sandbox
 from r1kit.tasks.base import Problem, Task, check_split, rng_for, split_of
 
@@ -134,6 +135,79 @@ def puzzle24_score(answer: str, entry: dict, config: dict) -> float:
     return 1.0 if value == 24 and Counter(used) == Counter(entry["metadata"]["numbers"]) else 0.01
 
 
+MAX_LITERAL_CHARS = 4096
+
+
+def _literal(answer: str) -> Any:
+    """`ast.literal_eval` of a bounded answer (numbers, strings, lists, ...), never eval; raises ValueError."""
+    if not isinstance(answer, str) or len(answer) > MAX_LITERAL_CHARS or not is_bounded_expression(answer):
+        raise ValueError("answer too large to read as a literal")
+    try:
+        return ast.literal_eval(answer.strip())
+    except (SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        raise ValueError(str(e)) from None
+
+
+def binary_matrix_score(answer: str, entry: dict, config: dict) -> float:
+    """reasoning-gym's binary_matrix rule (1.0 exact; 0.1 for the right matrix as a Python list of
+    lists), with the list read by `ast.literal_eval` instead of eval."""
+    if not isinstance(answer, str):
+        return 0.0
+    if answer == entry["answer"]:
+        return 1.0
+    try:
+        matrix = _literal(answer)
+        text = "\n".join(" ".join(str(x) for x in row) for row in matrix)
+    except (ValueError, TypeError):
+        return 0.0
+    return 0.1 if text == entry["answer"] else 0.0
+
+
+def spiral_matrix_score(answer: str, entry: dict, config: dict) -> float:
+    """reasoning-gym's spiral_matrix rule (1.0 exact after strip; 0.1 for the right Python list),
+    with `ast.literal_eval` instead of eval."""
+    oracle = entry["answer"].strip()
+    if not isinstance(answer, str) or not answer:
+        return 0.0
+    answer = answer.strip()
+    if answer == oracle:
+        return 1.0
+    try:
+        text = " ".join(str(item) for item in _literal(answer))
+    except (ValueError, TypeError):
+        return 0.0
+    return 0.1 if text == oracle else 0.0
+
+
+def string_insertion_score(answer: str, entry: dict, config: dict) -> float:
+    """reasoning-gym's string_insertion rule (1.0 exact; 0.1 for the right list of characters),
+    with `ast.literal_eval` instead of eval."""
+    if not isinstance(answer, str):
+        return 0.0
+    if answer == entry["answer"]:
+        return 1.0
+    try:
+        text = "".join(_literal(answer))
+    except (ValueError, TypeError):
+        return 0.0
+    return 0.1 if text == entry["answer"] else 0.0
+
+
+def n_queens_score(answer: str, entry: dict, config: dict) -> float:
+    """reasoning-gym's n_queens rule (1.0 for one of the valid boards; 0.5 for one as a Python list
+    of rows), with `ast.literal_eval` instead of eval."""
+    valid = entry["metadata"]["valid_answers"]
+    if not isinstance(answer, str):
+        return 0.0
+    if answer in valid:
+        return 1.0
+    try:
+        text = "\n".join(" ".join(x for x in row) for row in _literal(answer))
+    except (ValueError, TypeError):
+        return 0.0
+    return 0.5 if text in valid else 0.0
+
+
 Scorer = Callable[[str, dict, dict], float]
 OWN_SCORERS: dict[str, Scorer] = {
     "chain_sum": decimal_score,
@@ -141,7 +215,15 @@ OWN_SCORERS: dict[str, Scorer] = {
     "number_sorting": number_sorting_score,
     "countdown": countdown_score,
     "puzzle24": puzzle24_score,
+    "binary_matrix": binary_matrix_score,
+    "spiral_matrix": spiral_matrix_score,
+    "string_insertion": string_insertion_score,
+    "n_queens": n_queens_score,
 }
+# Sandboxed datasets whose scorer hands the answer to sympy.parse_expr (an eval): only plain
+# symbolic expressions (`safe_math.is_symbolic_expression`) are sent, so no answer runs code even
+# in the worker (where it could forge its own score).
+SYMPY_PARSED = frozenset({"polynomial_multiplication", "simple_integration", "intermediate_integration"})
 
 
 def scoring_mode(dataset: str) -> str:
@@ -221,7 +303,8 @@ class GymTask(Task):
             return 0.0
         if self._own is not None:
             return self._own(answer, entry, self.config)
-        if not is_bounded_expression(answer):  # a power tower or deep nesting: never sent
+        bounded = is_symbolic_expression if self.dataset in SYMPY_PARSED else is_bounded_expression
+        if not bounded(answer):  # code, a power tower, deep nesting: never sent
             return 0.0
         config = tuple(sorted(self.config.items()))
         return as_score(self._sandbox().call("gym", answer, entry, self.dataset, config))

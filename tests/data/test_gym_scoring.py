@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from r1kit.safe_math import evaluate_arithmetic, is_bounded_expression
+from r1kit.safe_math import evaluate_arithmetic, is_bounded_expression, is_symbolic_expression
 from r1kit.sandbox import Sandbox
 from r1kit.tasks import get_task
 from r1kit.tasks.gym import SANDBOX_PRELOAD, gym_dataset_names, scoring_mode
@@ -37,6 +37,14 @@ def _variants(dataset: str, answer: str, rng: random.Random) -> list[str]:
         out += [answer.replace(" ", ""), f"({answer})", f"{answer} = 1", answer.replace("+", "-", 1), "1 +"]
     if dataset in ("chain_sum", "products"):
         out += [f"+0{answer}", f"{answer}.00", f"{int(answer):,}", str(int(answer) + 1), "1e999999"]
+    if dataset in ("binary_matrix", "n_queens"):
+        rows = [row.split() for row in answer.splitlines()]
+        rows = [[int(x) for x in row] for row in rows] if dataset == "binary_matrix" else rows
+        out += [repr(rows), repr(rows[::-1]), repr(rows)[:-1], "[[0]*3]*3", "(" * 100 + ")" * 100]
+    if dataset == "spiral_matrix":
+        out += [repr([int(x) for x in answer.split()]), repr(answer.split()), "[1, 2", "{1: 2}"]
+    if dataset == "string_insertion":
+        out += [repr(list(answer)), repr(answer), repr(list(answer))[::-1], "['a', 1]"]
     if dataset == "number_sorting":
         out += [answer.replace("'", ""), answer[::-1], "[]", "[1, 2", '{"a": 1}']
     return out
@@ -44,8 +52,9 @@ def _variants(dataset: str, answer: str, rng: random.Random) -> list[str]:
 
 @pytest.mark.parametrize(
     "dataset",
-    ["countdown", "chain_sum", "products", "number_sorting", "basic_arithmetic", "gcd", "leg_counting"],
-)
+    ["countdown", "chain_sum", "products", "number_sorting", "basic_arithmetic", "gcd", "leg_counting",
+     "binary_matrix", "spiral_matrix", "string_insertion", "n_queens"],
+)  # fmt: skip
 def test_own_scorers_match_reasoning_gym(dataset, reference):
     assert scoring_mode(dataset) == "own"
     task = get_task(f"gym:{dataset}")
@@ -78,10 +87,10 @@ def test_every_dataset_has_a_scoring_mode():
     """Each installed dataset is scored by r1kit or in the sandbox, never in-process by reasoning-gym."""
     modes = {name: scoring_mode(name) for name in gym_dataset_names()}
     assert set(modes.values()) == {"own", "sandbox"}
-    for name in ("polynomial_multiplication", "simple_integration", "intermediate_integration", "binary_matrix",
-                 "spiral_matrix", "string_insertion", "n_queens", "composite"):  # fmt: skip
+    for name in ("polynomial_multiplication", "simple_integration", "intermediate_integration", "composite"):
         assert modes[name] == "sandbox", name
-    for name in ("countdown", "puzzle24", "chain_sum", "products", "number_sorting", "basic_arithmetic"):
+    for name in ("countdown", "puzzle24", "chain_sum", "products", "number_sorting", "basic_arithmetic",
+                 "binary_matrix", "spiral_matrix", "string_insertion", "n_queens"):  # fmt: skip
         assert modes[name] == "own", name
 
 
@@ -125,3 +134,38 @@ def test_evaluate_arithmetic_unary_and_bounds():
 )
 def test_is_bounded_expression(text, bounded):
     assert is_bounded_expression(text) is bounded
+
+
+@pytest.mark.parametrize(
+    "text,plain",
+    [
+        ("189*x**3 + 1638*x**2 + 1281*x", True),
+        ("-9*x**8/10 + 3*x**4/2 + 10*x**2/9 + C", True),
+        ("2*(-10*x - 10)**(3/2)/3 + C", True),
+        ("exp(x**2) + sqrt(x) - log(x)/atan(x)", True),
+        ("x^2 + 1", True),
+        ("__import__('os').system('true')", False),
+        ("(lambda: 1)()", False),
+        ("x.__class__", False),
+        ("a[0]", False),
+        ("'text'", False),
+        ("open(x)", False),
+        ("Symbol('x')", False),
+        ("sqrt(x, evaluate=False)", False),
+        ("x_1 + y", False),
+        ("[x for x in y]", False),
+        ("x if y else z", False),
+        ("Integral(x, x)", False),
+        ("9**9**9", False),
+        ("x +", False),
+    ],
+)
+def test_is_symbolic_expression(text, plain):
+    assert is_symbolic_expression(text) is plain
+
+
+def test_as_score_accepts_only_finite_numbers():
+    from r1kit.sandbox import as_score
+
+    assert [as_score(v) for v in (1, 0.5, True, False)] == [1.0, 0.5, 1.0, 0.0]
+    assert [as_score(v) for v in (None, "1.0", float("nan"), float("inf"), [1], {"a": 1})] == [0.0] * 6

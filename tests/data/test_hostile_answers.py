@@ -117,20 +117,16 @@ def _math_task(tmp_path):
 
 
 BUILTIN = [("addition", {}), ("multiplication", {"multiplier_digits": 2}), ("countdown", {})]
-GYM_OWN = ["countdown", "puzzle24", "chain_sum", "products", "number_sorting", "basic_arithmetic", "gcd"]
-# The sympy and eval scorers get every hostile answer; the other sandboxed datasets a sample.
-GYM_SANDBOXED_FULL = ("polynomial_multiplication", "simple_integration", "binary_matrix")
+GYM_OWN = [
+    "countdown", "puzzle24", "chain_sum", "products", "number_sorting", "basic_arithmetic", "gcd",
+    "binary_matrix", "spiral_matrix", "string_insertion", "n_queens",
+]  # fmt: skip
+# The sympy scorers get every hostile answer; the other sandboxed datasets a sample.
+GYM_SANDBOXED_FULL = ("polynomial_multiplication", "simple_integration", "intermediate_integration")
 GYM_SANDBOXED = [
-    "polynomial_multiplication",
-    "simple_integration",
-    "intermediate_integration",
-    "binary_matrix",
-    "spiral_matrix",
-    "string_insertion",
-    "n_queens",
-    "polynomial_equations",
-    "complex_arithmetic",
-]
+    *GYM_SANDBOXED_FULL, "polynomial_equations", "complex_arithmetic", "decimal_arithmetic", "zebra_puzzles",
+    "family_relationships", "codeio",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +192,9 @@ def test_sandboxed_gym_datasets_survive_hostile_answers(tmp_path, dataset, fast_
     sentinel = str(tmp_path / "pwned")
     task = get_task(f"gym:{dataset}")
     box = fast_gym_sandbox(task)
-    problems = task.problems("train", 3)
+    # (intermediate_integration has problems sympy could not integrate: their reference holds Integral)
+    problems = [p for p in task.problems("train", 6) if "Integral(" not in p.answer][:3]
     assert box.warm_up(120)
-    # The reference answers score 1.0 through the sandbox (n_queens accepts any of its boards).
     assert [task.reward(f"x</think>{p.answer}", p) for p in problems] == [1.0] * 3
     for completions in hostile_completions(sentinel).values():
         for completion in completions if dataset in GYM_SANDBOXED_FULL else completions[:3]:
@@ -209,14 +205,15 @@ def test_sandboxed_gym_datasets_survive_hostile_answers(tmp_path, dataset, fast_
 
 
 def test_default_deadline_holds_and_the_spare_worker_answers(tmp_path):
-    """At the default 2 s deadline: a hanging answer returns 0.0 in about 2 s, and the next call is
-    served by the spare worker while the killed one restarts."""
-    task = get_task("gym:polynomial_multiplication")
+    """At the default 2 s deadline: a plain expression that keeps sympy's simplify busy for minutes
+    returns 0.0 in about 2 s, and the next call is served by the spare worker while the killed one
+    restarts."""
+    task = get_task("gym:simple_integration")
     box = task._sandbox()
     problem = task.problems("train", 1)[0]
     assert box.warm_up(120) and box.timeout == 2.0
     start = time.monotonic()
-    assert task.reward("x</think>expand((x+y+z+1)**999)", problem) == 0.0  # within the static bounds
+    assert task.reward("x</think>(x+y+z+1)**999", problem) == 0.0  # within the static bounds
     assert time.monotonic() - start < GENEROUS
     restarts = box.stats["restarts"]
     assert restarts >= 1
@@ -224,9 +221,9 @@ def test_default_deadline_holds_and_the_spare_worker_answers(tmp_path):
     assert box.stats["restarts"] == restarts
 
 
-def test_reasoning_gym_eval_would_run_code_without_the_sandbox(tmp_path):
+def test_reasoning_gym_eval_would_run_code_without_r1kit(tmp_path):
     """The hole being closed: reasoning-gym's binary_matrix scorer evals the answer in-process.
-    Run in a throwaway subprocess to show it, then check that r1kit's path does not."""
+    Run in a throwaway subprocess to show it, then check that r1kit's scorer does not."""
     sentinel = tmp_path / "ran"
     code = (
         "import reasoning_gym, sys; ds = reasoning_gym.create_dataset('binary_matrix', size=1, seed=0); "
