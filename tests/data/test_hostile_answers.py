@@ -261,6 +261,10 @@ def test_worker_environment_is_clean(monkeypatch, tmp_path):
         assert holds("'R1KIT_TEST_SECRET' not in __import__('os').environ")
         assert holds("'hunter2' not in open('/proc/self/environ').read()")
         assert holds("__import__('os').listdir('.') == []")
+        assert holds("'Max address space         2147483648' in open('/proc/self/limits').read()")
+        # 80 GB asked for: MemoryError inside the worker under RLIMIT_AS, scored 0, worker kept.
+        assert box.call("gym", "[0] * 10**10", entry, "binary_matrix", (), default=-1.0) == 0.0
+        assert box.stats["restarts"] == 0
         assert holds("__import__('os').environ['HOME'].startswith(__import__('os').getcwd()[:-3])")
         assert holds(
             "set(__import__('os').environ) <= {'PATH', 'PYTHONPATH', 'HOME', 'TMPDIR', 'LANG', "
