@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r1kit.metrics import best_of_n, maj_at_k, normalize_answer, pass_at_k_many
+from r1kit.report import plot_budget, plot_scaling
 from r1kit.train.result import RunResult
 
 # ----------------------------------------------------------------------------------------------
@@ -974,60 +975,6 @@ def budget_curve(
 
 # ----------------------------------------------------------------------------------------------
 # plots, tables, files
-
-
-def plot_scaling(curves: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
-    """PNG of accuracy against k: pass@k, maj@k and each best-of-k curve (log2 x axis)."""
-    from matplotlib.figure import Figure  # Agg canvas, imported only when plotting
-
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
-    ax = fig.subplots()
-    ks = curves.get("k", [])
-    for i, (name, ys) in enumerate((n, v) for n, v in curves.items() if n != "k"):
-        label = name.replace("best_of/", "best-of-k ") if name.startswith("best_of/") else name
-        ax.plot(ks, ys, marker="o", label=label, color=f"C{i}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(int(k)) for k in ks])
-    ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "test-time scaling: accuracy vs k")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
-
-
-def plot_budget(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """PNG of budget forcing: accuracy against the thinking cap, and against the number of "Wait"
-    extensions (mean thinking tokens on a second axis)."""
-    from matplotlib.figure import Figure
-
-    modes = [m for m in ("cap", "wait") if any(p["mode"] == m for p in points)]
-    if not modes:
-        raise ValueError("plot_budget: no points")
-    fig = Figure(figsize=(4.8 * len(modes), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(modes), squeeze=False)[0]
-    for ax, mode in zip(axes, modes):
-        pts = [p for p in points if p["mode"] == mode]
-        xs = [p["value"] for p in pts]
-        ax.plot(xs, [p["accuracy"] for p in pts], marker="o", color="C0", label="accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("accuracy")
-        ax.set_xlabel("thinking cap (tokens)" if mode == "cap" else 'number of "Wait" extensions')
-        ax.grid(alpha=0.3)
-        twin = ax.twinx()
-        twin.plot(xs, [p["think_tokens"] for p in pts], marker="s", color="C1", alpha=0.7, label="thinking")
-        twin.set_ylabel("mean thinking tokens", color="C1")
-        ax.set_title("cap (force </think>)" if mode == "cap" else "extend (suppress </think>)")
-    if title:
-        fig.suptitle(title)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
 
 
 def write_records(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
