@@ -129,7 +129,8 @@ def score(model_dir: Path, problems, k: int) -> dict[str, float]:
     model, tok, _ = load_model(str(model_dir), device="cpu")
     task = get_task("addition", **TASK_ARGS)
     with torch.no_grad():
-        result = evaluate.evaluate(model, tok, task, problems, k, max_new_tokens=48, best_of=())
+        sampling = evaluate.SamplingSection(k=k, max_new_tokens=48, best_of=[])
+        result = evaluate.evaluate(model, tok, task, problems, sampling)
     m = result.metrics
     return {
         "greedy_acc": m["greedy_acc"],

@@ -17,9 +17,13 @@ The stages (SPEC §2, at toy scale, no downloads):
 6. **rejection sampling** of the RL model (verified traces only) and **distillation** into a smaller
    dense student, pretrained on the same corpus first (R1's students were pretrained base models).
 
-It writes ``<run_dir>/report.md`` (and ``report.json``): a summary paragraph, metric × stage table,
-cost table (wall time, tokens, FLOPs, MFU, device-hours, dollars), plots; missed targets are stated
-plainly. ``--quick true`` shrinks every stage for a smoke test (a few minutes on 2 cores).
+The demo only chains: each stage is that stage's own ``run`` (``r1kit.train.pretrain``, ``r1kit.train.sft``,
+``r1kit.rl.grpo``, ``r1kit.distill``), every model is evaluated by ``r1kit eval`` (``r1kit.evaluate.run``,
+into ``eval/<model>/<split>/``), and the report card is built by ``r1kit.report``. It writes
+``<run_dir>/report.md`` (and ``report.json``): a summary paragraph, metric × stage table, cost table
+(wall time, tokens, FLOPs, MFU, device-hours, dollars), plots; missed targets are stated plainly;
+``demo.json`` has the raw numbers. ``run`` returns a ``DemoResult`` (a ``RunResult``). ``--quick true``
+shrinks every stage for a smoke test (a few minutes on 2 cores).
 
     r1kit demo                      # ~15 minutes on 2 CPU cores
     r1kit demo --quick true --run_dir runs/demo-quick
@@ -38,21 +42,21 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from r1kit import distill
-from r1kit.evaluate import budget_curve, evaluate, plot_budget, plot_scaling, write_records
+from r1kit import distill, evaluate
 from r1kit.loaders import resolve_device, set_threads
-from r1kit.model import ModelConfig, Transformer
-from r1kit.model.counting import active_param_count, flops_per_token, param_count
-from r1kit.report import StageReport, format_number, write_report
+from r1kit.model import ModelConfig
+from r1kit.model.counting import active_param_count, param_count
+from r1kit.report import format_number, plot_stage_accuracy, stage_plots, write_demo_report
 from r1kit.rl import grpo
 from r1kit.tasks import MixtureTask, get_task
 from r1kit.tokenizer import Tokenizer
 from r1kit.train import pretrain, sft
-from r1kit.train.cost import CostMeter, format_duration, summarize_costs
+from r1kit.train.cost import format_duration, summarize_costs
 from r1kit.train.data import problem_messages
 from r1kit.train.log import stage_header
 from r1kit.train.loop import RunConfig, TrainConfig
-from r1kit.train.sections import ValSection
+from r1kit.train.result import RunResult
+from r1kit.train.sft import ValSection
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -195,26 +199,12 @@ def _sft_mixture(recipe: Recipe):
     return MixtureTask([easy, hard], [1.0 - recipe.hard_share, recipe.hard_share])
 
 
-def _inference_flops_per_token(cfg: Any, seq_len: int) -> float:
-    """Forward FLOPs per generated token: a third of the training figure (no MTP at inference)."""
-    return flops_per_token(cfg, seq_len, include_mtp=False) / 3.0
-
-
+@dataclass
 class _Stages:
-    """Collects per-stage cost summaries and timings in pipeline order."""
+    """What the stages leave for the report, in pipeline order: stage -> cost summary, stage -> notes."""
 
-    def __init__(self, config: Config, device: Any):
-        self.config = config
-        self.device = device
-        self.costs: dict[str, dict[str, Any]] = {}
-        self.notes: dict[str, list[str]] = {}
-
-    def meter(self, flops_per_token: float | None = None):
-        return CostMeter(
-            self.device,
-            dollars_per_device_hour=self.config.dollars_per_hour or None,
-            flops_per_token=flops_per_token,
-        )
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,6 +366,7 @@ def stage_control(
     """More SFT from the SFT checkpoint with the FLOPs GRPO spent (cosine decay, its best shot), on the
     cold-start distribution: ``steps × batch`` conversations drawn afresh (seed + 1) from the SFT file, so
     only what it trains on is tokenised."""
+
     lines = chats.read_text(encoding="utf-8").splitlines()
     need = min(len(lines), steps * recipe.sft_batch)
     subset = run_dir / "data" / "sft_control.jsonl"
@@ -443,75 +434,73 @@ def _model_dir(result: Any) -> Path:
     return Path(result.run_dir) / "model"
 
 
+def _eval_config(
+    recipe: Recipe, config: Config, run_dir: Path, model: Path, out: Path, digits: int, rl: bool, budget: bool
+):
+    """The `r1kit eval` config of one model on one held-out split: R1's protocol (T 0.6, top-p 0.95,
+    k = recipe.eval_k) on "test" problems drawn with seed + 1000, sampled with seed + 2000; with `budget`,
+    the greedy budget-forcing curve too (caps and waits, 32 more tokens of room); plots only for the RL
+    model (`rl`), the one the report shows curves of."""
+    return evaluate.Config(
+        model=evaluate.ModelSection(path=str(model), tokenizer=str(run_dir / "tokenizer")),
+        data=evaluate.DataSection(
+            tasks=["addition"],
+            task_args={"addition": {"digits": digits}},
+            splits=["test"],
+            problems=recipe.eval_problems,
+            seed=config.seed + 1000,
+        ),
+        sampling=evaluate.SamplingSection(
+            k=recipe.eval_k, max_new_tokens=recipe.max_new_tokens, seed=config.seed + 2000
+        ),
+        budget=evaluate.BudgetSection(
+            caps=list(recipe.budget_caps) if budget else [],
+            waits=list(recipe.budget_waits) if budget else [],
+            max_new_tokens=recipe.max_new_tokens + 32,
+        ),
+        run=evaluate.RunSection(
+            dir=str(out),
+            device=config.device,
+            dtype="fp32",
+            threads=config.threads,
+            progress=config.progress,
+            plots=rl,
+            dollars_per_hour=config.dollars_per_hour,
+        ),
+    )
+
+
 def stage_evaluate(
-    recipe: Recipe,
-    config: Config,
-    run_dir: Path,
-    models: dict[str, Path],
-    tokenizer: Any,
-    stages: _Stages,
-    console: Any,
+    recipe: Recipe, config: Config, run_dir: Path, models: dict[str, Path], stages: _Stages, console: Any
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Evaluate each model on each held-out split; the RL model also gets scaling and budget curves."""
+    """`r1kit eval` of each model on each held-out split (into eval/<model>/<split>/); the RL model's
+    runs also give the scaling curves and, on the first split (where it is competent), the budget curve.
+
+    Returns (results: model -> split -> metrics, extras: {"plots", "budget", "curves"} of the RL model).
+    """
     results: dict[str, dict[str, Any]] = {name: {} for name in models}
     extras: dict[str, Any] = {"plots": [], "budget": {}, "curves": {}}
     out = run_dir / "eval"
+    first = next(iter(recipe.eval_splits))
     for name, path in models.items():
         stage_header(f"evaluate: {name}", str(path), console=console)
-        model = Transformer.from_pretrained(path).eval()
-        meter = stages.meter(_inference_flops_per_token(model.config, recipe.seq_len))
-        meter.start()
+        costs = []
         for split, digits in recipe.eval_splits.items():
-            task = get_task("addition", digits=digits)
-            problems = task.problems(split="test", n=recipe.eval_problems, seed=config.seed + 1000)
-            res = evaluate(
-                model,
-                tokenizer,
-                task,
-                problems,
-                k=recipe.eval_k,
-                max_new_tokens=recipe.max_new_tokens,
-                seed=config.seed + 2000,
-                label=f"{name} {split}",
-                split="test",
-                progress=config.progress,
-                console=console,
+            budget = name == "GRPO" and split == first
+            cfg = _eval_config(
+                recipe, config, run_dir, path, out / _slug(name) / split, digits, name == "GRPO", budget
             )
-            meter.add(int(res.timing["generated_tokens"]))
-            results[name][split] = res.metrics
-            write_records(out / f"{_slug(name)}-{split}.jsonl", res.records)
+            res = evaluate.run(cfg, console=console)
+            costs.append(res.cost)
+            (result,) = res.results
+            results[name][split] = result.metrics
             if name == "GRPO":
-                extras["curves"][split] = res.curves
-                extras["plots"].append(
-                    str(
-                        plot_scaling(
-                            res.curves, out / f"scaling-{split}.png", f"GRPO model, {split}: accuracy vs k"
-                        )
-                    )
-                )
-        if name == "GRPO":
-            split, digits = next(iter(recipe.eval_splits.items()))  # where the model is competent
-            task = get_task("addition", digits=digits)
-            problems = task.problems(split="test", n=recipe.eval_problems, seed=config.seed + 1000)
-            points = budget_curve(
-                model,
-                tokenizer,
-                task,
-                problems,
-                caps=recipe.budget_caps,
-                waits=recipe.budget_waits,
-                max_new_tokens=recipe.max_new_tokens + 32,
-                seed=config.seed + 3000,
-            )
-            meter.add(
-                int(sum(p.get("think_tokens", 0) + p.get("answer_tokens", 0) for p in points) * len(problems))
-            )
-            extras["budget"] = {"split": split, "points": points}
-            extras["plots"].append(
-                str(plot_budget(points, out / "budget.png", f"GRPO model, {split}: budget forcing"))
-            )
-        meter.stop()
-        stages.costs[f"eval {name}"] = meter.summary()
+                extras["curves"][split] = result.curves
+                extras["plots"] += [str(p) for p in sorted(Path(res.run_dir).glob("scaling_*.png"))]
+            if budget:
+                extras["budget"] = {"split": split, "points": result.budget}
+                extras["plots"] += [str(p) for p in sorted(Path(res.run_dir).glob("budget_*.png"))]
+        stages.costs[f"eval {name}"] = summarize_costs(costs)
     (out / "results.json").write_text(json.dumps({"results": results, **extras}, indent=2, default=float))
     return results, extras
 
@@ -521,237 +510,34 @@ def _slug(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# the report
-
-
-def _stage_plot(path: Path, names: tuple[str, ...]) -> list[str]:
-    return [str(path / n) for n in names if (path / n).is_file()]
-
-
-def plot_stage_accuracy(results: dict[str, dict[str, Any]], path: Path, metric: str = "pass@1") -> Path:
-    """Bar chart of one metric per stage and split (what a reader looks at first)."""
-    from matplotlib.figure import Figure
-
-    stages = list(results)
-    splits = sorted({s for r in results.values() for s in r})
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(splits))
-    for j, split in enumerate(splits):
-        ys = [100 * results[s].get(split, {}).get(metric, 0.0) for s in stages]
-        xs = [i + (j - (len(splits) - 1) / 2) * width for i in range(len(stages))]
-        bars = ax.bar(xs, ys, width, label=split, color=f"C{j}")
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks(range(len(stages)), stages)
-    ax.set_ylabel(f"held-out {metric} (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8)
-    ax.set_title(f"held-out {metric} by stage")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _table_metrics(results: dict[str, Any], k: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for split, m in results.items():
-        out[f"{split} greedy accuracy"] = m.get("greedy_acc", float("nan"))
-        out[f"{split} pass@1 (k={k})"] = m.get("pass@1", float("nan"))
-        out[f"{split} maj@{k}"] = m.get(f"maj@{k}", float("nan"))
-        out[f"{split} pass@{k}"] = m.get(f"pass@{k}", float("nan"))
-        out[f"{split} mean thinking tokens"] = m.get("think_tokens", float("nan"))
-    return out
-
-
-def _points(a: float, b: float) -> str:
-    return f"{100 * (b - a):+.1f} points"
-
-
-def build_summary(
-    recipe: Recipe,
-    results: dict[str, dict[str, Any]],
-    facts: dict[str, Any],
-    quick: bool,
-) -> tuple[str, list[str]]:
-    """The opening paragraph and the list of targets (met or not), from the measured numbers."""
-    hard = list(recipe.eval_splits)[-1]
-    k = recipe.eval_k
-    sft, rl, ctrl, student = (results.get(n, {}) for n in ("SFT", "GRPO", "SFT control", "student"))
-
-    def p1(r: dict[str, Any], split: str = hard) -> float:
-        return r.get(split, {}).get("pass@1", float("nan"))
-
-    gains = {split: p1(rl, split) - p1(sft, split) for split in recipe.eval_splits}
-    targets = []
-    for split, gain in gains.items():
-        ok = gain >= 0.15
-        targets.append(
-            f"GRPO lifts held-out {split} pass@1 by ≥ 15 points: {'met' if ok else 'NOT met'} "
-            f"({100 * p1(sft, split):.1f}% → {100 * p1(rl, split):.1f}%, {_points(p1(sft, split), p1(rl, split))})"
-        )
-    maj_ok = all(
-        r.get(s, {}).get(f"maj@{k}", 0) >= r.get(s, {}).get("pass@1", 0) - 1e-9
-        for r in results.values()
-        for s in recipe.eval_splits
-    )
-    targets.append(f"maj@{k} ≥ pass@1 for every stage and split: {'met' if maj_ok else 'NOT met'}")
-    splits = list(recipe.eval_splits)
-
-    def versus(a: dict[str, Any], b: dict[str, Any]) -> str:
-        return ", ".join(f"{sp} pass@1 {100 * p1(a, sp):.1f}% vs {100 * p1(b, sp):.1f}%" for sp in splits)
-
-    beat_control = all(p1(rl, sp) > p1(ctrl, sp) for sp in splits)
-    targets.append(
-        f"GRPO beats the same compute spent on more SFT on every split ({versus(rl, ctrl)}): "
-        f"{'yes' if beat_control else 'NO'}"
-    )
-    ratio = facts.get("student_active_ratio", float("nan"))
-    reach = all(p1(student, sp) >= p1(rl, sp) - 0.15 for sp in splits)
-    targets.append(
-        f"student within 15 points of its teacher on every split at {100 * ratio:.0f}% of the teacher's "
-        f"active parameters ({versus(student, rl)}): {'met' if reach else 'NOT met'}"
-    )
-    sft_note = (
-        f"stopped at step {facts.get('sft_steps')} when 4-digit greedy validation accuracy reached "
-        f"{100 * facts.get('sft_val', 0):.0f}% (target {100 * recipe.val_target:.0f}%)"
-        if facts.get("sft_stopped_early")
-        else f"did NOT reach the {100 * recipe.val_target:.0f}% validation target in {facts.get('sft_steps')} steps"
-    )
-
-    def across(r: dict[str, Any]) -> str:
-        return " and ".join(f"{100 * p1(r, sp):.1f}% ({sp})" for sp in splits)
-
-    moves = "; ".join(
-        f"{sp} {100 * p1(sft, sp):.1f}% → {100 * p1(rl, sp):.1f}% ({_points(p1(sft, sp), p1(rl, sp))})"
-        for sp in splits
-    )
-    control_beats = [sp for sp in splits if p1(ctrl, sp) > p1(rl, sp)]
-    verdict = (
-        "RL beat the control on every split"
-        if not control_beats
-        else f"**the control beat RL on {', '.join(control_beats)}**: on this task, with perfect worked "
-        "solutions, the same compute is better spent on more SFT"
-    )
-    summary = (
-        f"{'**Quick smoke test: every stage shrunk, the numbers mean nothing.** ' if quick else ''}"
-        f"A {facts['teacher_params']} DeepSeek-V3-style model (MLA, DeepSeekMoE with {facts['experts']} routed "
-        f"experts and aux-loss-free balancing, MTP; {facts['teacher_active']} active per token) learned "
-        f"column-by-column addition on {facts['device']} in {facts['total_time']} "
-        f"({facts['total_flops']} FLOPs, {facts['total_dollars']}). The cold-start SFT {sft_note}. "
-        f"GRPO (accuracy + format rewards, {facts.get('grpo_steps')} steps of {recipe.grpo_prompts}×{recipe.grpo_group} "
-        f"rollouts on {recipe.rl_digits[0]}–{recipe.rl_digits[1]} digit problems) moved held-out pass@1: {moves}. "
-        f"The same FLOPs spent on more SFT from the same checkpoint reached {across(ctrl)}; {verdict}. "
-        f"A dense student with {100 * ratio:.0f}% of the teacher's active parameters"
-        + (", pretrained on the same corpus and" if recipe.student_pretrain_steps else ",")
-        + f" trained on {facts.get('traces')} verified traces from the RL model, reached {across(student)}. "
-        f"All evaluation problems come from a held-out split with a different seed."
-    )
-    return summary, targets
-
-
-def write_demo_report(
-    recipe: Recipe,
-    config: Config,
-    run_dir: Path,
-    results: dict[str, dict[str, Any]],
-    extras: dict[str, Any],
-    stages: _Stages,
-    facts: dict[str, Any],
-    plots: dict[str, list[str]],
-) -> Path:
-    k = recipe.eval_k
-    summary, targets = build_summary(recipe, results, facts, config.quick)
-    order = [
-        ("tokenizer", "tokenizer", None),
-        ("pretrain", "pretrain", None),
-        ("SFT", "SFT", "SFT"),
-        ("GRPO", "GRPO", "GRPO"),
-        ("SFT control", "SFT control", "SFT control"),
-        ("rejection sampling", "rejection sampling", None),
-        ("student pretrain", "student pretrain", None),
-        ("student", "student", "student"),
-    ]
-    reports = []
-    for title, cost_key, eval_key in order:
-        metrics = _table_metrics(results[eval_key], k) if eval_key and eval_key in results else {}
-        if cost_key not in stages.costs and not metrics:
-            continue  # a stage this recipe skipped
-        reports.append(
-            StageReport(
-                title,
-                metrics=metrics,
-                cost=stages.costs.get(cost_key, {}),
-                plots=plots.get(title, []),
-                notes=stages.notes.get(cost_key, []),
-            )
-        )
-    eval_costs = {key: c for key, c in stages.costs.items() if key.startswith("eval ")}
-    reports.append(StageReport("evaluation", cost=summarize_costs(eval_costs) if eval_costs else {}))
-    if "other" in stages.costs:
-        reports.append(StageReport("other (data, tokenizing, loading, saving)", cost=stages.costs["other"]))
-    total = summarize_costs([c for c in stages.costs.values() if c.get("wall_s")])
-    budget = extras.get("budget", {})
-    budget_rows = ["| mode | value | accuracy | mean thinking tokens |", "|---|---|---|---|"]
-    for p in budget.get("points", []):
-        budget_rows.append(
-            f"| {p['mode']} | {p['value']} | {100 * p['accuracy']:.1f}% | {p['think_tokens']:.1f} |"
-        )
-    extra = {
-        "Targets": "\n".join(f"- {t}" for t in targets),
-        "Totals": (
-            f"{total['wall_s'] / 60:.1f} min wall clock, {total['tokens'] / 1e6:.2f}M tokens, "
-            f"{total['flops'] / 1e12:.2f} TFLOPs, MFU {100 * total['mfu']:.1f}%, "
-            f"{total['device_hours']:.4f} device-hours, ${total['dollars']:.4f} on {facts['device']}."
-        ),
-        "Held-out accuracy by stage": f"![pass@1 by stage]({Path(plots['summary'][0]).name})",
-        f"Budget forcing ({budget.get('split', '')}, GRPO model, greedy)": "\n".join(budget_rows)
-        + (
-            "\n\nThe chain of thought here has a fixed length (one step per column): a cap below it cuts "
-            'the answer off, and a forced "Wait" (never seen in training) derails the model. Thinking '
-            "longer pays only on tasks where longer reasoning helps."
-        ),
-        "Chat with the result": (
-            f"```\nr1kit serve --model {facts['rl_dir']}     # OpenAI-compatible API + web chat on 127.0.0.1:8000\n"
-            f"r1kit chat --model {facts['rl_dir']}      # in the terminal\n```"
-        ),
-    }
-    return write_report(
-        run_dir / "report.md",
-        "r1kit demo: the DeepSeek-R1 recipe on a laptop",
-        summary,
-        reports,
-        extra_sections=extra,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
 # the pipeline
 
 
-def run(config: Config) -> dict[str, Any]:
-    """Run the whole recipe; returns {"report": path, "results": ..., "facts": ...}."""
-    console = Console()
-    recipe = Recipe.quick() if config.quick else Recipe.full()
-    set_threads(config.threads)
-    run_dir = Path(config.run_dir)
-    _prepare(run_dir, console)
-    device = resolve_device(config.device)
-    stages = _Stages(config, device)
-    t_start = time.perf_counter()
-    mode = "quick smoke test" if config.quick else "full recipe"
-    stage_header(
-        f"r1kit demo ({mode})", f"run directory {run_dir}; report at {run_dir / 'report.md'}", console
-    )
+@dataclass
+class DemoResult(RunResult):
+    """What `run` returns: a `RunResult` (run_dir; metrics "{stage}/{split}/{metric}" of every evaluation;
+    cost: the total of every stage) plus
 
+    report: report.md; results: stage -> split -> evaluation metrics (as in demo.json);
+    facts: the numbers the report's summary quotes; elapsed_s: wall-clock of the whole run.
+    """
+
+    report: Path = field(default_factory=Path)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def _train(recipe: Recipe, config: Config, run_dir: Path, stages: _Stages, console: Any) -> dict[str, Any]:
+    """Stages 1-4 (tokenizer, pretrain, cold-start SFT, GRPO and its equal-FLOPs SFT control): their
+    `RunResult`s by stage name, plus "corpus" and "chats" (the data files written)."""
     stage_header("1/7 tokenizer", "byte-level BPE on the task's worked solutions", console)
-    tokenizer, corpus, chats = stage_tokenizer(recipe, run_dir, config.seed, stages)
-
+    _, corpus, chats = stage_tokenizer(recipe, run_dir, config.seed, stages)
     stage_header(
         "2/7 pretrain", "tiny DeepSeek-V3 (MLA + MoE + MTP) on worked solutions as plain text", console
     )
     pre = stage_pretrain(recipe, config, run_dir, corpus, console)
     stages.costs["pretrain"] = pre.cost
-
     stage_header(
         "3/7 cold-start SFT",
         f"chat format, assistant-only loss; stops when 4-digit greedy accuracy reaches {100 * recipe.val_target:.0f}%",
@@ -759,43 +545,51 @@ def run(config: Config) -> dict[str, Any]:
     )
     sft_res = stage_sft(recipe, config, run_dir, chats, _model_dir(pre), console)
     stages.costs["SFT"] = sft_res.cost
-    sft_dir = _model_dir(sft_res)
-
     stage_header(
         "4/7 GRPO",
         f"accuracy + format rewards on {recipe.rl_digits[0]}-{recipe.rl_digits[1]} digit problems",
         console,
     )
-    rl_res = stage_grpo(recipe, config, run_dir, sft_dir)
+    rl_res = stage_grpo(recipe, config, run_dir, _model_dir(sft_res))
     stages.costs["GRPO"] = rl_res.cost
     stages.notes["GRPO"] = [
         "completion length stays flat here: the column-by-column format fixes the length of the chain "
         "of thought, so R1's growing-length curve needs a task where longer reasoning helps (Countdown)"
     ]
-    rl_dir = _model_dir(rl_res)
-
     sft_steps = max(1, int(sft_res.metrics.get("steps", 1)))
     flops_per_sft_step = (sft_res.cost.get("flops") or 1.0) / sft_steps
     control_steps = max(1, round((rl_res.cost.get("flops") or 0.0) / flops_per_sft_step))
     stage_header(
         "4b/7 control", f"{control_steps} more SFT steps from the SFT checkpoint = GRPO's FLOPs", console
     )
-    ctrl_res = stage_control(recipe, config, run_dir, chats, sft_dir, control_steps, console)
+    ctrl_res = stage_control(recipe, config, run_dir, chats, _model_dir(sft_res), control_steps, console)
     stages.costs["SFT control"] = ctrl_res.cost
+    return {
+        "corpus": corpus,
+        "chats": chats,
+        "pretrain": pre,
+        "SFT": sft_res,
+        "GRPO": rl_res,
+        "SFT control": ctrl_res,
+    }
 
+
+def _distill(
+    recipe: Recipe, config: Config, run_dir: Path, done: dict[str, Any], stages: _Stages, console: Any
+) -> None:
+    """Stages 5-6: rejection sampling of the RL model, then the dense student (pretrained first when the
+    recipe says so) trained on the verified traces; adds their `RunResult`s to `done`."""
     stage_header(
         "5/7 rejection sampling", "the RL model writes traces; only verified-correct ones are kept", console
     )
-    sample_res = stage_sample(recipe, config, run_dir, rl_dir, console)
-    traces = Path(sample_res.metrics.get("out", run_dir / "data" / "traces.jsonl"))
-    total_stats = sample_res.metrics
+    sample_res = stage_sample(recipe, config, run_dir, _model_dir(done["GRPO"]), console)
+    stats = sample_res.metrics
     stages.costs["rejection sampling"] = sample_res.cost
     stages.notes["rejection sampling"] = [
-        f"{total_stats.get('prompts', '?')} prompts × {recipe.sample_k} samples, acceptance rate "
-        f"{100 * float(total_stats.get('acceptance_rate', 0)):.1f}%, {total_stats.get('kept', '?')} traces kept "
+        f"{stats.get('prompts', '?')} prompts × {recipe.sample_k} samples, acceptance rate "
+        f"{100 * float(stats.get('acceptance_rate', 0)):.1f}%, {stats.get('kept', '?')} traces kept "
         "(shortest correct one per prompt)"
     ]
-
     stage_header(
         "6/7 distillation",
         "a smaller dense student "
@@ -803,10 +597,10 @@ def run(config: Config) -> dict[str, Any]:
         + "learns from the verified traces",
         console,
     )
-    student_data = traces
-    if not int(total_stats.get("kept", 0) or 0):
+    student_data = Path(stats.get("out", run_dir / "data" / "traces.jsonl"))
+    if not int(stats.get("kept", 0) or 0):
         # nothing verified (a quick run's model solves nothing): say so and keep the pipeline whole
-        student_data = chats
+        student_data = done["chats"]
         stages.notes["student"] = [
             "NO verified traces were kept, so the student was trained on the cold-start worked solutions "
             "instead: this is not distillation"
@@ -817,7 +611,7 @@ def run(config: Config) -> dict[str, Any]:
             recipe,
             config,
             run_dir,
-            corpus,
+            done["corpus"],
             console,
             preset="tiny-llama",
             overrides=recipe.student,
@@ -828,32 +622,20 @@ def run(config: Config) -> dict[str, Any]:
         student_init = _model_dir(student_pre)
     student_res = stage_distill(recipe, config, run_dir, student_data, console, init=student_init)
     stages.costs["student"] = student_res.cost
-    student_dir = _model_dir(student_res)
+    done.update({"rejection sampling": sample_res, "student": student_res})
 
-    stage_header(
-        "7/7 evaluation", f"held-out problems, R1 protocol (T 0.6, top-p 0.95, k={recipe.eval_k})", console
-    )
-    models = {"SFT": sft_dir, "GRPO": rl_dir, "SFT control": _model_dir(ctrl_res), "student": student_dir}
-    results, extras = stage_evaluate(recipe, config, run_dir, models, tokenizer, stages, console)
 
-    # what no stage metered (writing data, tokenizing the chats, loading and saving models), so the
-    # cost table adds up to the wall clock
-    metered = sum(float(c.get("wall_s") or 0.0) for c in stages.costs.values())
-    other = max(0.0, time.perf_counter() - t_start - metered)
-    rate = next(
-        (c["dollars"] / c["device_hours"] for c in stages.costs.values() if c.get("device_hours")), 0.0
+def _facts(
+    recipe: Recipe, done: dict[str, Any], stages: _Stages, device: Any, elapsed_s: float
+) -> dict[str, Any]:
+    """The numbers the report's summary quotes: model sizes, totals, the SFT stop, the traces kept."""
+    teacher_cfg = ModelConfig.from_hf_dict(json.loads((_model_dir(done["GRPO"]) / "config.json").read_text()))
+    student_cfg = ModelConfig.from_hf_dict(
+        json.loads((_model_dir(done["student"]) / "config.json").read_text())
     )
-    stages.costs["other"] = {
-        "wall_s": other,
-        "tokens": 0,
-        "flops": 0.0,
-        "device_hours": other / 3600,
-        "dollars": other / 3600 * rate,
-    }
-    teacher_cfg = ModelConfig.from_hf_dict(json.loads((rl_dir / "config.json").read_text()))
-    student_cfg = ModelConfig.from_hf_dict(json.loads((student_dir / "config.json").read_text()))
     total = summarize_costs([c for c in stages.costs.values() if c.get("wall_s")])
-    facts = {
+    sft_res, rl_res = done["SFT"], done["GRPO"]
+    return {
         "device": (
             f"a CPU ({torch.get_num_threads()} threads)"
             if device.type == "cpu"
@@ -864,26 +646,71 @@ def run(config: Config) -> dict[str, Any]:
         "experts": teacher_cfg.n_routed_experts,
         "student_active_ratio": active_param_count(student_cfg, False)
         / active_param_count(teacher_cfg, False),
-        "total_time": format_duration(time.perf_counter() - t_start),
+        "total_time": format_duration(elapsed_s),
         "total_flops": format_number(total["flops"]),
         "total_dollars": f"${total['dollars']:.4f}",
-        "sft_steps": sft_steps,
+        "sft_steps": max(1, int(sft_res.metrics.get("steps", 1))),
         "sft_val": sft_res.metrics.get("val_accuracy", 0.0),
         "sft_stopped_early": bool(sft_res.metrics.get("stopped_early")),
         "grpo_steps": rl_res.metrics.get("steps", recipe.grpo_steps),
-        "traces": total_stats.get("kept", "?"),
-        "rl_dir": str(rl_dir),
+        "traces": done["rejection sampling"].metrics.get("kept", "?"),
+        "rl_dir": str(_model_dir(rl_res)),
     }
+
+
+def _meter_the_rest(stages: _Stages, elapsed_s: float) -> None:
+    """Book what no stage metered (writing data, tokenizing the chats, loading and saving models) as
+    "other", so the cost table adds up to the wall clock."""
+    metered = sum(float(c.get("wall_s") or 0.0) for c in stages.costs.values())
+    other = max(0.0, elapsed_s - metered)
+    rate = next(
+        (c["dollars"] / c["device_hours"] for c in stages.costs.values() if c.get("device_hours")), 0.0
+    )
+    stages.costs["other"] = {
+        "wall_s": other,
+        "tokens": 0,
+        "flops": 0.0,
+        "device_hours": other / 3600,
+        "dollars": other / 3600 * rate,
+    }
+
+
+def run(config: Config) -> DemoResult:
+    """Run the whole recipe: the stages' `run` functions in order, `r1kit eval` of every model, then the
+    report card (`r1kit.report.write_demo_report`) and demo.json. Returns a `DemoResult`."""
+    console = Console()
+    recipe = Recipe.quick() if config.quick else Recipe.full()
+    set_threads(config.threads)
+    run_dir = Path(config.run_dir)
+    _prepare(run_dir, console)
+    device = resolve_device(config.device)
+    stages = _Stages()
+    t_start = time.perf_counter()
+    mode = "quick smoke test" if config.quick else "full recipe"
+    stage_header(
+        f"r1kit demo ({mode})", f"run directory {run_dir}; report at {run_dir / 'report.md'}", console
+    )
+    done = _train(recipe, config, run_dir, stages, console)
+    _distill(recipe, config, run_dir, done, stages, console)
+    stage_header(
+        "7/7 evaluation", f"held-out problems, R1 protocol (T 0.6, top-p 0.95, k={recipe.eval_k})", console
+    )
+    models = {name: _model_dir(done[name]) for name in ("SFT", "GRPO", "SFT control", "student")}
+    results, extras = stage_evaluate(recipe, config, run_dir, models, stages, console)
+    _meter_the_rest(stages, time.perf_counter() - t_start)
+    facts = _facts(recipe, done, stages, device, time.perf_counter() - t_start)
     plots = {
-        "pretrain": _stage_plot(Path(pre.run_dir), ("loss.png",)),
-        "SFT": _stage_plot(Path(sft_res.run_dir), ("loss.png",)),
-        "GRPO": _stage_plot(Path(rl_res.run_dir), ("aha.png",)) + extras["plots"],
-        "SFT control": _stage_plot(Path(ctrl_res.run_dir), ("loss.png",)),
-        "student pretrain": _stage_plot(Path(run_dir / "student_pretrain"), ("loss.png",)),
-        "student": _stage_plot(Path(student_res.run_dir), ("loss.png",)),
+        "pretrain": stage_plots(Path(done["pretrain"].run_dir), ("loss.png",)),
+        "SFT": stage_plots(Path(done["SFT"].run_dir), ("loss.png",)),
+        "GRPO": stage_plots(Path(done["GRPO"].run_dir), ("aha.png",)) + extras["plots"],
+        "SFT control": stage_plots(Path(done["SFT control"].run_dir), ("loss.png",)),
+        "student pretrain": stage_plots(run_dir / "student_pretrain", ("loss.png",)),
+        "student": stage_plots(Path(done["student"].run_dir), ("loss.png",)),
         "summary": [str(plot_stage_accuracy(results, run_dir / "accuracy.png"))],
     }
-    report = write_demo_report(recipe, config, run_dir, results, extras, stages, facts, plots)
+    report = write_demo_report(
+        recipe, config.quick, run_dir, results, extras, stages.costs, stages.notes, facts, plots
+    )
     (run_dir / "demo.json").write_text(
         json.dumps(
             {"recipe": asdict(recipe), "config": asdict(config), "results": results, "facts": facts},
@@ -893,8 +720,23 @@ def run(config: Config) -> dict[str, Any]:
     )
     stage_header("done", f"report card: {report}", console)
     console.print(report.read_text().split("\n## ")[0])
+    rl_dir = facts["rl_dir"]
     console.print(f"\nChat with the RL model:\n  r1kit serve --model {rl_dir}\n  r1kit chat --model {rl_dir}")
-    return {"report": report, "results": results, "facts": facts, "elapsed_s": time.perf_counter() - t_start}
+    metrics = {
+        f"{stage}/{split}/{k}": v
+        for stage, r in results.items()
+        for split, m in r.items()
+        for k, v in m.items()
+    }
+    return DemoResult(
+        run_dir=run_dir,
+        metrics=metrics,
+        cost=summarize_costs([c for c in stages.costs.values() if c.get("wall_s")]),
+        report=report,
+        results=results,
+        facts=facts,
+        elapsed_s=time.perf_counter() - t_start,
+    )
 
 
-__all__ = ["Config", "Recipe", "run"]
+__all__ = ["Config", "DemoResult", "Recipe", "run"]

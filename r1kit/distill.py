@@ -26,7 +26,6 @@ Both commands read the same config file, so a pipeline is
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import math
@@ -43,14 +42,11 @@ from rich.console import Console
 from rich.table import Table
 
 from r1kit.config import ConfigError, check_positive, check_range, save_config
-from r1kit.engine import SamplingParams
 from r1kit.evaluate import (
+    EvalParams,
     as_engine,
-    completion_lengths,
-    generate_chunked,
+    evaluate_engine,
     is_correct,
-    problem_seed,
-    render_prompts,
 )
 from r1kit.loaders import find_tokenizer_dir, load_model, resolve_model_dir, set_threads
 from r1kit.model.counting import flops_per_token
@@ -60,7 +56,7 @@ from r1kit.tokenizer import Tokenizer, format_assistant, split_reasoning
 from r1kit.train import sft
 from r1kit.train.cost import CostMeter, format_cost
 from r1kit.train.data import BatchStream, ChatExamples, read_conversations
-from r1kit.train.log import MetricsLogger, ProgressBar, RateProgress, plot_metrics
+from r1kit.train.log import MetricsLogger, ProgressBar, plot_metrics
 from r1kit.train.loop import (
     IGNORE_INDEX,
     RunConfig,
@@ -325,8 +321,9 @@ def rejection_sample(
         `SampleResult` (rows in task order, then prompt order; statistics per task and in total).
     """
     engine = as_engine(model, tokenizer)
-    params = SamplingParams(
-        n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+    # each prompt's k samples are seeded by problem_seed(seed, id): the same traces whatever the batch
+    params = EvalParams(
+        k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, greedy=False, seed=seed
     )
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
@@ -335,70 +332,16 @@ def rejection_sample(
         probs = list(problems[label])
         if not probs:
             continue
-        prompt_ids = render_prompts(tokenizer, probs, template, system)
-        bar = RateProgress(len(probs), f"sample {label}", progress, console)
         t0 = time.perf_counter()
-        try:
-            per_prompt = [dataclasses.replace(params, seed=problem_seed(seed, p.id)) for p in probs]
-            outs = generate_chunked(
-                engine, prompt_ids, per_prompt, batch=batch_prompts or len(probs), progress=bar
-            )
-        finally:
-            bar.close()
-        counts = dict.fromkeys(
-            (
-                "prompts",
-                "samples",
-                "correct",
-                "solved",
-                "well_formed",
-                "kept",
-                "tokens",
-                "think",
-                "dups",
-                "generated",
-            ),
-            0.0,
-        )
-        for i, problem in enumerate(probs):
-            group = sorted(outs[i * k : (i + 1) * k], key=lambda c: getattr(c, "sample_index", 0))
-            scores = [float(task.score(c.text, problem)) for c in group]
-            correct = [is_correct(s) for s in scores]
-            kept = select_traces(
-                group,
-                scores,
-                verify=verify,
-                require_format=require_format,
-                keep=keep,
-                max_per_prompt=max_per_prompt,
-                dedupe=dedupe,
-                rng=rng,
-            )
-            undeduped = select_traces(
-                group, scores, verify=verify, require_format=require_format, keep="all", dedupe=False
-            )
-            counts["prompts"] += 1
-            counts["samples"] += len(group)
-            counts["correct"] += sum(correct)
-            counts["solved"] += any(correct)
-            counts["well_formed"] += sum(well_formed(c) for c in group)
-            counts["generated"] += sum(len(c.token_ids) for c in group)
-            counts["dups"] += len(undeduped) - len({group[j].text.strip() for j in undeduped})
-            for j in kept:
-                c = group[j]
-                think, _ = completion_lengths(c.token_ids, tokenizer)
-                counts["kept"] += 1
-                counts["tokens"] += len(c.token_ids)
-                counts["think"] += think
-                rows.append(
-                    {
-                        "messages": trace_messages(problem, c.text, system),
-                        "task": label,
-                        "id": problem.id,
-                        "reference": problem.answer,
-                        "tokens": len(c.token_ids),
-                    }
-                )
+        (result,) = evaluate_engine(
+            engine, tokenizer, task, probs, params, template=template, system=system,
+            batch_problems=batch_prompts, label=label, progress=progress,
+            description=f"sample {label}", console=console,
+        )  # fmt: skip
+        counts = _select_traces_of(
+            label, probs, result, rows, rng, verify=verify, require_format=require_format,
+            keep=keep, max_per_prompt=max_per_prompt, dedupe=dedupe, system=system,
+        )  # fmt: skip
         counts["seconds"] = time.perf_counter() - t0
         stats[label] = _sample_stats(counts)
     totals = {key: sum(s["_raw"][key] for s in stats.values()) for key in next(iter(stats.values()))["_raw"]}
@@ -406,6 +349,63 @@ def rejection_sample(
     for s in stats.values():
         del s["_raw"]
     return SampleResult(rows, stats)
+
+
+def _select_traces_of(
+    label: str,
+    probs: Sequence[Any],
+    result: Any,
+    rows: list[dict[str, Any]],
+    rng: random.Random,
+    *,
+    verify: bool,
+    require_format: bool,
+    keep: str,
+    max_per_prompt: int,
+    dedupe: bool,
+    system: str,
+) -> dict[str, float]:
+    """Select the traces of one task's evaluated prompts (`select_traces` on the `EvalResult` of
+    `evaluate_engine`), append their rows to `rows`; returns the raw counts for `_sample_stats`."""
+    names = "prompts samples correct solved well_formed kept tokens think dups generated"
+    counts = dict.fromkeys(names.split(), 0.0)
+    for problem, group, record in zip(probs, result.completions, result.records):
+        scores, correct = record["scores"], record["correct"]
+        kept = select_traces(
+            group,
+            scores,
+            verify=verify,
+            require_format=require_format,
+            keep=keep,
+            max_per_prompt=max_per_prompt,
+            dedupe=dedupe,
+            rng=rng,
+        )
+        undeduped = select_traces(
+            group, scores, verify=verify, require_format=require_format, keep="all", dedupe=False
+        )
+        counts["prompts"] += 1
+        counts["samples"] += len(group)
+        counts["correct"] += sum(correct)
+        counts["solved"] += any(correct)
+        counts["well_formed"] += sum(well_formed(c) for c in group)
+        counts["generated"] += sum(len(c.token_ids) for c in group)
+        counts["dups"] += len(undeduped) - len({group[j].text.strip() for j in undeduped})
+        for j in kept:
+            c = group[j]
+            counts["kept"] += 1
+            counts["tokens"] += len(c.token_ids)
+            counts["think"] += record["think_tokens"][j]
+            rows.append(
+                {
+                    "messages": trace_messages(problem, c.text, system),
+                    "task": label,
+                    "id": problem.id,
+                    "reference": problem.answer,
+                    "tokens": len(c.token_ids),
+                }
+            )
+    return counts
 
 
 def _sample_stats(c: dict[str, float]) -> dict[str, Any]:

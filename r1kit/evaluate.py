@@ -13,9 +13,13 @@ correctness over the k samples. On top of that this module reports
 - budget forcing (s1): accuracy against a thinking cap (`max_thinking_tokens`) and against the
   number of "Wait" extensions (`min_thinking_tokens` + `num_wait`).
 
-Generation is batched through `r1kit.engine.Engine`: a chunk of problems (`batch_problems`) goes out
-in one `generate` call with greedy and sampled requests side by side (per-prompt SamplingParams), so
-an evaluation is a handful of large calls. Everything is written to the output directory:
+Every evaluation in r1kit goes through one core, `evaluate_engine`: problems and one or more
+`EvalParams` (k samples, temperature, top-p, max tokens, optional budget forcing) in, per-problem records
+and metrics out. `r1kit eval` (`run` / `evaluate`), the budget curve, the SFT and pretraining validators,
+GRPO's held-out evaluation, rejection sampling and the demo all call it. Generation is batched through
+`r1kit.engine.Engine`: a chunk of problems (`batch_problems`) goes out in one `generate` call with greedy
+and sampled requests side by side (per-prompt SamplingParams), so an evaluation is a handful of large
+calls. Everything is written to the output directory:
 `results.json` (metrics, curves, timing), `records_<task>_<split>.jsonl` (one line per problem:
 prompt, reference, samples, scores, extracted answers), `scaling_<task>_<split>.png` (accuracy vs k)
 and `budget_<task>_<split>.png` (accuracy vs thinking budget), and a rich table is printed.
@@ -35,8 +39,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r1kit.metrics import best_of_n, maj_at_k, normalize_answer, pass_at_k_many
+from r1kit.report import plot_budget, plot_scaling
 from r1kit.seeding import stable_seed
 from r1kit.train.log import RateProgress
+from r1kit.train.result import RunResult
 from r1kit.train.sections import DType, ModelDirSection, normalize_dtype
 
 # ----------------------------------------------------------------------------------------------
@@ -139,6 +145,7 @@ class RunSection:
     progress (bool): progress bar (problems/s) and the results table.
     plots (bool): write the PNG curves.
     records (bool): write the per-problem JSONL records.
+    dollars_per_hour (float): price of one device-hour in the cost summary; 0 = the cost module's default.
     """
 
     dir: str = "runs/eval"
@@ -148,6 +155,7 @@ class RunSection:
     progress: bool = True
     plots: bool = True
     records: bool = True
+    dollars_per_hour: float = 0.0
 
     def __post_init__(self) -> None:
         self.dtype = normalize_dtype(self.dtype)
@@ -202,6 +210,9 @@ class EvalResult:
         records: one dict per problem (see `score_problems`).
         budget: budget-forcing points (see `budget_curve`), empty when not run.
         timing: "seconds", "problems_per_s", "tokens_per_s", "generated_tokens".
+        completions: (P, k) the sampled completion objects (text, token_ids, finish_reason, logprobs),
+            in sampling order; greedy_completions: (P,) the greedy ones (empty without greedy). Not
+            written to results.json (`summary` leaves them and the records out).
     """
 
     task: str
@@ -211,6 +222,8 @@ class EvalResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     budget: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    completions: list[list[Any]] = field(default_factory=list, repr=False)
+    greedy_completions: list[Any] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready dict without the per-problem records."""
@@ -507,29 +520,246 @@ def generate_chunked(
     return outs
 
 
+@dataclass(frozen=True)
+class EvalParams:
+    """How an evaluation decodes each problem: one greedy completion and/or k samples, optionally with
+    budget forcing (s1, arXiv 2501.19393). `evaluate_engine` takes one or several of these ("arms").
+
+    k (int): sampled completions per problem (0 = none).
+    temperature, top_p, top_k (float, float, int): their sampling (R1: 0.6, 0.95, 0).
+    max_new_tokens (int): completion cap in tokens (forced tokens included).
+    greedy (bool): also one greedy (temperature 0) completion per problem.
+    seed (int | None): seed of the random streams; None = drawn from torch's global RNG by the engine.
+    seed_per_problem (bool): seed each problem's samples with `problem_seed(seed, problem.id)` (`r1kit
+        eval`, rejection sampling); False = the one `seed` for the whole generate call (GRPO's held-out
+        evaluation). Either way the engine also keys each row by its position in the call: the same
+        problems, arms and batch size give the same samples.
+    max_thinking_tokens, min_thinking_tokens, num_wait, wait_string: budget forcing of every completion
+        (see `r1kit.engine.SamplingParams`); the defaults leave decoding alone.
+    """
+
+    k: int = 8
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 256
+    greedy: bool = True
+    seed: int | None = 0
+    seed_per_problem: bool = True
+    max_thinking_tokens: int | None = None
+    min_thinking_tokens: int = 0
+    num_wait: int | None = None
+    wait_string: str = "Wait"
+
+    def _budget(self) -> dict[str, Any]:
+        return {
+            "max_thinking_tokens": self.max_thinking_tokens,
+            "min_thinking_tokens": self.min_thinking_tokens,
+            "num_wait": self.num_wait,
+            "wait_string": self.wait_string,
+        }
+
+    def greedy_params(self) -> Any:
+        """The `SamplingParams` of the greedy completion (one object, shared by every problem)."""
+        from r1kit.engine import SamplingParams
+
+        return SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed, **self._budget()
+        )
+
+    def sample_params(self, seed: int | None = None) -> Any:
+        """The `SamplingParams` of the k samples, with `seed` (default `self.seed`)."""
+        from r1kit.engine import SamplingParams
+
+        return SamplingParams(
+            n=self.k,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed if seed is None else seed,
+            **self._budget(),
+        )
+
+
+def _requests(problems: Sequence[Any], arms: Sequence[EvalParams]) -> list[tuple[int, int, bool, Any]]:
+    """(problem index, arm index, is greedy, SamplingParams) of every request, problem-major: for each
+    problem, each arm's greedy request then its k-sample request."""
+    greedy = [arm.greedy_params() if arm.greedy else None for arm in arms]
+    shared = [arm.sample_params() if arm.k and not arm.seed_per_problem else None for arm in arms]
+    requests = []
+    for i, problem in enumerate(problems):
+        for a, arm in enumerate(arms):
+            if arm.greedy:
+                requests.append((i, a, True, greedy[a]))
+            if arm.k:
+                seed = None if arm.seed is None else problem_seed(arm.seed, problem.id)
+                params = shared[a] or arm.sample_params(seed)
+                requests.append((i, a, False, params))
+    return requests
+
+
+def _split_outputs(
+    outs: Sequence[Any], requests: Sequence[tuple[int, int, bool, Any]], num_problems: int, num_arms: int
+) -> tuple[list[list[Any]], list[list[list[Any]]]]:
+    """The engine's prompt-major output cut back into each arm's greedy completions (A, P) and samples
+    (A, P, k), the samples in sampling order."""
+    greedy: list[list[Any]] = [[] for _ in range(num_arms)]
+    samples: list[list[list[Any]]] = [[[] for _ in range(num_problems)] for _ in range(num_arms)]
+    pos = 0
+    for i, a, is_greedy, sp in requests:
+        chunk = outs[pos : pos + sp.n]
+        pos += sp.n
+        if is_greedy:
+            greedy[a].append(chunk[0])
+        else:
+            samples[a][i] = sorted(chunk, key=lambda c: getattr(c, "sample_index", 0))
+    if pos != len(outs):
+        raise RuntimeError(f"engine returned {len(outs)} completions, expected {pos}")
+    return greedy, samples
+
+
+def evaluate_engine(
+    engine: Any,
+    tokenizer: Any,
+    task: Any,
+    problems: Sequence[Any],
+    params: EvalParams | Sequence[EvalParams],
+    *,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
+    template: str = "chat",
+    system: str = "",
+    batch_problems: int = 0,
+    best_of: Sequence[str] = (),
+    ks: Sequence[int] | None = None,
+    label: str | None = None,
+    split: str = "test",
+    progress: bool = False,
+    description: str = "",
+    console: Any = None,
+) -> list[EvalResult]:
+    """The evaluation core: decode `problems` with each arm of `params`, score and aggregate.
+
+    Every stage evaluates through here: `evaluate` (`r1kit eval`), `budget_curve`, the SFT and pretraining
+    validators, GRPO's held-out evaluation, rejection sampling (`r1kit sample`) and the demo.
+
+    All requests of a chunk of `batch_problems` problems (0 = all) go out in one `engine.generate` call,
+    problem-major: for each problem, each arm's greedy request, then its k-sample request. The engine keys a
+    row's random stream by (seed, position in the call), so the same problems, arms and batch_problems give
+    the same completions.
+
+    Args:
+        engine: an object with `Engine.generate(prompts, params)`'s signature (an `r1kit.engine.Engine`).
+        tokenizer: renders the prompts and counts thinking/answer tokens.
+        task: scores completions (`task.score(text, problem)`).
+        problems: (P,) problems.
+        params: one `EvalParams`, or several evaluated in the same calls.
+        prompt_ids: (P,) prompt token ids; default `render_prompts(tokenizer, problems, template, system)`.
+        batch_problems: problems per generate call (0 = all in one call).
+        best_of: best-of-N scorers (`make_scorers`); ks: k values of the curves (default 1, 2, 4, ... k).
+        label, split: recorded in the results (label defaults to the task's name).
+        progress, description, console: a problems/s progress bar (description default "eval {label}").
+
+    Returns:
+        One `EvalResult` per arm, in the order of `params`: metrics and curves (`aggregate`), per-problem
+        records (`score_problems`), the completion objects (`completions`, `greedy_completions`) and timing
+        ("seconds" of the whole call, "generated_tokens" of the arm).
+    """
+    arms = [params] if isinstance(params, EvalParams) else list(params)
+    if not problems:
+        raise ValueError("evaluate: no problems")
+    if not arms or not all(arm.k or arm.greedy for arm in arms):
+        raise ValueError("evaluate: every EvalParams needs k > 0 or greedy")
+    sampled = any(arm.k for arm in arms)
+    scorers = make_scorers(best_of, task) if sampled else None  # a bad name fails before generating
+    if prompt_ids is None:
+        prompt_ids = render_prompts(tokenizer, problems, template, system)
+    requests = _requests(problems, arms)
+    per_problem = len(requests) // len(problems)
+    label = label or task.name
+    bar = RateProgress(len(problems), description or f"eval {label}", progress, console)
+    t0 = time.perf_counter()
+    try:
+        outs = generate_chunked(
+            engine,
+            [prompt_ids[i] for i, _, _, _ in requests],
+            [sp for _, _, _, sp in requests],
+            batch=(batch_problems or len(problems)) * per_problem,
+            progress=lambda done: bar(done // per_problem),
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    greedy_outs, sample_outs = _split_outputs(outs, requests, len(problems), len(arms))
+    texts = [tokenizer.decode(ids) for ids in prompt_ids] if template == "chat" else None
+    return [
+        _arm_result(task, problems, tokenizer, greedy_outs[a] if arm.greedy else None, sample_outs[a],
+                    texts, scorers, ks, label, split, seconds)
+        for a, arm in enumerate(arms)
+    ]  # fmt: skip
+
+
+def _arm_result(
+    task: Any,
+    problems: Sequence[Any],
+    tokenizer: Any,
+    greedy: list[Any] | None,
+    samples: list[list[Any]],
+    texts: list[str] | None,
+    scorers: dict[str, Callable[[Any, Any], float]] | None,
+    ks: Sequence[int] | None,
+    label: str,
+    split: str,
+    seconds: float,
+) -> EvalResult:
+    """The `EvalResult` of one arm of `evaluate_engine` from its completions."""
+    records = score_problems(
+        task, problems, samples, tokenizer, greedy=greedy, prompts=texts, scorers=scorers
+    )
+    metrics, curves = aggregate(records, ks)
+    tokens = sum(len(c.token_ids) for group in samples for c in group)
+    tokens += sum(len(c.token_ids) for c in greedy or [])
+    timing = {
+        "seconds": seconds,
+        "problems_per_s": len(problems) / seconds if seconds > 0 else 0.0,
+        "generated_tokens": float(tokens),
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+    }
+    return EvalResult(
+        label,
+        split,
+        metrics,
+        curves,
+        records,
+        timing=timing,
+        completions=samples,
+        greedy_completions=greedy or [],
+    )
+
+
+def sampling_params(sampling: SamplingSection) -> EvalParams:
+    """The `EvalParams` of a [sampling] section (R1's protocol by default)."""
+    return EvalParams(
+        k=sampling.k,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        max_new_tokens=sampling.max_new_tokens,
+        greedy=sampling.greedy,
+        seed=sampling.seed,
+    )
+
+
 def evaluate(
     model: Any,
     tokenizer: Any = None,
     task: Any = "addition",
     problems: Sequence[Any] | int = 100,
-    k: int = 8,
+    sampling: SamplingSection | None = None,
+    budget: BudgetSection | None = None,
     *,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    top_k: int = 0,
-    max_new_tokens: int = 256,
-    greedy: bool = True,
-    ks: Sequence[int] | None = None,
-    best_of: Sequence[str] = ("logprob", "format"),
-    seed: int = 0,
     template: str = "chat",
     system: str = "",
-    batch_problems: int = 256,
-    caps: Sequence[int] = (),
-    waits: Sequence[int] = (),
-    min_thinking_tokens: int = 0,
-    wait_string: str = "Wait",
-    budget_problems: int = 0,
     task_args: dict[str, Any] | None = None,
     split: str = "test",
     data_seed: int = 0,
@@ -542,7 +772,7 @@ def evaluate(
     """Evaluate a model on `problems` with R1's protocol; see the module docstring for the metrics.
 
     All problems x (1 greedy + k sampled) rows go through the engine in ceil(P / batch_problems)
-    `generate` calls (one call when batch_problems is 0 or >= P).
+    `generate` calls (`evaluate_engine`).
 
     Args:
         model: a `Transformer` (wrapped in an `Engine`), a model or run directory (str/Path, loaded with
@@ -553,14 +783,11 @@ def evaluate(
         task: a `Task` (scores completions with `task.score(text, problem)`) or a task name for
             `r1kit.tasks.get_task` with `task_args`.
         problems: the (P,) problems, or a count drawn from `split` with `data_seed` (as [data] seed).
-        k: samples per problem (0 = greedy only); temperature, top_p, top_k, max_new_tokens, seed:
-            their sampling (R1: 0.6 / 0.95).
-        greedy: also decode greedily for `greedy_acc`.
-        ks: k values of the curves (default 1, 2, 4, ... k); best_of: scorers (`make_scorers`).
+        sampling: the [sampling] section (k, temperature, top_p, top_k, max_new_tokens, seed, greedy, ks,
+            best_of, batch_problems); default `SamplingSection()` (R1: k 8, T 0.6, top-p 0.95).
+        budget: the [budget] section: its curve (`budget_curve`, with the sampling seed and batch size) is
+            stored in `result.budget`; default none.
         template, system: prompt rendering (`render_prompts`).
-        batch_problems: problems per generate call (0 = all); each brings 1 greedy and k sampled rows.
-        caps, waits: budget-forcing points (`budget_curve`, greedy, on the first `budget_problems`
-            problems, 0 = all) stored in `result.budget`; min_thinking_tokens, wait_string: as there.
         split: the split drawn from (with a count) and recorded; label: the task label recorded
             (default the task's name).
         progress: show a problems/s progress bar.
@@ -569,6 +796,7 @@ def evaluate(
         `EvalResult` with metrics (also `result["pass@1"]`), curves, per-problem records, budget points
         and timing.
     """
+    s = sampling or SamplingSection()
     if isinstance(model, (str, Path)):
         from r1kit.loaders import load_model
 
@@ -587,44 +815,36 @@ def evaluate(
     import torch
 
     with torch.no_grad():
-        result = _evaluate(
-            model,
+        (result,) = evaluate_engine(
+            as_engine(model, tokenizer),
             tokenizer,
             task,
             problems,
-            k,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            max_new_tokens=max_new_tokens,
-            greedy=greedy,
-            ks=ks,
-            best_of=best_of,
-            seed=seed,
+            sampling_params(s),
             template=template,
             system=system,
-            batch_problems=batch_problems,
+            batch_problems=s.batch_problems,
+            best_of=s.best_of,
+            ks=s.ks or None,
             label=label,
             split=split,
             progress=progress,
             console=console,
         )
-        if caps or waits:
+        if budget is not None and (budget.caps or budget.waits):
             t0 = time.perf_counter()
+            subset = problems[: budget.problems] if budget.problems else problems
             result.budget = budget_curve(
                 model,
                 tokenizer,
                 task,
-                problems[:budget_problems] if budget_problems else problems,
-                caps=caps,
-                waits=waits,
-                min_thinking_tokens=min_thinking_tokens,
-                wait_string=wait_string,
-                max_new_tokens=max_new_tokens,
-                seed=seed,
+                subset,
+                budget,
+                max_new_tokens=s.max_new_tokens,
+                seed=s.seed,
                 template=template,
                 system=system,
-                batch_problems=batch_problems,
+                batch_problems=s.batch_problems,
             )
             result.timing["budget_seconds"] = time.perf_counter() - t0
             result.timing["budget_generated_tokens"] = float(
@@ -633,98 +853,32 @@ def evaluate(
     return result
 
 
-def _evaluate(
-    model: Any,
-    tokenizer: Any,
-    task: Any,
-    problems: Sequence[Any],
-    k: int,
-    *,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    max_new_tokens: int,
-    greedy: bool,
-    ks: Sequence[int] | None,
-    best_of: Sequence[str],
-    seed: int,
-    template: str,
-    system: str,
-    batch_problems: int,
-    label: str | None,
-    split: str,
-    progress: bool,
-    console: Any,
-) -> EvalResult:
-    """`evaluate` on a model object, a task object and a list of problems."""
-    from r1kit.engine import SamplingParams
+def budget_arms(
+    budget: BudgetSection, max_new_tokens: int = 256, seed: int = 0
+) -> list[tuple[str, int, EvalParams]]:
+    """(mode, value, EvalParams) of each point of a budget curve, caps first then waits.
 
-    if not problems:
-        raise ValueError("evaluate: no problems")
-    scorers = make_scorers(best_of, task) if k > 0 else None  # a bad scorer name fails before generating
-    engine = as_engine(model, tokenizer)
-    prompt_ids = render_prompts(tokenizer, problems, template, system)
-    requests: list[tuple[int, Any]] = []  # (problem index, params), greedy first for each problem
-    greedy_params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
-    for i, problem in enumerate(problems):
-        if greedy:
-            requests.append((i, greedy_params))
-        if k > 0:
-            sample_params = SamplingParams(
-                n=k,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                max_new_tokens=max_new_tokens,
-                seed=problem_seed(seed, problem.id),
-            )
-            requests.append((i, sample_params))
-    per_problem = len(requests) // len(problems)
-    bar = RateProgress(len(problems), f"eval {label or task.name}", progress, console)
-    t0 = time.perf_counter()
-    try:
-        outs = generate_chunked(
-            engine,
-            [prompt_ids[i] for i, _ in requests],
-            [sp for _, sp in requests],
-            batch=(batch_problems or len(problems)) * per_problem,
-            progress=lambda done: bar(done // per_problem),
-        )
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    # split the prompt-major output back into per-problem greedy and sampled completions
-    greedy_outs: list[Any] = []
-    sample_outs: list[list[Any]] = [[] for _ in problems]
-    pos = 0
-    for i, sp in requests:
-        chunk = outs[pos : pos + sp.n]
-        pos += sp.n
-        if sp is greedy_params:
-            greedy_outs.append(chunk[0])
-        else:
-            sample_outs[i] = sorted(chunk, key=lambda c: getattr(c, "sample_index", 0))
-    if pos != len(outs):
-        raise RuntimeError(f"engine returned {len(outs)} completions, expected {pos}")
-    texts = [tokenizer.decode(ids) for ids in prompt_ids] if template == "chat" else None
-    records = score_problems(
-        task,
-        problems,
-        sample_outs,
-        tokenizer,
-        greedy=greedy_outs if greedy else None,
-        prompts=texts,
-        scorers=scorers,
+    A cap forces `</think>` after that many thinking tokens; a wait count replaces up to that many sampled
+    `</think>` by `budget.wait_string` while the block is shorter than `budget.min_thinking_tokens`
+    (0 = the completion cap: every early end is suppressed, s1's "ignore the end of thinking N times").
+    `budget.max_new_tokens` 0 = `max_new_tokens`.
+    """
+    cap = budget.max_new_tokens or max_new_tokens
+    base = EvalParams(
+        k=budget.samples,
+        temperature=budget.temperature,
+        top_p=budget.top_p,
+        max_new_tokens=cap,
+        greedy=False,
+        seed=seed,
     )
-    metrics, curves = aggregate(records, ks)
-    tokens = sum(len(c.token_ids) for c in outs)
-    timing = {
-        "seconds": seconds,
-        "problems_per_s": len(problems) / seconds if seconds > 0 else 0.0,
-        "generated_tokens": float(tokens),
-        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-    }
-    return EvalResult(label or task.name, split, metrics, curves, records, timing=timing)
+    floor = budget.min_thinking_tokens or cap
+    points = [("cap", c, replace(base, max_thinking_tokens=c)) for c in budget.caps]
+    points += [
+        ("wait", w, replace(base, min_thinking_tokens=floor, num_wait=w, wait_string=budget.wait_string))
+        for w in budget.waits
+    ]
+    return points
 
 
 def budget_curve(
@@ -732,145 +886,58 @@ def budget_curve(
     tokenizer: Any,
     task: Any,
     problems: Sequence[Any],
+    budget: BudgetSection,
     *,
-    caps: Sequence[int] = (),
-    waits: Sequence[int] = (),
-    min_thinking_tokens: int = 0,
-    wait_string: str = "Wait",
-    samples: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
     max_new_tokens: int = 256,
     seed: int = 0,
     template: str = "chat",
     system: str = "",
     batch_problems: int = 256,
 ) -> list[dict[str, Any]]:
-    """Accuracy against the thinking budget with budget forcing (s1; SPEC §4), in batched generate calls.
+    """Accuracy against the thinking budget with budget forcing (s1, arXiv 2501.19393).
 
-    Every point decodes all problems; all points of a chunk of problems go out in one generate call
-    (per-prompt SamplingParams).
-
-    Args:
-        caps: thinking caps: `</think>` is forced after this many thinking tokens (`max_thinking_tokens`).
-        waits: "Wait" extensions: up to this many sampled `</think>` are replaced by `wait_string`
-            while the block is shorter than `min_thinking_tokens` (0 = max_new_tokens: every early
-            end is suppressed, s1's "ignore the end of thinking N times").
-        samples, temperature, top_p: sampling at each point (default greedy, as s1).
-        Others as in `evaluate`.
+    Every point (`budget_arms`) decodes all problems with `budget.samples` samples at `budget.temperature`
+    (default greedy, as s1); all points of a chunk of problems go out in one generate call
+    (`evaluate_engine`, one arm per point).
 
     Returns:
         One dict per point, caps first then waits: {"mode": "cap" | "wait", "value": cap or wait count,
         "accuracy" (mean correctness over problems and samples), "think_tokens", "answer_tokens"
         (means), "answered" (share with a non-empty answer), "generated_tokens" (total, for costing)}.
     """
-    from r1kit.engine import SamplingParams
-
-    floor = min_thinking_tokens or max_new_tokens
-    base = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    points: list[tuple[str, int, Any]] = [
-        ("cap", c, SamplingParams(**base, max_thinking_tokens=c)) for c in caps
-    ]
-    points += [
-        (
-            "wait",
-            w,
-            SamplingParams(**base, min_thinking_tokens=floor, num_wait=w, wait_string=wait_string),
-        )
-        for w in waits
-    ]
+    points = budget_arms(budget, max_new_tokens, seed)
     if not points or not problems:
         return []
-    engine = as_engine(model, tokenizer)
-    prompt_ids = render_prompts(tokenizer, problems, template, system)
-    requests = [(j, i) for i in range(len(problems)) for j in range(len(points))]
-    outs = generate_chunked(
-        engine,
-        [prompt_ids[i] for _, i in requests],
-        [replace(points[j][2], seed=problem_seed(seed, problems[i].id)) for j, i in requests],
-        batch=(batch_problems or len(problems)) * len(points),
+    results = evaluate_engine(
+        as_engine(model, tokenizer),
+        tokenizer,
+        task,
+        problems,
+        [arm for _, _, arm in points],
+        template=template,
+        system=system,
+        batch_problems=batch_problems,
     )
-    sums = [[0.0] * 5 for _ in points]  # correct, think, answer, answered, generated tokens
-    for idx, (j, i) in enumerate(requests):
-        for c in outs[idx * samples : (idx + 1) * samples]:
-            think, answer = completion_lengths(c.token_ids, tokenizer)
-            s = sums[j]
-            s[0] += is_correct(task.score(c.text, problems[i]))
-            s[1] += think
-            s[2] += answer
-            s[3] += bool(extract_answer(c.text))
-            s[4] += len(c.token_ids)
-    total = len(problems) * samples
-    return [
-        {
-            "mode": mode,
-            "value": value,
-            "accuracy": s[0] / total,
-            "think_tokens": s[1] / total,
-            "answer_tokens": s[2] / total,
-            "answered": s[3] / total,
-            "generated_tokens": int(s[4]),
-        }
-        for (mode, value, _), s in zip(points, sums)
-    ]
+    total = len(problems) * budget.samples
+    out = []
+    for (mode, value, _), result in zip(points, results):
+        records = result.records
+        out.append(
+            {
+                "mode": mode,
+                "value": value,
+                "accuracy": sum(sum(r["correct"]) for r in records) / total,
+                "think_tokens": sum(sum(r["think_tokens"]) for r in records) / total,
+                "answer_tokens": sum(sum(r["answer_tokens"]) for r in records) / total,
+                "answered": sum(sum(bool(a) for a in r["answers"]) for r in records) / total,
+                "generated_tokens": int(result.timing["generated_tokens"]),
+            }
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # plots, tables, files
-
-
-def plot_scaling(curves: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
-    """PNG of accuracy against k: pass@k, maj@k and each best-of-k curve (log2 x axis)."""
-    from matplotlib.figure import Figure  # Agg canvas, imported only when plotting
-
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
-    ax = fig.subplots()
-    ks = curves.get("k", [])
-    for i, (name, ys) in enumerate((n, v) for n, v in curves.items() if n != "k"):
-        label = name.replace("best_of/", "best-of-k ") if name.startswith("best_of/") else name
-        ax.plot(ks, ys, marker="o", label=label, color=f"C{i}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(int(k)) for k in ks])
-    ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "test-time scaling: accuracy vs k")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
-
-
-def plot_budget(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """PNG of budget forcing: accuracy against the thinking cap, and against the number of "Wait"
-    extensions (mean thinking tokens on a second axis)."""
-    from matplotlib.figure import Figure
-
-    modes = [m for m in ("cap", "wait") if any(p["mode"] == m for p in points)]
-    if not modes:
-        raise ValueError("plot_budget: no points")
-    fig = Figure(figsize=(4.8 * len(modes), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(modes), squeeze=False)[0]
-    for ax, mode in zip(axes, modes):
-        pts = [p for p in points if p["mode"] == mode]
-        xs = [p["value"] for p in pts]
-        ax.plot(xs, [p["accuracy"] for p in pts], marker="o", color="C0", label="accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("accuracy")
-        ax.set_xlabel("thinking cap (tokens)" if mode == "cap" else 'number of "Wait" extensions')
-        ax.grid(alpha=0.3)
-        twin = ax.twinx()
-        twin.plot(xs, [p["think_tokens"] for p in pts], marker="s", color="C1", alpha=0.7, label="thinking")
-        twin.set_ylabel("mean thinking tokens", color="C1")
-        ax.set_title("cap (force </think>)" if mode == "cap" else "extend (suppress </think>)")
-    if title:
-        fig.suptitle(title)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
 
 
 def write_records(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
@@ -926,94 +993,80 @@ def format_table(results: Sequence[EvalResult]) -> Any:
 # loading and the stage
 
 
-def run(config: Config, console: Any = None):
-    """Evaluate `model.path` on every (task, split); writes results.json, records and plots to
-    `run.dir`, prints the table. Returns a `RunResult` whose metrics are "{task}/{split}/{metric}"."""
+@dataclass
+class EvalRunResult(RunResult):
+    """What `run` (`r1kit eval`) returns: a `RunResult` (metrics "{task}/{split}/{metric}", cost of the
+    generation) plus `results`, the `EvalResult` of each (task, split) in order (records, curves, budget)."""
+
+    results: list[EvalResult] = field(default_factory=list)
+
+
+def _write_outputs(result: EvalResult, out_dir: Path, run: RunSection) -> None:
+    """The records JSONL and the PNG curves of one (task, split), as `run` asks."""
+    stem = f"{_slug(result.task)}_{_slug(result.split)}"
+    title = f"{result.task} ({result.split})"
+    if run.records:
+        write_records(out_dir / f"records_{stem}.jsonl", result.records)
+    if run.plots:
+        if result.curves.get("k"):
+            plot_scaling(result.curves, out_dir / f"scaling_{stem}.png", title)
+        if result.budget:
+            plot_budget(result.budget, out_dir / f"budget_{stem}.png", title)
+
+
+def _print_results(results: Sequence[EvalResult], out_dir: Path, console: Any) -> None:
+    console.print(format_table(results))
+    for r in results:
+        for p in r.budget:
+            console.print(
+                f"  budget {r.task}/{r.split} {p['mode']}={p['value']}: accuracy {100 * p['accuracy']:.1f}%"
+                f", thinking {p['think_tokens']:.1f} tokens",
+                highlight=False,
+            )
+    console.print(f"results in {out_dir}/ (results.json, records_*.jsonl, *.png)", highlight=False)
+
+
+def run(config: Config, console: Any = None) -> EvalRunResult:
+    """Evaluate `model.path` on every (task, split) (`evaluate`); writes results.json, records and plots to
+    `run.dir`, prints the table. Returns an `EvalRunResult` (metrics "{task}/{split}/{metric}")."""
     import torch
     from rich.console import Console
 
+    from r1kit.config import save_config
     from r1kit.loaders import load_model, set_threads
+    from r1kit.model.counting import flops_per_token
     from r1kit.tasks import get_task, task_kwargs
     from r1kit.train.cost import CostMeter
-    from r1kit.train.result import RunResult
 
     console = console or Console()
     set_threads(config.run.threads)
     model, tokenizer, model_dir = load_model(
         config.model.path, config.model.tokenizer, config.run.device, config.run.dtype
     )
-    device = next(model.parameters()).device
-    meter = CostMeter(device, dtype="bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32")
-    from r1kit.model.counting import flops_per_token
-
-    forward_flops = flops_per_token(model.config, 0) / 3  # training FLOPs are 3x the forward's
+    meter = CostMeter(
+        next(model.parameters()).device,
+        dtype="bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32",
+        dollars_per_device_hour=config.run.dollars_per_hour or None,
+    )
+    # a generated token costs a forward: a third of the training FLOPs, without the MTP head (unused)
+    forward_flops = flops_per_token(model.config, 0, include_mtp=False) / 3
     out_dir = Path(config.run.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    s, b = config.sampling, config.budget
+    s, d = config.sampling, config.data
     results: list[EvalResult] = []
     meter.start()
-    with torch.no_grad():
-        for name in config.data.tasks:
-            task = get_task(name, **task_kwargs(config.data.task_args, name))
-            for split in config.data.splits:
-                problems = task.problems(split=split, n=config.data.problems, seed=config.data.seed)
-                result = evaluate(
-                    model,
-                    tokenizer,
-                    task,
-                    problems,
-                    s.k,
-                    temperature=s.temperature,
-                    top_p=s.top_p,
-                    top_k=s.top_k,
-                    max_new_tokens=s.max_new_tokens,
-                    greedy=s.greedy,
-                    ks=s.ks or None,
-                    best_of=s.best_of,
-                    seed=s.seed,
-                    template=config.data.template,
-                    system=config.data.system,
-                    batch_problems=s.batch_problems,
-                    label=name,
-                    split=split,
-                    progress=config.run.progress,
-                    console=console,
-                )
-                meter.add(
-                    tokens=int(result.timing["generated_tokens"]),
-                    flops=result.timing["generated_tokens"] * forward_flops,
-                )
-                if b.caps or b.waits:
-                    subset = problems[: b.problems] if b.problems else problems
-                    result.budget = budget_curve(
-                        model,
-                        tokenizer,
-                        task,
-                        subset,
-                        caps=b.caps,
-                        waits=b.waits,
-                        min_thinking_tokens=b.min_thinking_tokens,
-                        wait_string=b.wait_string,
-                        samples=b.samples,
-                        temperature=b.temperature,
-                        top_p=b.top_p,
-                        max_new_tokens=b.max_new_tokens or s.max_new_tokens,
-                        seed=s.seed,
-                        template=config.data.template,
-                        system=config.data.system,
-                        batch_problems=s.batch_problems,
-                    )
-                    generated = sum(p["generated_tokens"] for p in result.budget)
-                    meter.add(tokens=generated, flops=generated * forward_flops)
-                stem = f"{_slug(name)}_{_slug(split)}"
-                if config.run.records:
-                    write_records(out_dir / f"records_{stem}.jsonl", result.records)
-                if config.run.plots:
-                    if result.curves.get("k"):
-                        plot_scaling(result.curves, out_dir / f"scaling_{stem}.png", f"{name} ({split})")
-                    if result.budget:
-                        plot_budget(result.budget, out_dir / f"budget_{stem}.png", f"{name} ({split})")
-                results.append(result)
+    for name in d.tasks:
+        task = get_task(name, **task_kwargs(d.task_args, name))
+        for split in d.splits:
+            problems = task.problems(split=split, n=d.problems, seed=d.seed)
+            result = evaluate(
+                model, tokenizer, task, problems, s, config.budget, template=d.template, system=d.system,
+                label=name, split=split, progress=config.run.progress, console=console,
+            )  # fmt: skip
+            generated = result.timing["generated_tokens"] + result.timing.get("budget_generated_tokens", 0.0)
+            meter.add(tokens=int(generated), flops=generated * forward_flops)
+            _write_outputs(result, out_dir, config.run)
+            results.append(result)
     meter.stop()
     cost = meter.summary()
     payload = {
@@ -1023,36 +1076,35 @@ def run(config: Config, console: Any = None):
             "temperature": s.temperature,
             "top_p": s.top_p,
             "max_new_tokens": s.max_new_tokens,
-            "template": config.data.template,
+            "template": d.template,
         },
         "results": [r.summary() for r in results],
         "cost": cost,
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    from r1kit.config import save_config
-
     save_config(config, out_dir / "config.toml", header="r1kit eval: resolved config")
     if config.run.progress:
-        console.print(format_table(results))
-        for r in results:
-            for p in r.budget:
-                console.print(
-                    f"  budget {r.task}/{r.split} {p['mode']}={p['value']}: accuracy {100 * p['accuracy']:.1f}%"
-                    f", thinking {p['think_tokens']:.1f} tokens",
-                    highlight=False,
-                )
-        console.print(f"results in {out_dir}/ (results.json, records_*.jsonl, *.png)", highlight=False)
+        _print_results(results, out_dir, console)
     metrics = {f"{r.task}/{r.split}/{k}": v for r in results for k, v in r.metrics.items()}
-    return RunResult(run_dir=out_dir, metrics=metrics, cost=cost)
+    return EvalRunResult(run_dir=out_dir, metrics=metrics, cost=cost, results=results)
 
 
 __all__ = [
+    "BudgetSection",
     "Config",
+    "DataSection",
+    "EvalParams",
     "EvalResult",
+    "EvalRunResult",
+    "ModelSection",
+    "RunSection",
+    "SamplingSection",
     "aggregate",
+    "budget_arms",
     "budget_curve",
     "completion_lengths",
     "evaluate",
+    "evaluate_engine",
     "extract_answer",
     "format_table",
     "make_scorers",
@@ -1061,6 +1113,7 @@ __all__ = [
     "problem_seed",
     "render_prompts",
     "run",
+    "sampling_params",
     "score_problems",
     "write_records",
 ]

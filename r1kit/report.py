@@ -5,14 +5,19 @@ its cost summary from `r1kit.train.cost`, its plots), and `write_report` renders
 `report.md`: a one-paragraph summary first, then the evaluation table (metric × stage), the cost
 table (wall time, tokens, FLOPs, MFU, device-hours, dollars, as DeepSeek reported theirs), the
 plots, and any notes — including targets that were missed, stated plainly.
+
+Also here: the plots of `r1kit eval` (`plot_scaling`: accuracy vs k; `plot_budget`: budget forcing)
+and the demo's report card (`write_demo_report`, `build_summary`, `plot_stage_accuracy`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -164,3 +169,282 @@ def _relative(plot: str, folder: Path) -> str:
         return str(Path(plot).resolve().relative_to(folder.resolve()))
     except ValueError:
         return str(plot)
+
+
+# ----------------------------------------------------------------------------------------------
+# plots of `r1kit eval` (test-time scaling, budget forcing)
+
+
+def plot_scaling(curves: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
+    """PNG of accuracy against k: pass@k, maj@k and each best-of-k curve (log2 x axis)."""
+    from matplotlib.figure import Figure  # Agg canvas, imported only when plotting
+
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ks = curves.get("k", [])
+    for i, (name, ys) in enumerate((n, v) for n, v in curves.items() if n != "k"):
+        label = name.replace("best_of/", "best-of-k ") if name.startswith("best_of/") else name
+        ax.plot(ks, ys, marker="o", label=label, color=f"C{i}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(int(k)) for k in ks])
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "test-time scaling: accuracy vs k")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def plot_budget(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """PNG of budget forcing: accuracy against the thinking cap, and against the number of "Wait"
+    extensions (mean thinking tokens on a second axis)."""
+    from matplotlib.figure import Figure
+
+    modes = [m for m in ("cap", "wait") if any(p["mode"] == m for p in points)]
+    if not modes:
+        raise ValueError("plot_budget: no points")
+    fig = Figure(figsize=(4.8 * len(modes), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    for ax, mode in zip(axes, modes):
+        pts = [p for p in points if p["mode"] == mode]
+        xs = [p["value"] for p in pts]
+        ax.plot(xs, [p["accuracy"] for p in pts], marker="o", color="C0", label="accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("accuracy")
+        ax.set_xlabel("thinking cap (tokens)" if mode == "cap" else 'number of "Wait" extensions')
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.plot(xs, [p["think_tokens"] for p in pts], marker="s", color="C1", alpha=0.7, label="thinking")
+        twin.set_ylabel("mean thinking tokens", color="C1")
+        ax.set_title("cap (force </think>)" if mode == "cap" else "extend (suppress </think>)")
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the demo's report card (`r1kit demo`)
+
+
+def stage_plots(path: Path, names: tuple[str, ...]) -> list[str]:
+    """The files `names` of the stage directory `path` that exist, as strings (plots to embed)."""
+    return [str(path / n) for n in names if (path / n).is_file()]
+
+
+def plot_stage_accuracy(results: dict[str, dict[str, Any]], path: Path, metric: str = "pass@1") -> Path:
+    """Bar chart of one metric per stage and split (what a reader looks at first)."""
+    from matplotlib.figure import Figure
+
+    stages = list(results)
+    splits = sorted({s for r in results.values() for s in r})
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(splits))
+    for j, split in enumerate(splits):
+        ys = [100 * results[s].get(split, {}).get(metric, 0.0) for s in stages]
+        xs = [i + (j - (len(splits) - 1) / 2) * width for i in range(len(stages))]
+        bars = ax.bar(xs, ys, width, label=split, color=f"C{j}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_ylabel(f"held-out {metric} (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.set_title(f"held-out {metric} by stage")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def split_metrics(results: dict[str, Any], k: int) -> dict[str, float]:
+    """The report's rows of one stage: split -> metrics into "{split} greedy accuracy", "{split} pass@1
+    (k=K)", "{split} maj@K", "{split} pass@K" and "{split} mean thinking tokens"."""
+    out: dict[str, float] = {}
+    for split, m in results.items():
+        out[f"{split} greedy accuracy"] = m.get("greedy_acc", float("nan"))
+        out[f"{split} pass@1 (k={k})"] = m.get("pass@1", float("nan"))
+        out[f"{split} maj@{k}"] = m.get(f"maj@{k}", float("nan"))
+        out[f"{split} pass@{k}"] = m.get(f"pass@{k}", float("nan"))
+        out[f"{split} mean thinking tokens"] = m.get("think_tokens", float("nan"))
+    return out
+
+
+def _points(a: float, b: float) -> str:
+    return f"{100 * (b - a):+.1f} points"
+
+
+def build_summary(
+    recipe: Any,
+    results: dict[str, dict[str, Any]],
+    facts: dict[str, Any],
+    quick: bool,
+) -> tuple[str, list[str]]:
+    """The opening paragraph and the list of targets (met or not), from the measured numbers."""
+    hard = list(recipe.eval_splits)[-1]
+    k = recipe.eval_k
+    sft, rl, ctrl, student = (results.get(n, {}) for n in ("SFT", "GRPO", "SFT control", "student"))
+
+    def p1(r: dict[str, Any], split: str = hard) -> float:
+        return r.get(split, {}).get("pass@1", float("nan"))
+
+    gains = {split: p1(rl, split) - p1(sft, split) for split in recipe.eval_splits}
+    targets = []
+    for split, gain in gains.items():
+        ok = gain >= 0.15
+        targets.append(
+            f"GRPO lifts held-out {split} pass@1 by ≥ 15 points: {'met' if ok else 'NOT met'} "
+            f"({100 * p1(sft, split):.1f}% → {100 * p1(rl, split):.1f}%, {_points(p1(sft, split), p1(rl, split))})"
+        )
+    maj_ok = all(
+        r.get(s, {}).get(f"maj@{k}", 0) >= r.get(s, {}).get("pass@1", 0) - 1e-9
+        for r in results.values()
+        for s in recipe.eval_splits
+    )
+    targets.append(f"maj@{k} ≥ pass@1 for every stage and split: {'met' if maj_ok else 'NOT met'}")
+    splits = list(recipe.eval_splits)
+
+    def versus(a: dict[str, Any], b: dict[str, Any]) -> str:
+        return ", ".join(f"{sp} pass@1 {100 * p1(a, sp):.1f}% vs {100 * p1(b, sp):.1f}%" for sp in splits)
+
+    beat_control = all(p1(rl, sp) > p1(ctrl, sp) for sp in splits)
+    targets.append(
+        f"GRPO beats the same compute spent on more SFT on every split ({versus(rl, ctrl)}): "
+        f"{'yes' if beat_control else 'NO'}"
+    )
+    ratio = facts.get("student_active_ratio", float("nan"))
+    reach = all(p1(student, sp) >= p1(rl, sp) - 0.15 for sp in splits)
+    targets.append(
+        f"student within 15 points of its teacher on every split at {100 * ratio:.0f}% of the teacher's "
+        f"active parameters ({versus(student, rl)}): {'met' if reach else 'NOT met'}"
+    )
+    sft_note = (
+        f"stopped at step {facts.get('sft_steps')} when 4-digit greedy validation accuracy reached "
+        f"{100 * facts.get('sft_val', 0):.0f}% (target {100 * recipe.val_target:.0f}%)"
+        if facts.get("sft_stopped_early")
+        else f"did NOT reach the {100 * recipe.val_target:.0f}% validation target in {facts.get('sft_steps')} steps"
+    )
+
+    def across(r: dict[str, Any]) -> str:
+        return " and ".join(f"{100 * p1(r, sp):.1f}% ({sp})" for sp in splits)
+
+    moves = "; ".join(
+        f"{sp} {100 * p1(sft, sp):.1f}% → {100 * p1(rl, sp):.1f}% ({_points(p1(sft, sp), p1(rl, sp))})"
+        for sp in splits
+    )
+    control_beats = [sp for sp in splits if p1(ctrl, sp) > p1(rl, sp)]
+    verdict = (
+        "RL beat the control on every split"
+        if not control_beats
+        else f"**the control beat RL on {', '.join(control_beats)}**: on this task, with perfect worked "
+        "solutions, the same compute is better spent on more SFT"
+    )
+    summary = (
+        f"{'**Quick smoke test: every stage shrunk, the numbers mean nothing.** ' if quick else ''}"
+        f"A {facts['teacher_params']} DeepSeek-V3-style model (MLA, DeepSeekMoE with {facts['experts']} routed "
+        f"experts and aux-loss-free balancing, MTP; {facts['teacher_active']} active per token) learned "
+        f"column-by-column addition on {facts['device']} in {facts['total_time']} "
+        f"({facts['total_flops']} FLOPs, {facts['total_dollars']}). The cold-start SFT {sft_note}. "
+        f"GRPO (accuracy + format rewards, {facts.get('grpo_steps')} steps of {recipe.grpo_prompts}×{recipe.grpo_group} "
+        f"rollouts on {recipe.rl_digits[0]}–{recipe.rl_digits[1]} digit problems) moved held-out pass@1: {moves}. "
+        f"The same FLOPs spent on more SFT from the same checkpoint reached {across(ctrl)}; {verdict}. "
+        f"A dense student with {100 * ratio:.0f}% of the teacher's active parameters"
+        + (", pretrained on the same corpus and" if recipe.student_pretrain_steps else ",")
+        + f" trained on {facts.get('traces')} verified traces from the RL model, reached {across(student)}. "
+        f"All evaluation problems come from a held-out split with a different seed."
+    )
+    return summary, targets
+
+
+def write_demo_report(
+    recipe: Any,
+    quick: bool,
+    run_dir: Path,
+    results: dict[str, dict[str, Any]],
+    extras: dict[str, Any],
+    costs: dict[str, dict[str, Any]],
+    notes: dict[str, list[str]],
+    facts: dict[str, Any],
+    plots: dict[str, list[str]],
+) -> Path:
+    """Write the demo's report.md / report.json (`write_report`): the summary and targets
+    (`build_summary`), one `StageReport` per stage that ran (its metrics, cost, plots and notes), the
+    evaluation and other costs, totals, the budget-forcing table and how to chat with the result.
+
+    Args:
+        recipe: the demo's recipe (`r1kit.demo.Recipe`); quick: whether it was the smoke-test preset.
+        results: stage -> split -> evaluation metrics; extras: the RL model's {"budget", ...}.
+        costs, notes: stage -> cost summary / note lines ("eval {stage}" costs are summed as "evaluation").
+        facts: the numbers the summary quotes (see `r1kit.demo`); plots: stage title -> PNG paths,
+            and "summary" -> the accuracy-by-stage bar chart.
+    """
+    from r1kit.train.cost import summarize_costs
+
+    k = recipe.eval_k
+    summary, targets = build_summary(recipe, results, facts, quick)
+    order = [
+        ("tokenizer", "tokenizer", None),
+        ("pretrain", "pretrain", None),
+        ("SFT", "SFT", "SFT"),
+        ("GRPO", "GRPO", "GRPO"),
+        ("SFT control", "SFT control", "SFT control"),
+        ("rejection sampling", "rejection sampling", None),
+        ("student pretrain", "student pretrain", None),
+        ("student", "student", "student"),
+    ]
+    reports = []
+    for title, cost_key, eval_key in order:
+        metrics = split_metrics(results[eval_key], k) if eval_key and eval_key in results else {}
+        if cost_key not in costs and not metrics:
+            continue  # a stage this recipe skipped
+        reports.append(
+            StageReport(
+                title,
+                metrics=metrics,
+                cost=costs.get(cost_key, {}),
+                plots=plots.get(title, []),
+                notes=notes.get(cost_key, []),
+            )
+        )
+    eval_costs = {key: c for key, c in costs.items() if key.startswith("eval ")}
+    reports.append(StageReport("evaluation", cost=summarize_costs(eval_costs) if eval_costs else {}))
+    if "other" in costs:
+        reports.append(StageReport("other (data, tokenizing, loading, saving)", cost=costs["other"]))
+    total = summarize_costs([c for c in costs.values() if c.get("wall_s")])
+    budget = extras.get("budget", {})
+    budget_rows = ["| mode | value | accuracy | mean thinking tokens |", "|---|---|---|---|"]
+    for p in budget.get("points", []):
+        budget_rows.append(
+            f"| {p['mode']} | {p['value']} | {100 * p['accuracy']:.1f}% | {p['think_tokens']:.1f} |"
+        )
+    extra = {
+        "Targets": "\n".join(f"- {t}" for t in targets),
+        "Totals": (
+            f"{total['wall_s'] / 60:.1f} min wall clock, {total['tokens'] / 1e6:.2f}M tokens, "
+            f"{total['flops'] / 1e12:.2f} TFLOPs, MFU {100 * total['mfu']:.1f}%, "
+            f"{total['device_hours']:.4f} device-hours, ${total['dollars']:.4f} on {facts['device']}."
+        ),
+        "Held-out accuracy by stage": f"![pass@1 by stage]({Path(plots['summary'][0]).name})",
+        f"Budget forcing ({budget.get('split', '')}, GRPO model, greedy)": "\n".join(budget_rows)
+        + (
+            "\n\nThe chain of thought here has a fixed length (one step per column): a cap below it cuts "
+            'the answer off, and a forced "Wait" (never seen in training) derails the model. Thinking '
+            "longer pays only on tasks where longer reasoning helps."
+        ),
+        "Chat with the result": (
+            f"```\nr1kit serve --model {facts['rl_dir']}     # OpenAI-compatible API + web chat on 127.0.0.1:8000\n"
+            f"r1kit chat --model {facts['rl_dir']}      # in the terminal\n```"
+        ),
+    }
+    return write_report(
+        run_dir / "report.md",
+        "r1kit demo: the DeepSeek-R1 recipe on a laptop",
+        summary,
+        reports,
+        extra_sections=extra,
+    )

@@ -36,7 +36,12 @@ def _table(markdown: str, heading: str) -> list[list[str]]:
 def test_report_tables_are_complete(quick_run):
     run_dir, result = quick_run
     report = (run_dir / "report.md").read_text()
-    assert result["report"] == run_dir / "report.md"
+    assert result.report == run_dir / "report.md" and result.run_dir == run_dir
+    # a RunResult: every evaluation number of demo.json under "{stage}/{split}/{metric}", the total cost
+    demo_json = json.loads((run_dir / "demo.json").read_text())
+    assert result.metrics["GRPO/4-digit/pass@1"] == demo_json["results"]["GRPO"]["4-digit"]["pass@1"]
+    assert len(result.metrics) == sum(len(m) for r in demo_json["results"].values() for m in r.values())
+    assert result.cost["wall_s"] > 0 and result.results == demo_json["results"]
     assert report.startswith("# r1kit demo")
     assert "Quick smoke test" in report  # the summary says plainly that these numbers mean nothing
     evaluation = _table(report, "Evaluation (held-out problems)")
@@ -91,7 +96,7 @@ def test_evaluation_problems_never_trained_on(quick_run):
     for line in (run_dir / "data" / "pretrain.jsonl").read_text().splitlines():
         trained.add(json.loads(line)["text"].split("\n")[0])
     evaluated = set()
-    for path in (run_dir / "eval").glob("*.jsonl"):
+    for path in (run_dir / "eval").rglob("records_*.jsonl"):  # r1kit eval's records, one run per model
         for line in path.read_text().splitlines():
             rendered = json.loads(line)["prompt"]  # the chat-templated prompt; the problem is "a+b"
             evaluated.add(re.search(r"\d+\+\d+", rendered).group(0))

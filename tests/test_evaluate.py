@@ -16,6 +16,8 @@ from r1kit.engine import SamplingParams
 from r1kit.tasks import Problem, Task
 from r1kit.tokenizer import Tokenizer
 
+S = evaluate.SamplingSection
+
 SPECIALS = ["<pad>", "<eos>", "<think>", "</think>"]
 
 
@@ -113,7 +115,7 @@ def scripted():
 
 def test_aggregation_by_hand(scripted):
     tok, engine, task, problems = scripted
-    result = evaluate.evaluate(engine, tok, task, problems, k=4, best_of=["logprob", "accuracy"])
+    result = evaluate.evaluate(engine, tok, task, problems, S(k=4, best_of=["logprob", "accuracy"]))
     m = result.metrics
     assert m["pass@1"] == pytest.approx((3 / 4 + 1 / 4 + 0) / 3)
     # pass@2: 1 - C(n-c, 2) / C(4, 2) = 1 for c = 3, 1 - 3/6 for c = 1, 0 for c = 0
@@ -136,7 +138,7 @@ def test_aggregation_by_hand(scripted):
 
 def test_lengths_answers_and_records(scripted):
     tok, engine, task, problems = scripted
-    result = evaluate.evaluate(engine, tok, task, problems, k=4)
+    result = evaluate.evaluate(engine, tok, task, problems, S(k=4))
     r1 = result.records[1]
     assert r1["answers"] == ["4", "4", "5", ""] and r1["correct"] == [False, False, True, False]
     assert r1["think_tokens"] == [1, 1, 1, 3] and r1["answer_tokens"] == [1, 1, 1, 0]
@@ -151,12 +153,12 @@ def test_lengths_answers_and_records(scripted):
 
 def test_generation_is_batched(scripted):
     tok, engine, task, problems = scripted
-    evaluate.evaluate(engine, tok, task, problems, k=4, batch_problems=2)
+    evaluate.evaluate(engine, tok, task, problems, S(k=4, batch_problems=2))
     # two calls (2 + 1 problems), each with a greedy and a k-sample request per problem
     assert [len(call) for call in engine.calls] == [4, 2]
     assert engine.calls[0][:2] == [("q0<think>", 1, 0.0), ("q0<think>", 4, 0.6)]
     engine.calls.clear()
-    evaluate.evaluate(engine, tok, task, problems, k=4, batch_problems=0)  # 0 = everything in one call
+    evaluate.evaluate(engine, tok, task, problems, S(k=4, batch_problems=0))  # 0 = everything in one call
     assert [len(call) for call in engine.calls] == [6]
     # every problem samples from its own seed, a function of (seed, problem id) only
     seeds = [sp.seed for sp in engine.params if sp.temperature > 0]
@@ -248,9 +250,8 @@ def thinking():
 
 def test_budget_curve_caps_and_waits_with_the_engine(thinking):
     tok, model, task, problems = thinking
-    points = evaluate.budget_curve(
-        model, tok, task, problems, caps=[1, 3, 6, 10], waits=[0, 1, 2], wait_string="W", max_new_tokens=24
-    )
+    budget = evaluate.BudgetSection(caps=[1, 3, 6, 10], waits=[0, 1, 2], wait_string="W")
+    points = evaluate.budget_curve(model, tok, task, problems, budget, max_new_tokens=24)
     caps = [p for p in points if p["mode"] == "cap"]
     waits = [p for p in points if p["mode"] == "wait"]
     # a cap forces </think> after c thinking tokens: min(c, 6) tokens, correct when >= the need
@@ -264,7 +265,7 @@ def test_budget_curve_caps_and_waits_with_the_engine(thinking):
 
 def test_evaluate_with_the_engine(thinking):
     tok, model, task, problems = thinking
-    result = evaluate.evaluate(model, tok, task, problems, k=3, max_new_tokens=24, batch_problems=2)
+    result = evaluate.evaluate(model, tok, task, problems, S(k=3, max_new_tokens=24, batch_problems=2))
     assert result.metrics["greedy_acc"] == pytest.approx(2 / 3)
     assert result.metrics["pass@3"] == pytest.approx(2 / 3)  # peaked logits: every sample is the greedy one
     assert result.metrics["think_tokens"] == 6 and result.metrics["truncated"] == 0
@@ -273,7 +274,7 @@ def test_evaluate_with_the_engine(thinking):
 
 def test_plots_and_records_are_written(tmp_path, scripted):
     tok, engine, task, problems = scripted
-    result = evaluate.evaluate(engine, tok, task, problems, k=4)
+    result = evaluate.evaluate(engine, tok, task, problems, S(k=4))
     png = evaluate.plot_scaling(result.curves, tmp_path / "scaling.png")
     points = [
         {"mode": "cap", "value": v, "accuracy": a, "think_tokens": v, "answer_tokens": 1, "answered": 1}
@@ -359,10 +360,8 @@ def test_evaluate_api_from_a_model_directory(tiny_model_dir):
         None,
         "addition",
         3,
-        k=2,
-        max_new_tokens=6,
-        caps=[2],
-        waits=[1],
+        S(k=2, max_new_tokens=6),
+        evaluate.BudgetSection(caps=[2], waits=[1]),
         task_args={"max_digits": 2},
         device="cpu",
     )
@@ -387,5 +386,5 @@ def test_eval_config_rejects_bad_ks():
 def test_unknown_best_of_scorer_fails_before_generating(scripted):
     tok, engine, task, problems = scripted
     with pytest.raises(ValueError, match="unknown best-of scorer 'bogus': valid are logprob"):
-        evaluate.evaluate(engine, tok, task, problems, k=4, best_of=["bogus"])
+        evaluate.evaluate(engine, tok, task, problems, S(k=4, best_of=["bogus"]))
     assert engine.calls == []

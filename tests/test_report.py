@@ -1,6 +1,7 @@
 """The report card renders every stage, every metric and a cost total."""
 
 import json
+import math
 
 from r1kit.report import StageReport, cost_table, format_metric, format_number, metrics_table, write_report
 
@@ -48,3 +49,41 @@ def test_write_report(tmp_path):
     assert text.startswith("# Demo\n\nIt ran.")
     assert "![SFT](curve.png)" in text and "## Honest control" in text
     assert json.loads(out.with_suffix(".json").read_text())["stages"][0]["metrics"]["pass@1"] == 0.5
+
+
+def _stage(p4: float, p5: float, maj4: float | None = None) -> dict:
+    return {
+        "4-digit": {"pass@1": p4, "maj@8": p4 if maj4 is None else maj4, "pass@8": 1.0, "greedy_acc": 0.5},
+        "5-digit": {"pass@1": p5, "maj@8": p5, "pass@8": 1.0, "greedy_acc": 0.25, "think_tokens": 45.0},
+    }
+
+
+def test_demo_summary_states_each_target_from_the_numbers():
+    from r1kit.demo import Recipe
+    from r1kit.report import build_summary, split_metrics
+
+    results = {
+        "SFT": _stage(0.20, 0.02),
+        "GRPO": _stage(0.90, 0.10, maj4=0.85),  # maj@8 below pass@1: that target is missed
+        "SFT control": _stage(0.80, 0.70),
+        "student": _stage(0.95, 0.05),
+    }
+    facts = {
+        "teacher_params": "1M-parameter", "experts": 8, "teacher_active": "400k", "device": "a CPU",
+        "total_time": "1m", "total_flops": "1T", "total_dollars": "$0", "student_active_ratio": 0.44,
+        "sft_steps": 10, "sft_val": 0.3, "sft_stopped_early": True, "grpo_steps": 5, "traces": 7,
+    }  # fmt: skip
+    summary, targets = build_summary(Recipe(), results, facts, quick=False)
+    assert (
+        targets[0] == "GRPO lifts held-out 4-digit pass@1 by ≥ 15 points: met (20.0% → 90.0%, +70.0 points)"
+    )
+    assert targets[1].startswith("GRPO lifts held-out 5-digit pass@1 by ≥ 15 points: NOT met (2.0% → 10.0%")
+    assert targets[2] == "maj@8 ≥ pass@1 for every stage and split: NOT met"
+    assert targets[3].endswith(": NO")  # the control wins 5-digit (70% vs 10%)
+    assert targets[4].endswith(": met")  # student 95% / 5% vs teacher 90% / 10%: within 15 points
+    assert "**the control beat RL on 5-digit**" in summary and "Quick smoke test" not in summary
+    assert "trained on 7 verified traces" in summary
+    rows = split_metrics(results["GRPO"], 8)
+    assert rows["4-digit pass@1 (k=8)"] == 0.9 and rows["4-digit maj@8"] == 0.85
+    assert rows["5-digit mean thinking tokens"] == 45.0
+    assert math.isnan(rows["4-digit mean thinking tokens"])  # a missing metric shows as "–", not 0

@@ -35,6 +35,7 @@ import torch
 
 from r1kit.config import ConfigError, check_one_of, check_positive, check_range, save_config
 from r1kit.engine import Engine, SamplingParams
+from r1kit.evaluate import EvalParams, evaluate_engine, is_correct
 from r1kit.loaders import load_tokenizer, resolve_device, resolve_model_dir, set_threads
 from r1kit.metrics import pass_at_k
 from r1kit.model import Transformer
@@ -334,29 +335,35 @@ def evaluate_policy(
 ) -> dict[str, float]:
     """Held-out greedy accuracy and pass@1 over `samples` samples (mean correctness), on this rank's share.
 
+    Through the evaluation core (`r1kit.evaluate.evaluate_engine`): one greedy call, then one call of
+    `samples` samples per problem seeded with the one `seed` (rows keyed by their position in the call).
     Under torch.distributed each rank evaluates problems[rank::world] and the counts are summed.
     Returns {"eval/greedy_acc" and "eval/length_mean" (greedy decode, when `greedy`), "eval/pass@1"
     (when samples > 0)}.
     """
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     mine = problems[rank::world]
-    prompts = [tokenizer.prompt_ids(p.prompt, template, system) for p in mine]
     greedy_correct = pass1_sum = length_sum = 0.0
-    if prompts:
+    common = dict(template=template, system=system)
+    if mine:
         if greedy:
-            params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-            outs = engine.generate(prompts, params)
-            greedy_correct = sum(task.score(c.text, mine[c.prompt_index]) >= 1.0 for c in outs)
-            length_sum = sum(len(c.token_ids) for c in outs)
+            # seed None as ever: the engine draws the (unused) greedy seed from torch's RNG
+            params = EvalParams(k=0, greedy=True, max_new_tokens=max_new_tokens, seed=None)
+            (result,) = evaluate_engine(engine, tokenizer, task, mine, params, **common)
+            greedy_correct = sum(is_correct(r["greedy"]["score"]) for r in result.records)
+            length_sum = result.timing["generated_tokens"]
         if samples > 0:
-            params = SamplingParams(
-                n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+            params = EvalParams(
+                k=samples,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                greedy=False,
+                seed=seed,
+                seed_per_problem=False,
             )
-            outs = engine.generate(prompts, params)
-            correct = [0] * len(mine)
-            for c in outs:
-                correct[c.prompt_index] += task.score(c.text, mine[c.prompt_index]) >= 1.0
-            pass1_sum = sum(pass_at_k(samples, k, 1) for k in correct)
+            (result,) = evaluate_engine(engine, tokenizer, task, mine, params, **common)
+            pass1_sum = sum(pass_at_k(samples, sum(r["correct"]), 1) for r in result.records)
     counts = [float(len(mine)), float(greedy_correct), float(pass1_sum), float(length_sum)]
     if dist is not None and dist.distributed:
         counts = all_reduce_sum(counts, dist, device or torch.device("cpu"))
@@ -975,7 +982,6 @@ def run(config: Config) -> GRPOResult:
 
     The Python API needs no TOML: nested sections are plain dataclasses, e.g.
 
-        from r1kit.rl import grpo
         cfg = grpo.Config(run_dir="runs/grpo", max_seconds=240, model=grpo.ModelSection(path="runs/sft"),
                           rollout=grpo.RolloutSection(prompts_per_step=16, group_size=8, max_new_tokens=96),
                           loss=grpo.LossSection(beta=0.0), optim=grpo.OptimSection(lr=1e-4))

@@ -151,29 +151,34 @@ def greedy_validator(
     """``validate(model, step) -> {"val_accuracy", "val_length"}``: greedy decoding of held-out problems.
 
     The problems (``val.num_problems`` of split ``val.split`` of ``val.task``, else ``task_name``) are
-    drawn once; each validation completes them all in one batched ``r1kit.engine.Engine.generate``
-    (temperature 0, ``val.max_new_tokens``, stop at EOS) and averages ``task.score(text, problem)``.
-    ``val_length`` is the mean completion length in tokens.
+    drawn once; each validation completes them all in one batched generate call through the evaluation
+    core (``r1kit.evaluate.evaluate_engine``: temperature 0, ``val.max_new_tokens``, stop at EOS) and
+    averages ``task.score(text, problem)`` (partial credit counts). ``val_length`` is the mean completion
+    length in tokens.
 
     Args:
-        prompt: "chat" or "text" (BOS + system + prompt + newline, the layout of
-            :func:`r1kit.train.data.problem_text` documents): ``Tokenizer.prompt_ids``'s template.
+        prompt: "chat" (the chat template with the generation prompt) or "text" (BOS + system + prompt +
+            newline, the layout of :func:`r1kit.train.data.problem_text` documents).
         system: system prompt put before each problem ("" = none).
     """
-    from r1kit.engine import Engine, SamplingParams
+    from r1kit.engine import Engine
+    from r1kit.evaluate import EvalParams, evaluate_engine, render_prompts
     from r1kit.tasks import get_task
 
     task = get_task(val.task or task_name, **(val.task_args if val.task else task_args))
     problems = task.problems(split=val.split, n=val.num_problems, seed=seed)
-    prompts = [tokenizer.prompt_ids(p.prompt, prompt, system) for p in problems]
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=val.max_new_tokens)
+    prompt_ids = render_prompts(tokenizer, problems, "chat" if prompt == "chat" else "text", system)
+    # seed None as ever: the engine draws the (unused) greedy seed from torch's RNG, once per call
+    params = EvalParams(k=0, greedy=True, max_new_tokens=val.max_new_tokens, seed=None)
 
     def validate(model: torch.nn.Module, step: int) -> dict[str, float]:
-        completions = Engine(model, tokenizer).generate(prompts, params)
-        scores = [task.score(c.text, p) for c, p in zip(completions, problems)]
+        (result,) = evaluate_engine(
+            Engine(model, tokenizer), tokenizer, task, problems, params, prompt_ids=prompt_ids
+        )
+        scores = [r["greedy"]["score"] for r in result.records]
         return {
             "val_accuracy": sum(scores) / len(scores),
-            "val_length": sum(len(c.token_ids) for c in completions) / len(completions),
+            "val_length": result.timing["generated_tokens"] / len(problems),
         }
 
     return validate
