@@ -414,6 +414,47 @@ def step_flops(
     return train_fpt * (sampled_tokens / 3 + trained_tokens * (mu + (1 / 3 if reference else 0)))
 
 
+def rollout_metrics(rollout, dist, device: torch.device) -> dict[str, float]:
+    """Reward, length and truncation statistics of this rank's rollout (summed over ranks)."""
+    lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float64)
+    truncated = torch.tensor([c.finish_reason == "length" for c in rollout.completions], dtype=torch.float64)
+    series = {"reward": rollout.rewards_B.double(), **{k: v.double() for k, v in rollout.parts.items()}}
+    sums = [float(len(rollout)), float(lengths.sum()), float(truncated.sum())]
+    for v in series.values():
+        sums += [float(v.sum()), float((v * v).sum())]
+    sums = all_reduce_sum(sums, dist, device)
+    n = max(sums[0], 1.0)
+    out = {
+        "completion/length_mean": sums[1] / n,
+        "completion/truncated_frac": sums[2] / n,
+        "generated_tokens": sums[1],
+    }
+    max_len = float(lengths.max()) if len(lengths) else 0.0
+    if dist.distributed:
+        t = torch.tensor([max_len], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        max_len = float(t)
+    out["completion/length_max"] = max_len
+    for i, name in enumerate(series):
+        s, ss = sums[3 + 2 * i], sums[4 + 2 * i]
+        mean = s / n
+        std = math.sqrt(max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1.0))
+        key = "reward" if name == "reward" else f"reward/{name}"
+        out[f"{key}/mean"], out[f"{key}/std"] = mean, std
+    return out
+
+
+def gather_stream_states(prompts, dist, device: torch.device) -> list[dict[str, int]]:
+    """Every rank's prompt-stream state (one collective when distributed)."""
+    world, rank = dist.world_size, dist.rank
+    vec = [0.0] * (2 * world)
+    state = prompts.state_dict()
+    vec[2 * rank], vec[2 * rank + 1] = state["epoch"], state["cursor"]
+    if dist.distributed:
+        vec = all_reduce_sum(vec, dist, device)
+    return [{"epoch": int(vec[2 * r]), "cursor": int(vec[2 * r + 1])} for r in range(world)]
+
+
 class GRPOTrainer(Stage):
     """One GRPO run as a :class:`r1kit.train.loop.Stage`: its batches are rollouts (`collect`, with the
     engine) turned into advantage-weighted micro-batches, its loss is `policy_loss`; the step machinery
@@ -541,21 +582,11 @@ class GRPOTrainer(Stage):
         self.policy.load_state_dict({k: v.to(self.device) for k, v in full.items()})
 
     # ------------------------------------------------------------------ checkpointed state
-    def _gather_stream_states(self) -> list[dict[str, int]]:
-        """Every rank's prompt-stream state (one collective)."""
-        world, rank = self.dist.world_size, self.dist.rank
-        vec = [0.0] * (2 * world)
-        state = self.prompts.state_dict()
-        vec[2 * rank], vec[2 * rank + 1] = state["epoch"], state["cursor"]
-        if self.dist.distributed:
-            vec = all_reduce_sum(vec, self.dist, self.device)
-        return [{"epoch": int(vec[2 * r]), "cursor": int(vec[2 * r + 1])} for r in range(world)]
-
     def state_dict(self) -> dict[str, Any]:
         """Rollout state for the loop's checkpoint: every rank's prompt stream, the time split, the first
         evaluation and the step of the reference model (whose weights live in run_dir/reference)."""
         return {
-            "streams": self._gather_stream_states(),
+            "streams": gather_stream_states(self.prompts, self.dist, self.device),
             "time_totals": dict(self.time_totals),
             "first_eval": dict(self.first_eval),
             "ref_step": self.ref_step,
@@ -804,7 +835,7 @@ class GRPOTrainer(Stage):
         self._step_t0 = time.perf_counter()
         self._sync_policy()
         rollout, stats = self.collect()
-        metrics = {**stats, **self.rollout_metrics(rollout)}
+        metrics = {**stats, **rollout_metrics(rollout, self.dist, self.device)}
         micro, prepared = self._prepare(rollout)
         metrics.update(prepared)
         gen_tokens = metrics.pop("generated_tokens")
@@ -839,37 +870,6 @@ class GRPOTrainer(Stage):
     def train_step(self) -> dict[str, float]:
         """One full GRPO step (sample, score, advantages, mu updates, reference reset); returns metrics."""
         return self.loop.train_step()
-
-    def rollout_metrics(self, rollout) -> dict[str, float]:
-        """Reward, length and truncation statistics of this rank's rollout (summed over ranks)."""
-        lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float64)
-        truncated = torch.tensor(
-            [c.finish_reason == "length" for c in rollout.completions], dtype=torch.float64
-        )
-        series = {"reward": rollout.rewards_B.double(), **{k: v.double() for k, v in rollout.parts.items()}}
-        sums = [float(len(rollout)), float(lengths.sum()), float(truncated.sum())]
-        for v in series.values():
-            sums += [float(v.sum()), float((v * v).sum())]
-        sums = all_reduce_sum(sums, self.dist, self.device)
-        n = max(sums[0], 1.0)
-        out = {
-            "completion/length_mean": sums[1] / n,
-            "completion/truncated_frac": sums[2] / n,
-            "generated_tokens": sums[1],
-        }
-        max_len = float(lengths.max()) if len(lengths) else 0.0
-        if self.dist.distributed:
-            t = torch.tensor([max_len], device=self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            max_len = float(t)
-        out["completion/length_max"] = max_len
-        for i, name in enumerate(series):
-            s, ss = sums[3 + 2 * i], sums[4 + 2 * i]
-            mean = s / n
-            std = math.sqrt(max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1.0))
-            key = "reward" if name == "reward" else f"reward/{name}"
-            out[f"{key}/mean"], out[f"{key}/std"] = mean, std
-        return out
 
     def evaluate(self) -> dict[str, float]:
         """Held-out evaluation (see `evaluate_policy`)."""
