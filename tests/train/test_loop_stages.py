@@ -74,6 +74,36 @@ def test_logit_distillation_resumes_exactly(tmp_path: Path):
         assert torch.equal(value, _weights(tmp_path / "split")[name]), name
 
 
+def test_logit_distillation_first_step_loss_by_hand(tmp_path: Path):
+    """Step 1 through the loop (4 micro-batches of 1, loss shares over the global token count) equals
+    `distillation_loss` of the teacher and the fresh student on the whole first batch at once."""
+    from r1kit.tokenizer import Tokenizer
+    from r1kit.train.data import BatchStream, ChatExamples, read_conversations
+    from r1kit.train.pretrain import build_model
+
+    teacher_dir, traces = make_teacher(tmp_path)
+    cfg = logits_config(teacher_dir, traces, tmp_path / "kd", steps=1)
+    distill.run(cfg)
+    row = _rows(tmp_path / "kd")[1]
+    tok = Tokenizer.from_pretrained(teacher_dir)
+    teacher = Transformer.from_pretrained(teacher_dir)
+    student = build_model(cfg.student, tok, torch.device("cpu"), cfg.train.seed)
+    examples = ChatExamples(read_conversations([traces]), tok, cfg.distill.max_len)
+    (batch,) = BatchStream(examples, 4, 0, seed=cfg.train.seed, pad_id=tok.pad_id or 0).next_micro_batches()
+    with torch.no_grad():
+        mask = batch["attention_mask"]
+        loss, parts = distill.distillation_loss(
+            student(batch["input_ids"], attention_mask=mask),
+            teacher(batch["input_ids"], attention_mask=mask),
+            batch["targets"],
+            temperature=cfg.distill.temperature,
+            alpha=cfg.distill.alpha,
+        )
+    assert row["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert row["kl"] == pytest.approx(float(parts["kl"]), rel=1e-5) and row["kl"] > 0
+    assert row["ce"] == pytest.approx(float(parts["ce"]), rel=1e-5)
+
+
 def test_grpo_resumes_exactly_with_reference_and_mu(tmp_path: Path):
     """The rollout state (prompt streams, the reference model reset at step 2, the sampling seeds, RNG)
     comes back from the loop's checkpoint: sampled completions, rewards and losses all match."""
