@@ -463,7 +463,8 @@ class GRPOTrainer(Stage):
 
     Public attributes a test or a notebook may read: `model` (the plain policy), `train_model`
     (DDP-wrapped or the same), `ref_model` (None unless beta > 0), `optimizer`, `scheduler`,
-    `engine`, `tokenizer`, `task`, `step`, `dist`, `device`, `loop` (the Trainer).
+    `engine`, `tokenizer`, `task`, `step`, `dist`, `device`, `loop` (the Trainer: its `meter`,
+    `val_metrics` (the last held-out evaluation) and `elapsed()`).
     """
 
     name = "grpo"
@@ -540,10 +541,6 @@ class GRPOTrainer(Stage):
 
     # ------------------------------------------------------------------ the loop's objects
     @property
-    def is_main(self) -> bool:
-        return self.dist.is_main
-
-    @property
     def step(self) -> int:
         """GRPO steps (rollout batches) done."""
         return self.loop.step
@@ -559,18 +556,6 @@ class GRPOTrainer(Stage):
     @property
     def train_model(self) -> torch.nn.Module:
         return self.loop.wrapped
-
-    @property
-    def meter(self) -> Any:
-        return self.loop.meter
-
-    @property
-    def last_eval(self) -> dict[str, float]:
-        return self.loop.val_metrics
-
-    def elapsed(self) -> float:
-        """Wall seconds of the run so far, earlier segments of a resumed run included."""
-        return self.loop.elapsed()
 
     def _sync_policy(self) -> None:
         """FSDP2: gather the trained weights into the engine's full copy (a collective); else nothing."""
@@ -859,7 +844,7 @@ class GRPOTrainer(Stage):
             self._sync_policy()
             self.ref_model.load_state_dict(self.policy.state_dict())
             self.ref_step = step
-            if self.is_main:
+            if self.dist.is_main:
                 self.policy.save_pretrained(self.run_dir / "reference")
         for k in ("generate", "score", "logprobs", "backward"):
             self.time_totals[k] += {**row, **extra}[f"time/{k}"]
@@ -946,8 +931,8 @@ class GRPOTrainer(Stage):
         cost["time_split_s"] = dict(self.time_totals)
         metrics: dict[str, Any] = {"steps": result.step, "stopped": result.stop_reason}
         metrics.update({f"initial_{k}": v for k, v in self.first_eval.items()})
-        metrics.update({f"final_{k}": v for k, v in self.last_eval.items()})
-        if self.is_main:
+        metrics.update({f"final_{k}": v for k, v in self.loop.val_metrics.items()})
+        if self.dist.is_main:
             summary = {"metrics": metrics, "cost": cost}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         if self.dist.distributed:
