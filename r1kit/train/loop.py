@@ -649,6 +649,11 @@ class _FullOptimizerState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        groups = state.get("param_groups") or [{}]
+        if not _is_sharded(self.model) and isinstance((groups[0].get("params") or ["?"])[0], int):
+            # parameters by index: a plain optimizer.state_dict() (GRPO checkpoints before the one loop)
+            self.optimizer.load_state_dict(state)
+            return
         set_optimizer_state_dict(
             self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True)
         )

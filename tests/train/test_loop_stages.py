@@ -148,3 +148,20 @@ def test_two_ranks_follow_one_rank_for_grpo_and_logit_distillation(tmp_path: Pat
         if stage == "grpo":  # held-out greedy eval before training ran on the (FSDP2-gathered) policy
             assert _rows(two_dir)[0]["eval/greedy_acc"] == _rows(one_dir)[0]["eval/greedy_acc"]
             assert "eval/greedy_acc" in _rows(two_dir)[2]
+
+
+def test_checkpoints_with_a_plain_optimizer_state_still_load():
+    """GRPO checkpoints written before the one loop hold ``optimizer.state_dict()`` (parameters by index);
+    the loop's restore accepts them (its own state, parameters by name, is what the resume tests load)."""
+    from r1kit.train.loop import _FullOptimizerState, build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    trained = build_optimizer(model, 1e-2)
+    model(torch.randn(2, 3)).sum().backward()
+    trained.step()
+    fresh = build_optimizer(model, 1e-2)
+    _FullOptimizerState(model, fresh).load_state_dict(trained.state_dict())
+    want, got = trained.state_dict()["state"], fresh.state_dict()["state"]
+    assert sorted(got) == sorted(want) == [0, 1, 2, 3]
+    for index in want:
+        torch.testing.assert_close(got[index]["exp_avg_sq"], want[index]["exp_avg_sq"], rtol=0, atol=0)
