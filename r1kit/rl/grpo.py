@@ -587,6 +587,8 @@ class GRPOTrainer(Stage):
             self.prompts.load_state_dict({"epoch": max(s["epoch"] for s in streams) + 1, "cursor": 0})
         self.time_totals.update(extra.get("time_totals", {}))
         self.first_eval = dict(extra.get("first_eval", {}))
+        if "last_eval" in extra and not extra.get("validation"):  # a checkpoint from before the one loop
+            self.loop.val_metrics = dict(extra["last_eval"])
         self.ref_step = int(extra.get("ref_step", 0))
         self._sync_policy()
         if self.ref_model is not None:

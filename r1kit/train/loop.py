@@ -1,7 +1,14 @@
-"""The training loop every stage shares, as plain functions.
+"""The one training loop: every stage that trains (pretraining, SFT, trace and logit distillation,
+the GRPO update) runs through :class:`Trainer`; a stage supplies only its batches and its loss.
 
-Pieces (GRPO and distillation reuse them one by one; pretraining and SFT use all of them
-through :func:`fit`):
+- :class:`Stage`: ``batches(step) -> StepWork`` (this rank's micro-batches and the step's tokens and
+  FLOPs) and ``loss(model, micro_batch) -> (loss, metrics)``, plus optional hooks (``before_update``,
+  ``after_step``, ``validate``, ``should_stop``, ``state_dict``/``load_state_dict``, ``plot``).
+- :class:`Trainer`: wrap, optimiser, schedule, updates, MoE bias, checkpoint/resume, metrics,
+  TensorBoard, progress bar, cost, validation and stop rules; :class:`LMStage` and :func:`fit` are
+  the next-token stage and its entry point.
+
+The pieces it is made of (usable on their own):
 
 - :func:`setup_distributed` / :func:`cleanup_distributed`: torchrun environment → process group
   (nccl on CUDA, gloo on CPU), or a no-op :class:`DistInfo` for a single process.
@@ -20,8 +27,6 @@ through :func:`fit`):
   expert load summed over ranks, returning load-balance metrics.
 - :func:`save_training_state` / :func:`restore_training_state`: checkpoints through
   ``r1kit.train.checkpoint`` (model in HF layout, optimizer, scheduler, RNG, data position).
-- :func:`fit`: the supervised loop (pretraining, SFT, distillation) with checkpoints, resume, cost
-  accounting, metrics, progress bar, validation with early stop and the loss plot.
 """
 
 from __future__ import annotations
