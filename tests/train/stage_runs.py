@@ -4,7 +4,6 @@ worker that runs them on 2 gloo ranks."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rl"))  # grpo_fixtures
 from grpo_fixtures import make_policy_dir, make_tokenizer  # noqa: E402
+from tiny_runs import torchrun_env  # noqa: E402
 
 from r1kit import distill  # noqa: E402
 from r1kit.config import load_config  # noqa: E402
@@ -119,13 +119,7 @@ def stage_worker(rank: int, world_size: int, port: int, root: str) -> None:
     ``root/two/<stage>-<strategy>`` (inputs made beforehand under ``root``)."""
     import torch.distributed as dist
 
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    torchrun_env(rank, world_size, port)
     base = Path(root)
     replay_rollouts(base / "rollouts.pt")
     dist.init_process_group("gloo")  # one group for all cases; the stages leave a group they did not start
