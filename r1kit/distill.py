@@ -26,9 +26,7 @@ Both commands read the same config file, so a pipeline is
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -41,7 +39,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from r1kit.config import ConfigError, check_positive, check_range, save_config
+from r1kit.config import ConfigError, check_positive, check_range
 from r1kit.evaluate import (
     EvalParams,
     as_engine,
@@ -54,22 +52,20 @@ from r1kit.rewards import format_reward
 from r1kit.tasks import get_task, task_kwargs
 from r1kit.tokenizer import Tokenizer, format_assistant, split_reasoning
 from r1kit.train import sft
-from r1kit.train.cost import CostMeter, format_cost
+from r1kit.train.cost import CostMeter
 from r1kit.train.data import BatchStream, ChatExamples, read_conversations
-from r1kit.train.log import MetricsLogger, ProgressBar, plot_metrics
+from r1kit.train.log import plot_metrics
 from r1kit.train.loop import (
     IGNORE_INDEX,
+    LMStage,
     RunConfig,
     TrainConfig,
-    autocast_for,
-    build_optimizer,
-    build_scheduler,
-    count_targets,
-    moe_balance_step,
+    Trainer,
+    cleanup_distributed,
     prepare_run_dir,
-    train_step,
+    run_result,
 )
-from r1kit.train.pretrain import build_model, start_stage
+from r1kit.train.pretrain import build_model, start_stage, validation_hooks
 from r1kit.train.result import RunResult
 from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection
 
@@ -628,8 +624,6 @@ def run(config: Config, console: Any = None) -> DistillRunResult:
     else:
         if not config.teacher.path:
             raise ConfigError("distill.method = 'logits' needs teacher.path (the teacher's logits)")
-        if config.run.resume:
-            raise ConfigError("distill.method = 'logits' does not support run.resume; start a new run.dir")
         result = _run_logits(config, files, console)
     model_dir = Path(result.metrics.get("model_dir") or Path(result.run_dir) / "model")
     return DistillRunResult(
@@ -641,124 +635,111 @@ def run(config: Config, console: Any = None) -> DistillRunResult:
     )
 
 
-def _run_logits(config: Config, files: list[str], console: Any = None):
-    """Logit distillation: a compact single-process loop over `r1kit.train.loop`'s pieces (optimizer,
-    schedule, `train_step`), with the teacher's forward inside the loss."""
-    train, run_cfg, d = config.train, config.run, config.distill
-    dist, device = start_stage(train)
-    if dist.distributed:
-        raise RuntimeError(
-            "logit distillation runs in one process; use distill.method = 'sft' under torchrun"
-        )
-    prepare_run_dir(run_cfg)
-    teacher, tokenizer, _ = load_model(config.teacher.path, config.teacher.tokenizer, device, "fp32")
-    teacher.requires_grad_(False)
-    if d.tokenizer and not _same_tokenizer(Tokenizer.from_pretrained(d.tokenizer), tokenizer):
-        raise ValueError(
-            f"logit distillation needs the teacher's tokenizer; distill.tokenizer {d.tokenizer} has a "
-            "different vocabulary (use distill.method = 'sft')"
-        )
-    student = build_model(config.student, tokenizer, device, train.seed)
-    check_same_vocabulary(teacher, student)
-    examples = ChatExamples(read_conversations(files), tokenizer, d.max_len)
-    stream = BatchStream(
-        examples, train.batch_size, train.micro_batch_size, seed=train.seed, pad_id=tokenizer.pad_id or 0
-    )
-    optimizer = build_optimizer(student, train.lr, train.weight_decay, (train.beta1, train.beta2), train.eps)
-    scheduler = build_scheduler(
-        optimizer, train.warmup_steps, train.steps, train.schedule, train.min_lr_ratio
-    )
-    autocast = autocast_for(device, train.precision)
-    validate = None
-    if config.val.every:
-        validate = sft.greedy_validator(
-            config.val, _sft_config(config, files, "").data, tokenizer, train.seed
-        )
-    run_dir = Path(run_cfg.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.toml", header="r1kit distill (logits): resolved config")
-    # student forward + backward, plus the teacher's forward (a third of its training FLOPs)
-    flops_tok = flops_per_token(student.config, 0) + flops_per_token(teacher.config, 0) / 3
-    meter = CostMeter(device, dtype="fp32" if autocast is contextlib.nullcontext else "bf16")
-    logger = MetricsLogger(run_dir, stage="distill", tensorboard=run_cfg.tensorboard)
-    bar = ProgressBar(train.steps, "distill (logits)", console=console, quiet=not run_cfg.progress)
+class LogitStage(LMStage):
+    """Logit distillation as a :class:`r1kit.train.loop.Stage`: the student's batches are those of an
+    :class:`LMStage` on the traces; the loss is :func:`distillation_loss` against the teacher's logits,
+    computed in the loss (one no-grad teacher forward per micro-batch)."""
 
-    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], token_norm: float):
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        section: DistillSection,
+        stream: Any,
+        student: torch.nn.Module,
+        train: TrainConfig,
+        **kwargs: Any,
+    ):
+        super().__init__(stream, student, train, name="distill", **kwargs)
+        self.teacher, self.temperature, self.alpha = teacher, section.temperature, section.alpha
+        self.use_mtp = False  # the student's MTP head (if any) gets no loss here
+        # student forward + backward, plus the teacher's forward (a third of its training FLOPs)
+        teacher_matmul = flops_per_token(teacher.config, 0)
+        self.flops_matmul += teacher_matmul / 3
+        self.flops_attn += (flops_per_token(teacher.config, 1) - teacher_matmul) / 3
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch.get("attention_mask")
         with torch.no_grad():
-            teacher_logits = teacher(batch["input_ids"], attention_mask=mask)
+            teacher_logits = self.teacher(batch["input_ids"], attention_mask=mask)
         student_logits = model(batch["input_ids"], attention_mask=mask)
         return distillation_loss(
             student_logits,
             teacher_logits,
             batch["targets"],
-            temperature=d.temperature,
-            alpha=d.alpha,
-            token_norm=token_norm,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            token_norm=self._norms[0],
         )
 
-    stats, val_metrics, stop_reason, step = None, {}, None, 0
-    student.train()
-    meter.start()
+    def plot(self, run_dir: Path) -> None:
+        with contextlib.suppress(ValueError):
+            plot_metrics(run_dir, run_dir / "loss.png", keys=["loss", "kl", "ce"], title="distill (logits)")
+
+
+def _run_logits(config: Config, files: list[str], console: Any = None):
+    """Logit distillation: a :class:`LogitStage` run by `r1kit.train.loop.Trainer` (resume, DDP/FSDP2,
+    metrics, cost and validation as in every stage)."""
+    train, d = config.train, config.distill
+    dist, device = start_stage(train)
     try:
-        for step in range(1, train.steps + 1):
-            micro = [{k: v.to(device) for k, v in b.items()} for b in stream.next_micro_batches()]
-            n_tok = sum(count_targets(b["targets"])[0] for b in micro)
-            tokens = sum(int(b["input_ids"].numel()) for b in micro)
-            stats = train_step(
-                student,
-                optimizer,
-                micro,
-                functools.partial(loss_fn, token_norm=max(n_tok, 1)),
-                scheduler=scheduler,
-                grad_clip=train.grad_clip,
-                autocast=autocast,
-                step=step,
+        resume_from = prepare_run_dir(config.run)
+        teacher, tokenizer, _ = load_model(config.teacher.path, config.teacher.tokenizer, device, "fp32")
+        teacher.requires_grad_(False)
+        if d.tokenizer and not _same_tokenizer(Tokenizer.from_pretrained(d.tokenizer), tokenizer):
+            raise ValueError(
+                f"logit distillation needs the teacher's tokenizer; distill.tokenizer {d.tokenizer} has a "
+                "different vocabulary (use distill.method = 'sft')"
             )
-            moe = moe_balance_step(student, train.moe_bias_gamma)
-            speed = meter.add(tokens=tokens, flops=tokens * flops_tok)
-            row = {"loss": stats.loss, **stats.metrics, "lr": stats.lr, "grad_norm": stats.grad_norm, **moe}
-            row["tokens_per_s"] = speed["tokens_per_s"]
-            if validate is not None and (step % config.val.every == 0 or step == train.steps):
-                meter.stop()
-                student.eval()
-                with torch.no_grad():
-                    val_metrics = dict(validate(student, step))
-                student.train()
-                meter.start()
-                row.update(val_metrics)
-                target = config.val.target_accuracy
-                if target > 0 and val_metrics["val_accuracy"] >= target:
-                    stop_reason = f"val_accuracy {val_metrics['val_accuracy']:.3f} >= target {target}"
-            if step % run_cfg.log_every == 0 or step == train.steps or stop_reason:
-                logger.log(row, step=step)
-            bar.update(loss=stats.loss, tokens_per_s=speed["tokens_per_s"])
-            if stop_reason or (run_cfg.stop_after and step >= run_cfg.stop_after):
-                break
+        student = build_model(config.student, tokenizer, device, train.seed)
+        check_same_vocabulary(teacher, student)
+        examples = ChatExamples(read_conversations(files), tokenizer, d.max_len)
+        stream = BatchStream(
+            examples,
+            train.batch_size,
+            train.micro_batch_size,
+            seed=train.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            pad_id=tokenizer.pad_id or 0,
+        )
+        data = _sft_config(config, files, "").data
+        validate, should_stop = validation_hooks(
+            config.val,
+            data.task,
+            data.task_args,
+            tokenizer,
+            stage_prompt="chat",
+            system=data.system,
+            seed=train.seed,
+        )
+        stage = LogitStage(
+            teacher,
+            d,
+            stream,
+            student,
+            train,
+            dist=dist,
+            device=device,
+            validate=validate,
+            should_stop=should_stop,
+        )
+        trainer = Trainer(
+            student,
+            stage,
+            train,
+            config.run,
+            dist=dist,
+            device=device,
+            tokenizer=tokenizer,
+            config=config,
+            validate_every=config.val.every,
+            console=console,
+        )
+        if resume_from is not None:
+            trainer.restore(resume_from)
+        return run_result(trainer.run(), trainer.run_dir)
     finally:
-        meter.stop()
-        bar.close()
-        logger.close()
-    model_dir = run_dir / "model"
-    student.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    try:
-        plot_metrics(run_dir, run_dir / "loss.png", keys=["loss", "kl", "ce"], title="distill (logits)")
-    except ValueError:
-        pass
-    cost = meter.summary()
-    if run_cfg.progress:
-        (console or Console()).print(f"distill cost: {format_cost(cost)}", highlight=False)
-    loss = stats.loss if stats is not None else math.nan
-    metrics = {
-        "loss": loss,
-        "steps": step,
-        "stopped_early": stop_reason is not None,
-        "stop_reason": stop_reason,
-        "model_dir": str(model_dir),
-        **val_metrics,
-    }
-    return RunResult(run_dir=run_dir, metrics=metrics, cost=cost)
+        cleanup_distributed(dist)
 
 
 __all__ = [

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from r1kit.config import ConfigError, check_one_of, check_positive, check_range, save_config
+from r1kit.config import ConfigError, check_one_of, check_positive, check_range
 from r1kit.engine import Engine, SamplingParams
 from r1kit.evaluate import EvalParams, evaluate_engine, is_correct
 from r1kit.loaders import load_tokenizer, resolve_device, resolve_model_dir, set_threads
@@ -41,7 +42,8 @@ from r1kit.metrics import pass_at_k
 from r1kit.model import Transformer
 from r1kit.model.counting import flops_per_token
 from r1kit.rewards import combine, get_reward
-from r1kit.rl.losses import entropy_from_logits, group_advantages, policy_loss
+from r1kit.rl import losses  # called as losses.policy_loss so tests can spy on it
+from r1kit.rl.losses import group_advantages
 from r1kit.rl.rollout import (
     PromptStream,
     Rollout,
@@ -52,19 +54,18 @@ from r1kit.rl.rollout import (
 )
 from r1kit.seeding import stable_seed
 from r1kit.tasks import get_task
-from r1kit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r1kit.train.cost import CostMeter
-from r1kit.train.log import MetricsLogger, ProgressBar, plot_metrics
+from r1kit.train.checkpoint import latest_checkpoint
+from r1kit.train.log import plot_metrics
 from r1kit.train.loop import (
+    LoopResult,
+    RunConfig,
+    Stage,
+    StepWork,
+    TrainConfig,
+    Trainer,
     all_reduce_sum,
-    autocast_for,
-    build_optimizer,
-    build_scheduler,
     cleanup_distributed,
-    moe_balance_step,
     setup_distributed,
-    train_step,
-    wrap_model,
 )
 from r1kit.train.result import RunResult
 from r1kit.train.sections import ModelDirSection
@@ -224,7 +225,8 @@ class Config:
     seed (int): seed of the prompt order and of the sampling streams.
     device (str): "auto" (CUDA if available), "cpu", "cuda", "cuda:1".
     precision (str): "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"; weights stay fp32.
-    strategy (str): "none" or "ddp" (under torchrun "none" becomes "ddp").
+    strategy (str): "none", "ddp" or "fsdp2" (under torchrun "none" becomes "ddp"); with fsdp2 the
+        engine samples from a full copy of the policy gathered after every step.
     threads (int): torch CPU threads; 0 = torch's default.
     max_steps (int): steps (rollout batches) of the whole run; 0 = no limit (then max_seconds must be set).
     max_seconds (float): wall-clock budget in seconds, evaluation included; 0 = none.
@@ -241,7 +243,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    strategy: Literal["none", "ddp"] = "none"
+    strategy: Literal["none", "ddp", "fsdp2"] = "none"
     threads: int = 0
     max_steps: int = 100
     max_seconds: float = 0.0
@@ -392,13 +394,60 @@ def step_flops(
     return train_fpt * (sampled_tokens / 3 + trained_tokens * (mu + (1 / 3 if reference else 0)))
 
 
-class GRPOTrainer:
-    """The state of one GRPO run; `run(config)` builds it and calls `train()`.
+def rollout_metrics(rollout, dist, device: torch.device) -> dict[str, float]:
+    """Reward, length and truncation statistics of this rank's rollout (summed over ranks)."""
+    lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float64)
+    truncated = torch.tensor([c.finish_reason == "length" for c in rollout.completions], dtype=torch.float64)
+    series = {"reward": rollout.rewards_B.double(), **{k: v.double() for k, v in rollout.parts.items()}}
+    sums = [float(len(rollout)), float(lengths.sum()), float(truncated.sum())]
+    for v in series.values():
+        sums += [float(v.sum()), float((v * v).sum())]
+    sums = all_reduce_sum(sums, dist, device)
+    n = max(sums[0], 1.0)
+    out = {
+        "completion/length_mean": sums[1] / n,
+        "completion/truncated_frac": sums[2] / n,
+        "generated_tokens": sums[1],
+    }
+    max_len = float(lengths.max()) if len(lengths) else 0.0
+    if dist.distributed:
+        t = torch.tensor([max_len], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        max_len = float(t)
+    out["completion/length_max"] = max_len
+    for i, name in enumerate(series):
+        s, ss = sums[3 + 2 * i], sums[4 + 2 * i]
+        mean = s / n
+        std = math.sqrt(max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1.0))
+        key = "reward" if name == "reward" else f"reward/{name}"
+        out[f"{key}/mean"], out[f"{key}/std"] = mean, std
+    return out
+
+
+def gather_stream_states(prompts, dist, device: torch.device) -> list[dict[str, int]]:
+    """Every rank's prompt-stream state (one collective when distributed)."""
+    world, rank = dist.world_size, dist.rank
+    vec = [0.0] * (2 * world)
+    state = prompts.state_dict()
+    vec[2 * rank], vec[2 * rank + 1] = state["epoch"], state["cursor"]
+    if dist.distributed:
+        vec = all_reduce_sum(vec, dist, device)
+    return [{"epoch": int(vec[2 * r]), "cursor": int(vec[2 * r + 1])} for r in range(world)]
+
+
+class GRPOTrainer(Stage):
+    """One GRPO run as a :class:`r1kit.train.loop.Stage`: its batches are rollouts (`collect`, with the
+    engine) turned into advantage-weighted micro-batches, its loss is `policy_loss`; the step machinery
+    (optimiser, schedule, accumulation, clipping, DDP/FSDP2, MoE bias, checkpoints, logs, stop rules) is
+    `r1kit.train.loop.Trainer`'s. `run(config)` builds it and calls `train()`.
 
     Public attributes a test or a notebook may read: `model` (the plain policy), `train_model`
     (DDP-wrapped or the same), `ref_model` (None unless beta > 0), `optimizer`, `scheduler`,
-    `engine`, `tokenizer`, `task`, `step`, `dist`, `device`.
+    `engine`, `tokenizer`, `task`, `step`, `dist`, `device`, `loop` (the Trainer: its `meter`,
+    `val_metrics` (the last held-out evaluation) and `elapsed()`).
     """
+
+    name = "grpo"
 
     def __init__(self, config: Config):
         self.config = c = config
@@ -413,6 +462,7 @@ class GRPOTrainer:
                 f"{world} ranks"
             )
         self.local_prompts = c.rollout.prompts_per_step // world
+        self.updates_per_step = c.loss.mu
 
         self.model_dir = resolve_model_dir(c.model.path)
         self.tokenizer = load_tokenizer(self.model_dir, c.model.tokenizer)
@@ -424,7 +474,9 @@ class GRPOTrainer:
         self.ref_model = None
         if c.loss.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.autocast = autocast_for(self.device, c.precision)
+        # FSDP2 shards the policy in place: the engine samples from a full copy refreshed every step
+        sharded = self.dist.distributed and c.strategy == "fsdp2"
+        self.policy = copy.deepcopy(self.model) if sharded else self.model
 
         self.task = get_task(c.data.task, **c.data.task_args)
         train_problems = self.task.problems(split="train", n=c.data.train_problems, seed=c.seed)
@@ -437,99 +489,89 @@ class GRPOTrainer:
         self.reward_fn = build_reward(c, self.task)
         self.prompt_cache: dict[str, list[int]] = {}
 
-        self.optimizer = build_optimizer(
-            self.model, c.optim.lr, weight_decay=c.optim.weight_decay, betas=(c.optim.beta1, c.optim.beta2)
+        self.loop = Trainer(
+            self.model,
+            self,
+            _train_section(c),
+            _run_section(c),
+            dist=self.dist,
+            device=self.device,
+            tokenizer=self.tokenizer,
+            config=c,
+            steps=c.max_steps,
+            max_seconds=c.max_seconds,
+            validate_every=c.eval.every,
+            validate_at_start=True,
+            validate_on_stop=True,
         )
-        total_updates = max(c.max_steps, 1) * c.loss.mu
-        self.scheduler = build_scheduler(
-            self.optimizer, c.optim.warmup_steps, total_updates, c.optim.schedule
-        )
-        self.train_model = wrap_model(self.model, c.strategy, self.dist)
-        self.engine = Engine(self.model, self.tokenizer)
-
-        bf16 = c.precision == "bf16" or (c.precision == "auto" and self.device.type == "cuda")
-        self.meter = CostMeter(self.device, dtype="bf16" if bf16 else "fp32", world_size=world)
-        self.step = 0
-        self.elapsed_before = 0.0  # wall seconds of earlier segments of a resumed run
+        self.autocast = self.loop.autocast
+        self.engine = Engine(self.policy, self.tokenizer)
         self.time_totals = {"generate": 0.0, "score": 0.0, "logprobs": 0.0, "backward": 0.0, "eval": 0.0}
-        self.last_eval: dict[str, float] = {}
         self.first_eval: dict[str, float] = {}
         self.ref_step = 0
+        self._update: dict[str, Any] = {}  # the current batch's normalisers and timers
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ the loop's objects
     @property
-    def is_main(self) -> bool:
-        return self.dist.is_main
+    def step(self) -> int:
+        """GRPO steps (rollout batches) done."""
+        return self.loop.step
 
-    def _gather_stream_states(self) -> list[dict[str, int]]:
-        """Every rank's prompt-stream state (one collective)."""
-        world, rank = self.dist.world_size, self.dist.rank
-        vec = [0.0] * (2 * world)
-        state = self.prompts.state_dict()
-        vec[2 * rank], vec[2 * rank + 1] = state["epoch"], state["cursor"]
-        if self.dist.distributed:
-            vec = all_reduce_sum(vec, self.dist, self.device)
-        return [{"epoch": int(vec[2 * r]), "cursor": int(vec[2 * r + 1])} for r in range(world)]
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.loop.optimizer
 
-    def save(self) -> Path | None:
-        """Checkpoint the run (rank 0 writes; every rank takes part in the gather)."""
-        streams = self._gather_stream_states()
-        path = None
-        if self.is_main:
-            extra = {
-                "streams": streams,
-                "cost": self.meter.state_dict(),
-                "elapsed": self.elapsed(),
-                "time_totals": dict(self.time_totals),
-                "first_eval": dict(self.first_eval),
-                "last_eval": dict(self.last_eval),
-                "ref_step": self.ref_step,
-            }
-            path = save_checkpoint(
-                self.run_dir,
-                self.step,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                extra=extra,
-                keep_last=self.config.keep_last,
-            )
-        self._barrier()
-        return path
+    @property
+    def scheduler(self) -> Any:
+        return self.loop.scheduler
+
+    @property
+    def train_model(self) -> torch.nn.Module:
+        return self.loop.wrapped
+
+    def _sync_policy(self) -> None:
+        """FSDP2: gather the trained weights into the engine's full copy (a collective); else nothing."""
+        if self.policy is self.model:
+            return
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        self.policy.load_state_dict({k: v.to(self.device) for k, v in full.items()})
+
+    # ------------------------------------------------------------------ checkpointed state
+    def state_dict(self) -> dict[str, Any]:
+        """Rollout state for the loop's checkpoint: every rank's prompt stream, the time split, the first
+        evaluation and the step of the reference model (whose weights live in run_dir/reference)."""
+        return {
+            "streams": gather_stream_states(self.prompts, self.dist, self.device),
+            "time_totals": dict(self.time_totals),
+            "first_eval": dict(self.first_eval),
+            "ref_step": self.ref_step,
+        }
+
+    def load_state_dict(self, extra: dict[str, Any]) -> None:
+        streams = extra.get("streams") or []
+        if len(streams) == self.dist.world_size:
+            self.prompts.load_state_dict(streams[self.dist.rank])
+        elif streams:  # a different world size: continue every rank from the furthest epoch
+            self.prompts.load_state_dict({"epoch": max(s["epoch"] for s in streams) + 1, "cursor": 0})
+        self.time_totals.update(extra.get("time_totals", {}))
+        self.first_eval = dict(extra.get("first_eval", {}))
+        if "last_eval" in extra and not extra.get("validation"):  # a checkpoint from before the one loop
+            self.loop.val_metrics = dict(extra["last_eval"])
+        self.ref_step = int(extra.get("ref_step", 0))
+        self._sync_policy()
+        if self.ref_model is not None:
+            ref_dir = self.run_dir / "reference"
+            source = ref_dir if (ref_dir / "config.json").is_file() and self.ref_step > 0 else self.model_dir
+            ref = Transformer.from_pretrained(source, device=self.device, dtype=torch.float32)
+            self.ref_model.load_state_dict(ref.state_dict())
 
     def resume(self) -> bool:
         """Restore the latest checkpoint of run_dir if there is one; returns whether it did."""
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        extra = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-        self.step = int(extra["step"])
-        streams = extra.get("streams") or []
-        if len(streams) == self.dist.world_size:
-            self.prompts.load_state_dict(streams[self.dist.rank])
-        elif streams:  # a different world size: continue every rank from the furthest epoch
-            self.prompts.load_state_dict({"epoch": max(s["epoch"] for s in streams) + 1, "cursor": 0})
-        if "cost" in extra:
-            self.meter.load_state_dict(extra["cost"])
-        self.elapsed_before = float(extra.get("elapsed", 0.0))
-        self.time_totals.update(extra.get("time_totals", {}))
-        self.first_eval = dict(extra.get("first_eval", {}))
-        self.last_eval = dict(extra.get("last_eval", {}))
-        self.ref_step = int(extra.get("ref_step", 0))
-        if self.ref_model is not None:
-            ref_dir = self.run_dir / "reference"
-            source = ref_dir if (ref_dir / "config.json").is_file() and self.ref_step > 0 else self.model_dir
-            ref = Transformer.from_pretrained(source, device=self.device, dtype=torch.float32)
-            self.ref_model.load_state_dict(ref.state_dict())
+        self.loop.restore(ckpt)
         return True
-
-    def _barrier(self) -> None:
-        if self.dist.distributed:
-            torch.distributed.barrier()
-
-    def elapsed(self) -> float:
-        """Wall seconds of the run so far, earlier segments of a resumed run included."""
-        return self.elapsed_before + (time.perf_counter() - self._t_start)
 
     # ------------------------------------------------------------------ one step
     def _sampling_params(self, round_: int):
@@ -556,7 +598,7 @@ class GRPOTrainer:
         request = target
         while True:
             problems = self.prompts.take(request)
-            self.model.eval()
+            self.policy.eval()
             with self.autocast():
                 rollout, tg, ts = sample_groups(
                     self.engine,
@@ -633,15 +675,14 @@ class GRPOTrainer:
             for chunk in chunks
         ]
 
-    def update(self, rollout) -> dict[str, float]:
-        """Advantages, reference log-probs, then `mu` optimiser steps on the rollout."""
+    def _prepare(self, rollout) -> tuple[list, dict[str, float]]:
+        """Advantages, the rows to run, their micro-batches, the loss normalisers (summed over ranks) and
+        the reference log-probs (when beta > 0) of one rollout batch."""
         c = self.config
-        lo = c.loss
-        temperature = c.rollout.temperature if c.rollout.temperature > 0 else 1.0
         advantages_B = self._advantages(rollout.rewards_B)
         counted_B = self._counted_tokens(rollout)
         rows = list(range(len(rollout)))
-        if lo.beta == 0:
+        if c.loss.beta == 0:
             # Without a KL term a row with advantage exactly 0 has a loss of exactly 0 and no gradient
             # (whatever the ratio): leave it out of the forward/backward but keep it in the normalisers
             # below, so the update is the same as with it. One row stays so every rank runs a backward.
@@ -650,115 +691,124 @@ class GRPOTrainer:
         global_rows, global_tokens, kept_tokens = all_reduce_sum(
             [float(len(rollout)), sum(counted_B), sum(counted_B[i] for i in rows)], self.dist, self.device
         )
-        global_tokens, kept_tokens = max(global_tokens, 1.0), max(kept_tokens, 1.0)
-        t_logp = 0.0
-
+        temperature = c.rollout.temperature if c.rollout.temperature > 0 else 1.0
+        t0 = time.perf_counter()
         if self.ref_model is not None:
-            t0 = time.perf_counter()
             with torch.no_grad(), self.autocast():
                 for mb in micro:
                     mb.ref_logp_BT = completion_logprobs(self.ref_model, mb, temperature)[0].float()
-            t_logp += time.perf_counter() - t0
-
-        metrics: dict[str, float] = {}
-        forward_s = [0.0]
-        first = [True]
-
-        def loss_fn(model, mb):
-            t0 = time.perf_counter()
-            logp_BT, logits_BLV = completion_logprobs(model, mb, temperature)
-            if mb.old_logp_BT is None:
-                # first update: the policy is still the one that sampled, so this forward's log-prob,
-                # detached, is old_logp (ratio 1 in value, REINFORCE gradient); kept for the next mu - 1
-                mb.old_logp_BT = logp_BT.detach()
-            loss, m = policy_loss(
-                logp_BT,
-                mb.old_logp_BT,
-                mb.ref_logp_BT,
-                mb.advantages_B,
-                mb.mask_BT,
-                loss_type=lo.loss_type,
-                eps_low=lo.eps_low,
-                eps_high=lo.eps_high,
-                beta=lo.beta,
-                max_completion_length=c.rollout.max_new_tokens,
-            )
-            rows, tokens = float(mb.mask_BT.shape[0]), mb.num_tokens
-            # this micro-batch's share of the global batch loss (train_step sums contributions)
-            weight = tokens / global_tokens if lo.loss_type == "dapo" else rows / global_rows
-            share = tokens / kept_tokens  # metrics: means over the rows that were run
-            out = {k: torch.tensor(v * share) for k, v in m.items() if k != "loss"}
-            if first[0]:
-                with torch.no_grad():
-                    ent_BT = entropy_from_logits(logits_BLV.detach()).gather(1, mb.index_BT)
-                    out["entropy"] = (ent_BT * mb.mask_BT).sum() / kept_tokens
-            forward_s[0] += time.perf_counter() - t0
-            return loss * weight, out
-
-        for it in range(lo.mu):
-            first[0] = it == 0
-            self.train_model.train()
-            t0 = time.perf_counter()
-            forward_s[0] = 0.0
-            stats = train_step(
-                self.train_model,
-                self.optimizer,
-                micro,
-                loss_fn,
-                scheduler=self.scheduler,
-                grad_clip=c.optim.grad_clip,
-                dist=self.dist,
-                autocast=self.autocast,
-                step=self.step + 1,
-            )
-            moe = moe_balance_step(self.train_model, c.optim.moe_bias_gamma, self.dist)
-            t_logp += forward_s[0]
-            metrics.setdefault("time/backward", 0.0)
-            metrics["time/backward"] += time.perf_counter() - t0 - forward_s[0]
-            if it == 0:
-                metrics.update({k: v for k, v in stats.metrics.items()})
-                metrics["loss"] = stats.loss
-                metrics["grad_norm"] = stats.grad_norm
-                metrics["lr"] = stats.lr
-                metrics.update(moe)
-        metrics["time/logprobs"] = t_logp
-        metrics["rows_skipped_frac"] = (len(rollout) - len(rows)) / max(len(rollout), 1)
-        # the rows that ran forward and backward (zero-advantage rows skipped above cost nothing)
-        metrics["train_tokens"] = float(
-            sum(len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids) for i in rows)
-        )
-        return metrics
-
-    def rollout_metrics(self, rollout) -> dict[str, float]:
-        """Reward, length and truncation statistics of this rank's rollout (summed over ranks)."""
-        lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float64)
-        truncated = torch.tensor(
-            [c.finish_reason == "length" for c in rollout.completions], dtype=torch.float64
-        )
-        series = {"reward": rollout.rewards_B.double(), **{k: v.double() for k, v in rollout.parts.items()}}
-        sums = [float(len(rollout)), float(lengths.sum()), float(truncated.sum())]
-        for v in series.values():
-            sums += [float(v.sum()), float((v * v).sum())]
-        sums = all_reduce_sum(sums, self.dist, self.device)
-        n = max(sums[0], 1.0)
-        out = {
-            "completion/length_mean": sums[1] / n,
-            "completion/truncated_frac": sums[2] / n,
-            "generated_tokens": sums[1],
+        self._update = {
+            "temperature": temperature,
+            "global_rows": global_rows,
+            "global_tokens": max(global_tokens, 1.0),
+            "kept_tokens": max(kept_tokens, 1.0),
+            "ref_s": time.perf_counter() - t0,
+            "forward_s": 0.0,
+            "first": True,
+            "t0": time.perf_counter(),
         }
-        max_len = float(lengths.max()) if len(lengths) else 0.0
-        if self.dist.distributed:
-            t = torch.tensor([max_len], device=self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            max_len = float(t)
-        out["completion/length_max"] = max_len
-        for i, name in enumerate(series):
-            s, ss = sums[3 + 2 * i], sums[4 + 2 * i]
-            mean = s / n
-            std = math.sqrt(max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1.0))
-            key = "reward" if name == "reward" else f"reward/{name}"
-            out[f"{key}/mean"], out[f"{key}/std"] = mean, std
-        return out
+        metrics = {
+            "rows_skipped_frac": (len(rollout) - len(rows)) / max(len(rollout), 1),
+            # the rows that ran forward and backward (zero-advantage rows skipped above cost nothing)
+            "train_tokens": float(
+                sum(len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids) for i in rows)
+            ),
+        }
+        return micro, metrics
+
+    def before_update(self, index: int) -> None:
+        self._update["first"] = index == 0
+        if index == 0:
+            self._update["t0"] = time.perf_counter()
+
+    def loss(self, model: torch.nn.Module, mb: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy loss of one micro-batch as its share of the global batch loss."""
+        c, u = self.config, self._update
+        t0 = time.perf_counter()
+        logp_BT, logits_BLV = completion_logprobs(model, mb, u["temperature"])
+        if mb.old_logp_BT is None:
+            # first update: the policy is still the one that sampled, so this forward's log-prob,
+            # detached, is old_logp (ratio 1 in value, REINFORCE gradient); kept for the next mu - 1
+            mb.old_logp_BT = logp_BT.detach()
+        loss, m = losses.policy_loss(
+            logp_BT,
+            mb.old_logp_BT,
+            mb.ref_logp_BT,
+            mb.advantages_B,
+            mb.mask_BT,
+            loss_type=c.loss.loss_type,
+            eps_low=c.loss.eps_low,
+            eps_high=c.loss.eps_high,
+            beta=c.loss.beta,
+            max_completion_length=c.rollout.max_new_tokens,
+        )
+        rows, tokens = float(mb.mask_BT.shape[0]), mb.num_tokens
+        # this micro-batch's share of the global batch loss (train_step sums contributions)
+        dapo = c.loss.loss_type == "dapo"
+        weight = tokens / u["global_tokens"] if dapo else rows / u["global_rows"]
+        share = tokens / u["kept_tokens"]  # metrics: means over the rows that were run
+        out = {k: torch.tensor(v * share) for k, v in m.items() if k != "loss"}
+        if u["first"]:
+            with torch.no_grad():
+                ent_BT = losses.entropy_from_logits(logits_BLV.detach()).gather(1, mb.index_BT)
+                out["entropy"] = (ent_BT * mb.mask_BT).sum() / u["kept_tokens"]
+        u["forward_s"] += time.perf_counter() - t0
+        return loss * weight, out
+
+    def _update_times(self) -> dict[str, float]:
+        u = self._update
+        return {
+            "time/logprobs": u["ref_s"] + u["forward_s"],
+            "time/backward": time.perf_counter() - u["t0"] - u["forward_s"],
+        }
+
+    def update(self, rollout) -> dict[str, float]:
+        """Advantages, reference log-probs, then `mu` optimiser steps on the rollout (the loop's update)."""
+        micro, metrics = self._prepare(rollout)
+        row = self.loop.update(micro, self.step + 1)
+        return {**row, **metrics, **self._update_times()}
+
+    def batches(self, step: int) -> StepWork:
+        """The loop's batch of a GRPO step: sample and score a rollout, then its micro-batches and cost."""
+        c = self.config
+        self._step_t0 = time.perf_counter()
+        self._sync_policy()
+        rollout, stats = self.collect()
+        metrics = {**stats, **rollout_metrics(rollout, self.dist, self.device)}
+        micro, prepared = self._prepare(rollout)
+        metrics.update(prepared)
+        gen_tokens = metrics.pop("generated_tokens")
+        sampled, trained = all_reduce_sum(
+            [metrics.pop("sampled_tokens"), metrics.pop("train_tokens")], self.dist, self.device
+        )
+        seq = max(1, int(metrics["completion/length_mean"]))
+        train_fpt = flops_per_token(self.model.config, seq, include_mtp=False)
+        flops = step_flops(train_fpt, sampled, trained, c.loss.mu, self.ref_model is not None)
+        metrics["cost/tokens_generated"] = gen_tokens
+        metrics["cost/tokens_sampled"] = sampled
+        metrics["cost/tokens_trained"] = trained
+        metrics["cost/flops"] = flops
+        return StepWork(micro, tokens=gen_tokens, flops=flops, metrics=metrics)
+
+    def after_step(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
+        """Update timings, the reference reset every `loss.ref_reset_every` steps, the step's time."""
+        c = self.config
+        extra: dict[str, Any] = self._update_times()
+        if self.ref_model is not None and c.loss.ref_reset_every and step % c.loss.ref_reset_every == 0:
+            self._sync_policy()
+            self.ref_model.load_state_dict(self.policy.state_dict())
+            self.ref_step = step
+            if self.dist.is_main:
+                self.policy.save_pretrained(self.run_dir / "reference")
+        for k in ("generate", "score", "logprobs", "backward"):
+            self.time_totals[k] += {**row, **extra}[f"time/{k}"]
+        extra["time/step"] = time.perf_counter() - self._step_t0
+        extra["tokens_per_s"] = row["cost/tokens_generated"] / max(extra["time/step"], 1e-9)
+        return extra
+
+    def train_step(self) -> dict[str, float]:
+        """One full GRPO step (sample, score, advantages, mu updates, reference reset); returns metrics."""
+        return self.loop.train_step()
 
     def evaluate(self) -> dict[str, float]:
         """Held-out evaluation (see `evaluate_policy`)."""
@@ -784,154 +834,109 @@ class GRPOTrainer:
         self.time_totals["eval"] += time.perf_counter() - t0
         return out
 
-    def train_step(self) -> dict[str, float]:
-        """One full GRPO step: sample, score, advantages, mu updates, reference reset. Returns metrics."""
-        c = self.config
-        t0 = time.perf_counter()
-        rollout, stats = self.collect()
-        metrics = {**stats, **self.rollout_metrics(rollout)}
-        metrics.update(self.update(rollout))
-        self.step += 1
-        if self.ref_model is not None and c.loss.ref_reset_every and self.step % c.loss.ref_reset_every == 0:
-            self.ref_model.load_state_dict(self.model.state_dict())
-            self.ref_step = self.step
-            if self.is_main:
-                self.model.save_pretrained(self.run_dir / "reference")
-        for k in ("generate", "score", "logprobs", "backward"):
-            self.time_totals[k] += metrics[f"time/{k}"]
-        gen_tokens = metrics.pop("generated_tokens")
-        sampled, trained = all_reduce_sum(
-            [metrics.pop("sampled_tokens"), metrics.pop("train_tokens")], self.dist, self.device
-        )
-        seq = max(1, int(metrics["completion/length_mean"]))
-        train_fpt = flops_per_token(self.model.config, seq, include_mtp=False)
-        flops = step_flops(train_fpt, sampled, trained, c.loss.mu, self.ref_model is not None)
-        step_cost = self.meter.add(int(gen_tokens), flops)
-        metrics["cost/tokens_generated"] = gen_tokens
-        metrics["cost/tokens_sampled"] = sampled
-        metrics["cost/tokens_trained"] = trained
-        metrics["cost/flops"] = flops
-        metrics["time/step"] = time.perf_counter() - t0
-        metrics["tokens_per_s"] = gen_tokens / max(metrics["time/step"], 1e-9)
-        metrics["mfu"] = step_cost["mfu"]
-        return metrics
+    def validate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """The loop's validation: the held-out evaluation (the one before the first step is kept)."""
+        self._sync_policy()
+        out = self.evaluate()
+        if step == 0:
+            self.first_eval = dict(out)
+        return out
 
-    # ------------------------------------------------------------------ the loop
-    def _should_stop(self) -> str | None:
-        c = self.config
-        reason = None
-        if c.max_steps and self.step >= c.max_steps:
-            reason = "max_steps"
-        elif c.max_seconds and self.elapsed() >= c.max_seconds:
-            reason = "max_seconds"
-        if self.dist.distributed:  # rank 0's clock decides for everyone
-            flag = torch.tensor([{None: 0, "max_steps": 1, "max_seconds": 2}[reason]], device=self.device)
-            torch.distributed.broadcast(flag, src=0)
-            reason = {0: None, 1: "max_steps", 2: "max_seconds"}[int(flag)]
-        return reason
+    def progress_fields(self, row: dict[str, Any], val_metrics: dict[str, float]) -> dict[str, Any]:
+        fields = {
+            "reward": row["reward/mean"],
+            "len": row["completion/length_mean"],
+            "s/step": row["time/step"],
+        }
+        if "eval/pass@1" in val_metrics:
+            fields["pass@1"] = val_metrics["eval/pass@1"]
+        return fields
 
+    def plot(self, run_dir: Path) -> None:
+        """aha.png: reward, held-out accuracy and completion length over steps."""
+        c = self.config
+        keys = [k for k in PLOT_KEYS if k in _metric_keys(run_dir / "metrics.jsonl")]
+        if c.plot and keys:
+            plot_metrics(
+                run_dir / "metrics.jsonl",
+                run_dir / "aha.png",
+                keys=keys,
+                title=f"GRPO ({c.loss.loss_type}) on {c.data.task}",
+                stage="grpo",
+            )
+
+    # ------------------------------------------------------------------ the run
     def train(self) -> GRPOResult:
         """Run until max_steps / max_seconds; returns the run's `RunResult`."""
-        c = self.config
-        self._t_start = time.perf_counter()
-        resumed = False
-        if c.resume:
-            resumed = self.resume()
-        elif (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").iterdir()):
+        checkpoints = self.run_dir / "checkpoints"
+        if self.config.resume:
+            self.resume()
+        elif checkpoints.is_dir() and any(checkpoints.iterdir()):
             raise ConfigError(
                 f"{self.run_dir} already holds checkpoints; pass --resume true or pick another run_dir"
             )
-        logger = None
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.run_dir / "config.toml")
-            if not resumed:  # a fresh run (no checkpoint) starts a fresh metrics file
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            logger = MetricsLogger(
-                self.run_dir,
-                stage="grpo",
-                tensorboard=c.tensorboard,
-                resume_step=self.step if resumed else None,
-            )
-        bar = ProgressBar(
-            c.max_steps or None, "grpo", quiet=not (c.progress and self.is_main), start_step=self.step
-        )
-        self.meter.start()
-        stopped = None
-        try:
-            if c.eval.every and not resumed:
-                self.last_eval = self.first_eval = self.evaluate()
-                if logger is not None:
-                    logger.log({**self.last_eval}, step=0)
-            while (stopped := self._should_stop()) is None:
-                metrics = self.train_step()
-                due_eval = c.eval.every and self.step % c.eval.every == 0
-                if due_eval:
-                    self.last_eval = self.evaluate()
-                    metrics.update(self.last_eval)
-                metrics["elapsed_s"] = self.elapsed()
-                if logger is not None and (self.step % c.log_every == 0 or due_eval):
-                    logger.log(metrics, step=self.step)
-                if self.step % c.log_every == 0:
-                    fields = {
-                        "reward": metrics["reward/mean"],
-                        "len": metrics["completion/length_mean"],
-                        "s/step": metrics["time/step"],
-                    }
-                    if "eval/pass@1" in self.last_eval:
-                        fields["pass@1"] = self.last_eval["eval/pass@1"]
-                    bar.update(1 if c.log_every == 1 else c.log_every, **fields)
-                if c.save_every and self.step % c.save_every == 0:
-                    self.save()
-            if c.eval.every and self.step % c.eval.every != 0:
-                self.last_eval = self.evaluate()
-                if logger is not None:
-                    logger.log({**self.last_eval, "elapsed_s": self.elapsed()}, step=self.step)
-            self.save()
-        finally:
-            self.meter.stop()
-            bar.close()
-            if logger is not None:
-                logger.close()
-        return self._finish(stopped)
+        return self._finish(self.loop.run(step_fn=lambda: self.train_step()))
 
-    def _finish(self, stopped: str | None) -> GRPOResult:
-        """Save the final model + tokenizer, the aha plot and the summary; build the GRPOResult."""
-        c = self.config
-        cost = self.meter.summary()
+    def _finish(self, result: LoopResult) -> GRPOResult:
+        """The summary (summary.json) and the GRPOResult; the loop has saved the model and the plot."""
+        cost = dict(result.cost)
         cost["time_split_s"] = dict(self.time_totals)
-        metrics: dict[str, Any] = {"steps": self.step, "stopped": stopped}
+        metrics: dict[str, Any] = {"steps": result.step, "stopped": result.stop_reason}
         metrics.update({f"initial_{k}": v for k, v in self.first_eval.items()})
-        metrics.update({f"final_{k}": v for k, v in self.last_eval.items()})
-        if self.is_main:
-            final = self.run_dir / "model"
-            self.model.save_pretrained(final)
-            self.tokenizer.save_pretrained(final)
-            if c.plot:
-                keys = [k for k in PLOT_KEYS if k in _metric_keys(self.run_dir / "metrics.jsonl")]
-                if keys:
-                    plot_metrics(
-                        self.run_dir / "metrics.jsonl",
-                        self.run_dir / "aha.png",
-                        keys=keys,
-                        title=f"GRPO ({c.loss.loss_type}) on {c.data.task}",
-                        stage="grpo",
-                    )
+        metrics.update({f"final_{k}": v for k, v in self.loop.val_metrics.items()})
+        if self.dist.is_main:
             summary = {"metrics": metrics, "cost": cost}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        self._barrier()
+        if self.dist.distributed:
+            torch.distributed.barrier()
         metrics_path = self.run_dir / "metrics.jsonl"
         plot = self.run_dir / "aha.png"
         return GRPOResult(
             run_dir=self.run_dir,
             metrics=metrics,
             cost=cost,
-            model_dir=self.run_dir / "model",
+            model_dir=result.model_dir,
             metrics_path=metrics_path,
-            steps=self.step,
+            steps=result.step,
             eval_history=eval_history(metrics_path),
             plot_path=plot if plot.is_file() else None,
         )
+
+
+def _train_section(c: Config) -> TrainConfig:
+    """GRPO's [optim] and top-level settings as the loop's [train] section (the schedule spans
+    max_steps x mu optimiser steps)."""
+    o = c.optim
+    return TrainConfig(
+        steps=max(c.max_steps, 1),
+        batch_size=c.rollout.prompts_per_step * c.rollout.group_size,
+        lr=o.lr,
+        warmup_steps=o.warmup_steps,
+        schedule=o.schedule,
+        weight_decay=o.weight_decay,
+        beta1=o.beta1,
+        beta2=o.beta2,
+        grad_clip=o.grad_clip,
+        device=c.device,
+        precision=c.precision,
+        strategy=c.strategy,
+        seed=c.seed,
+        threads=c.threads,
+        moe_bias_gamma=o.moe_bias_gamma,
+    )
+
+
+def _run_section(c: Config) -> RunConfig:
+    """GRPO's top-level run settings as the loop's [run] section."""
+    return RunConfig(
+        dir=c.run_dir,
+        resume=c.resume,
+        save_every=c.save_every,
+        keep_last=c.keep_last,
+        log_every=c.log_every,
+        progress=c.progress,
+        tensorboard=c.tensorboard,
+    )
 
 
 @dataclass
@@ -987,8 +992,9 @@ def run(config: Config) -> GRPOResult:
                           loss=grpo.LossSection(beta=0.0), optim=grpo.OptimSection(lr=1e-4))
         result = grpo.run(cfg)    # result.model_dir, result.eval_history, result.cost, ...
     """
-    trainer = GRPOTrainer(config)
+    trainer = None
     try:
+        trainer = GRPOTrainer(config)
         return trainer.train()
-    finally:
-        cleanup_distributed()
+    finally:  # end the process group only if this run started it
+        cleanup_distributed(trainer.dist if trainer is not None else None)

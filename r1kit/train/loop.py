@@ -1,7 +1,14 @@
-"""The training loop every stage shares, as plain functions.
+"""The one training loop: every stage that trains (pretraining, SFT, trace and logit distillation,
+the GRPO update) runs through :class:`Trainer`; a stage supplies only its batches and its loss.
 
-Pieces (GRPO and distillation reuse them one by one; pretraining and SFT use all of them
-through :func:`fit`):
+- :class:`Stage`: ``batches(step) -> StepWork`` (this rank's micro-batches and the step's tokens and
+  FLOPs) and ``loss(model, micro_batch) -> (loss, metrics)``, plus optional hooks (``before_update``,
+  ``after_step``, ``validate``, ``should_stop``, ``state_dict``/``load_state_dict``, ``plot``).
+- :class:`Trainer`: wrap, optimiser, schedule, updates, MoE bias, checkpoint/resume, metrics,
+  TensorBoard, progress bar, cost, validation and stop rules; :class:`LMStage` and :func:`fit` are
+  the next-token stage and its entry point.
+
+The pieces it is made of (usable on their own):
 
 - :func:`setup_distributed` / :func:`cleanup_distributed`: torchrun environment → process group
   (nccl on CUDA, gloo on CPU), or a no-op :class:`DistInfo` for a single process.
@@ -20,16 +27,14 @@ through :func:`fit`):
   expert load summed over ranks, returning load-balance metrics.
 - :func:`save_training_state` / :func:`restore_training_state`: checkpoints through
   ``r1kit.train.checkpoint`` (model in HF layout, optimizer, scheduler, RNG, data position).
-- :func:`fit`: the supervised loop (pretraining, SFT, distillation) with checkpoints, resume, cost
-  accounting, metrics, progress bar, validation with early stop and the loss plot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -637,6 +642,11 @@ class _FullOptimizerState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        groups = state.get("param_groups") or [{}]
+        if not _is_sharded(self.model) and isinstance((groups[0].get("params") or ["?"])[0], int):
+            # parameters by index: a plain optimizer.state_dict() (GRPO checkpoints before the one loop)
+            self.optimizer.load_state_dict(state)
+            return
         set_optimizer_state_dict(
             self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True)
         )
@@ -741,8 +751,378 @@ def prepare_run_dir(run: RunConfig) -> Path | None:
     return found if run.resume else None
 
 
+# the loop: a stage supplies batches and a loss, the Trainer does the rest
+
+
+@dataclass
+class StepWork:
+    """What a stage hands the loop for one step.
+
+    micro_batches: this rank's share of the step's batch, split for accumulation (passed one by one to
+        ``Stage.loss``).
+    tokens / flops: the step's tokens and training FLOPs summed over ranks, for the cost meter.
+    metrics: more entries of the step's metrics row (e.g. reward statistics of a rollout).
+    """
+
+    micro_batches: Sequence[Any]
+    tokens: float = 0.0
+    flops: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Stage:
+    """A training stage as :class:`Trainer` sees it: its batches and its loss, plus optional hooks.
+
+    Override :meth:`batches` and :meth:`loss`; the other members have defaults that do nothing.
+
+    name: used in logs, the progress bar and the config header ("pretrain", "sft", "distill", "grpo").
+    updates_per_step: optimiser steps taken on each step's batch (GRPO's mu; 1 elsewhere). The
+        scheduler spans ``train.steps x updates_per_step``; the row reports the first update.
+    validate: ``validate(model, step) -> metrics`` or None; run in eval mode without gradients.
+    """
+
+    name: str = "train"
+    updates_per_step: int = 1
+    validate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None
+
+    def batches(self, step: int) -> StepWork:
+        """The micro-batches of 1-based ``step`` (and its cost), on this rank's device."""
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, micro_batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, metrics)`` of one micro-batch as contributions to the global batch loss (see
+        :func:`train_step`)."""
+        raise NotImplementedError
+
+    def before_update(self, index: int) -> None:
+        """Called before the ``index``-th (0-based) optimiser step on the current batch."""
+
+    def after_step(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
+        """Called after the updates of ``step`` with its metrics row; returns entries to add to it."""
+        return {}
+
+    def should_stop(self, val_metrics: dict[str, float]) -> str | None:
+        """A reason to end training after a validation (early stop), or None."""
+        return None
+
+    def progress_fields(self, row: dict[str, Any], val_metrics: dict[str, float]) -> dict[str, Any]:
+        """The live fields of the progress bar after a step."""
+        return {"loss": row["loss"], "tokens_per_s": row["tokens_per_s"], "mfu": row["mfu"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stage state saved in every checkpoint (data position, rollout streams...); every rank calls
+        it (it may be a collective) and rank 0's is written. Merged into the checkpoint's ``extra``."""
+        return {}
+
+    def load_state_dict(self, extra: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s entries from a checkpoint's ``extra``."""
+
+    def plot(self, run_dir: Path) -> None:
+        """Draw the run's plot at the end (rank 0): by default the loss curve to ``loss.png``."""
+        from r1kit.train.log import plot_metrics
+
+        with contextlib.suppress(ValueError):  # nothing logged (e.g. resumed at the last step)
+            plot_metrics(run_dir, run_dir / "loss.png", keys=["loss"], title=f"{self.name} loss")
+
+
+@dataclass
+class LoopResult:
+    """What :meth:`Trainer.run` returns.
+
+    step: the last optimiser-batch step done; stats: its :class:`StepStats` (None if no step ran);
+    stop_reason: "max_steps" (the run's length), "max_seconds", "run.stop_after = N" or the stage's early
+    stop reason; val_metrics: the last validation; cost: the CostMeter summary; model_dir: the export.
+    """
+
+    step: int
+    stats: StepStats | None
+    stop_reason: str
+    val_metrics: dict[str, float]
+    cost: dict[str, Any]
+    model_dir: Path
+
+
+class Trainer:
+    """The step machinery, once: wrap (DDP/FSDP2, compile), AdamW, schedule, accumulation, autocast,
+    clipping, NaN guard, MoE bias update, checkpoint/resume, metrics and TensorBoard, progress bar, cost,
+    validation and the stop rules (step count, ``run.stop_after``, a wall-clock budget, early stop).
+
+    Args:
+        model: the plain model on ``device``; trained in place (FSDP2 shards it in place).
+        stage: the :class:`Stage` that supplies batches and the loss.
+        train, run: the [train] and [run] sections (``train.steps`` sets the schedule's length).
+        dist, device: from :func:`setup_distributed` and :func:`resolve_device`.
+        tokenizer: saved next to the model in checkpoints and in ``run_dir/model``.
+        config: the stage's config, written to ``run_dir/config.toml``.
+        steps: steps of the whole run; None = ``train.steps``, 0 = no limit (then ``max_seconds``).
+        max_seconds: wall-clock budget of the run (segments of a resumed run included); 0 = none.
+        validate_every: run ``stage.validate`` every N steps and at the last step; 0 = never.
+        validate_at_start: also validate before the first step of a fresh run (logged at step 0).
+        validate_on_stop: also validate at the step where any stop rule ends the run.
+        console: a rich Console for the progress bar and the cost line.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        stage: Stage,
+        train: TrainConfig,
+        run: RunConfig,
+        *,
+        dist: DistInfo,
+        device: torch.device,
+        tokenizer: Any = None,
+        config: Any = None,
+        steps: int | None = None,
+        max_seconds: float = 0.0,
+        validate_every: int = 0,
+        validate_at_start: bool = False,
+        validate_on_stop: bool = False,
+        console: Any = None,
+    ):
+        from r1kit.train.cost import CostMeter
+
+        self.core, self.stage, self.train, self.run_config = model, stage, train, run
+        self.dist, self.device, self.tokenizer, self.config, self.console = (
+            dist,
+            device,
+            tokenizer,
+            config,
+            console,
+        )
+        self.steps = train.steps if steps is None else steps
+        self.max_seconds = max_seconds
+        self.validate_every, self.validate_at_start = validate_every, validate_at_start
+        self.validate_on_stop = validate_on_stop
+        self.run_dir = Path(run.dir)
+        self.autocast = autocast_for(device, train.precision)
+        self.wrapped = wrap_model(model, train.strategy, dist, compile=train.compile)
+        self.optimizer = build_optimizer(
+            model, train.lr, train.weight_decay, (train.beta1, train.beta2), train.eps
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            train.warmup_steps,
+            train.steps * stage.updates_per_step,
+            train.schedule,
+            train.min_lr_ratio,
+        )
+        bf16 = self.autocast is not contextlib.nullcontext
+        self.meter = CostMeter(
+            device,
+            dtype="bf16" if bf16 else "fp32",
+            world_size=dist.world_size,
+            dollars_per_device_hour=run.dollars_per_hour or None,
+        )
+        self.step = 0
+        self.resumed = False
+        self.val_metrics: dict[str, float] = {}
+        self.last_stats: StepStats | None = None
+        self.last_saved: Path | None = None
+        self.last_saved_step = -1
+        self.elapsed_before = 0.0  # wall seconds of the earlier segments of a resumed run
+        self._t_start = time.perf_counter()
+
+    # ------------------------------------------------------------------ state
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far, earlier segments of a resumed run included."""
+        return self.elapsed_before + (time.perf_counter() - self._t_start)
+
+    def restore(self, checkpoint: Path) -> None:
+        """Resume from a checkpoint of :meth:`save`: model, optimiser, scheduler, RNG, cost, validation,
+        elapsed time and the stage's own state."""
+        extra = restore_training_state(checkpoint, self.core, self.optimizer, self.scheduler)
+        self.step = int(extra["step"])
+        if "cost" in extra:
+            self.meter.load_state_dict(extra["cost"])
+        self.val_metrics = dict(extra.get("validation") or {})
+        self.elapsed_before = float(extra.get("elapsed", 0.0))
+        self.stage.load_state_dict(extra)
+        self.resumed = True
+        self.last_saved, self.last_saved_step = checkpoint, self.step
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (every rank calls it; rank 0 writes and gets the path)."""
+        extra = {
+            **self.stage.state_dict(),
+            "cost": self.meter.state_dict(),
+            "validation": dict(self.val_metrics),
+            "elapsed": self.elapsed(),
+        }
+        path = save_training_state(
+            self.run_dir,
+            self.step,
+            self.wrapped,
+            self.optimizer,
+            self.scheduler,
+            extra,
+            self.dist,
+            self.tokenizer,
+            keep_last=self.run_config.keep_last,
+        )
+        self.last_saved, self.last_saved_step = path, self.step
+        return path
+
+    # ------------------------------------------------------------------ one step
+    def update(self, micro_batches: Sequence[Any], step: int) -> dict[str, Any]:
+        """``stage.updates_per_step`` optimiser steps on one batch, each followed by the MoE bias update;
+        returns the first one's loss, metrics, lr, grad_norm and load-balance metrics."""
+        row: dict[str, Any] = {}
+        for index in range(self.stage.updates_per_step):
+            self.stage.before_update(index)
+            self.wrapped.train()
+            try:
+                stats = train_step(
+                    self.wrapped,
+                    self.optimizer,
+                    micro_batches,
+                    self.stage.loss,
+                    scheduler=self.scheduler,
+                    grad_clip=self.train.grad_clip,
+                    dist=self.dist,
+                    autocast=self.autocast,
+                    step=step,
+                )
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(err.step, err.value, err.what, checkpoint=self.last_saved) from None
+            moe = moe_balance_step(self.wrapped, self.train.moe_bias_gamma, self.dist)
+            if index == 0:
+                self.last_stats = stats
+                row = {"loss": stats.loss, **stats.metrics, "lr": stats.lr, "grad_norm": stats.grad_norm}
+                row.update(moe)
+        return row
+
+    def train_step(self) -> dict[str, Any]:
+        """One step: the stage's batches, the updates, the cost; returns the step's metrics row."""
+        step = self.step + 1
+        work = self.stage.batches(step)
+        row = self.update(work.micro_batches, step)
+        self.step = step
+        speed = self.meter.add(tokens=int(work.tokens), flops=work.flops)
+        totals = self.meter.summary()
+        row.update(
+            tokens=self.meter.tokens,
+            flops=self.meter.flops,
+            tokens_per_s=speed["tokens_per_s"],
+            mfu=speed["mfu"],
+            device_hours=totals["device_hours"],
+            dollars=totals["dollars"],
+        )
+        row.update(work.metrics)
+        row.update(self.stage.after_step(step, row))
+        return row
+
+    # ------------------------------------------------------------------ the loop
+    def _stop_reason(self) -> str | None:
+        """The stop rule that ends the run now, if any (rank 0's clock decides for every rank)."""
+        run = self.run_config
+        reason = None
+        if self.steps and self.step >= self.steps:
+            reason = "max_steps"
+        elif run.stop_after and self.step >= run.stop_after:
+            reason = f"run.stop_after = {run.stop_after}"
+        elif self.max_seconds and self.elapsed() >= self.max_seconds:
+            reason = "max_seconds"
+        if self.max_seconds and self.dist.distributed:
+            flag = torch.tensor([reason == "max_seconds"], dtype=torch.int32, device=self.device)
+            tdist.broadcast(flag, src=0)
+            if bool(flag) and reason is None:
+                reason = "max_seconds"
+            elif not bool(flag) and reason == "max_seconds":
+                reason = None
+        return reason
+
+    def _validate(self, step: int) -> dict[str, float]:
+        self.meter.stop()  # validation decoding is not training compute
+        self.core.eval()
+        with torch.no_grad():
+            self.val_metrics = dict(self.stage.validate(self.core, step))
+        self.core.train()
+        self.meter.start()
+        return self.val_metrics
+
+    def _start_logs(self) -> tuple[Any, Any]:
+        from r1kit.config import save_config
+        from r1kit.train.log import MetricsLogger, ProgressBar
+
+        logger = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.config is not None:
+                header = f"r1kit {self.stage.name}: resolved config"
+                save_config(self.config, self.run_dir / "config.toml", header=header)
+            logger = MetricsLogger(
+                self.run_dir,
+                stage=self.stage.name,
+                tensorboard=self.run_config.tensorboard,
+                resume_step=self.step if self.resumed else -1,  # a fresh run starts a fresh file
+            )
+        quiet = not (self.run_config.progress and self.dist.is_main)
+        bar = ProgressBar(
+            self.steps or None, self.stage.name, console=self.console, quiet=quiet, start_step=self.step
+        )
+        return logger, bar
+
+    def run(self, step_fn: Callable[[], dict[str, Any]] | None = None) -> LoopResult:
+        """Train until a stop rule fires, then checkpoint and export ``run_dir/model``.
+
+        ``step_fn`` runs one step and returns its row (default :meth:`train_step`).
+        """
+        step_fn = step_fn or self.train_step
+        every, run = self.validate_every, self.run_config
+        validating = self.stage.validate is not None and every > 0
+        logger, bar = self._start_logs()
+        self._t_start = time.perf_counter()
+        self.meter.start()
+        try:
+            if validating and self.validate_at_start and not self.resumed:
+                metrics = self._validate(0)
+                if logger is not None:
+                    logger.log(dict(metrics), step=0)
+            reason = self._stop_reason()
+            while reason is None:
+                row = step_fn()
+                step = self.step
+                reason = self._stop_reason()
+                last = step == self.steps or (reason is not None and self.validate_on_stop)
+                due = validating and (step % every == 0 or last)
+                if due:
+                    row.update(self._validate(step))
+                    reason = self.stage.should_stop(self.val_metrics) or reason
+                row["elapsed_s"] = self.elapsed()
+                if logger is not None and (step % run.log_every == 0 or due or reason):
+                    logger.log(row, step=step)
+                bar.update(**self.stage.progress_fields(row, self.val_metrics))
+                if (run.save_every and step % run.save_every == 0) or reason:
+                    self.save()
+            if self.last_saved_step != self.step:
+                self.save()
+        finally:
+            self.meter.stop()
+            bar.close()
+            if logger is not None:
+                logger.close()
+        return self._finish(reason)
+
+    def _finish(self, reason: str) -> LoopResult:
+        """Export the final model (+ tokenizer), draw the plot, print the cost."""
+        model_dir = self.run_dir / "model"
+        exported = _ExportedModel(_plain_copy(self.core), self.tokenizer)  # FSDP2: a collective
+        if self.dist.is_main:
+            exported.save_pretrained(model_dir)
+            self.stage.plot(self.run_dir)
+        cost = self.meter.summary()
+        if self.dist.is_main and self.run_config.progress:
+            from rich.console import Console
+
+            from r1kit.train.cost import format_cost
+
+            (self.console or Console()).print(f"{self.stage.name} cost: {format_cost(cost)}", highlight=False)
+        return LoopResult(self.step, self.last_stats, reason, dict(self.val_metrics), cost, model_dir)
+
+
 # ----------------------------------------------------------------------------------------------
-# the supervised loop
+# the language-model stage (pretraining, SFT, trace distillation) and fit
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -767,6 +1147,78 @@ def _batch_flops(
     return tokens, flops
 
 
+class LMStage(Stage):
+    """Next-token loss (+ MTP) on a :class:`r1kit.train.data.BatchStream`: pretraining and SFT.
+
+    The loss of each micro-batch is normalised by the target-token count of the *global* batch (all
+    micro-batches and ranks), so 2 ranks x batch b train like 1 rank x batch 2b.
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        model: torch.nn.Module,
+        train: TrainConfig,
+        *,
+        dist: DistInfo,
+        device: torch.device,
+        name: str = "train",
+        validate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+        should_stop: Callable[[dict[str, float]], str | None] | None = None,
+    ):
+        from r1kit.model.counting import flops_per_token
+
+        self.stream, self.train, self.dist, self.device, self.name = stream, train, dist, device, name
+        self.validate, self._should_stop = validate, should_stop
+        self.use_mtp = has_mtp(model)
+        self.flops_matmul = flops_per_token(model.config, 0)
+        self.flops_attn = flops_per_token(model.config, 1) - self.flops_matmul
+        self._norms = (1.0, 1.0, 0.0)
+
+    def batches(self, step: int) -> StepWork:
+        micro_batches = [_to_device(b, self.device) for b in self.stream.next_micro_batches()]
+        counts = [0.0, 0.0]
+        for b in micro_batches:
+            n_tok, n_mtp = count_targets(b["targets"])
+            counts[0] += n_tok
+            counts[1] += n_mtp
+        tokens, flops = _batch_flops(micro_batches, self.flops_matmul, self.flops_attn)
+        n_tok, n_mtp, tokens, flops = all_reduce_sum([*counts, tokens, flops], self.dist, self.device)
+        mtp_weight = mtp_weight_at(step - 1, self.train.steps, self.train) if self.use_mtp else 0.0
+        self._norms = (max(n_tok, 1.0), max(n_mtp, 1.0), mtp_weight)
+        metrics = {"mtp_weight": mtp_weight} if self.use_mtp else {}
+        return StepWork(micro_batches, tokens=tokens, flops=flops, metrics=metrics)
+
+    def loss(self, model: torch.nn.Module, micro_batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        token_norm, mtp_norm, mtp_weight = self._norms
+        return lm_loss(model, micro_batch, token_norm=token_norm, mtp_norm=mtp_norm, mtp_weight=mtp_weight)
+
+    def should_stop(self, val_metrics: dict[str, float]) -> str | None:
+        return self._should_stop(val_metrics) if self._should_stop is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data": self.stream.state_dict()}
+
+    def load_state_dict(self, extra: dict[str, Any]) -> None:
+        self.stream.load_state_dict(extra["data"])
+
+
+def run_result(result: LoopResult, run_dir: Path):
+    """The :class:`r1kit.train.result.RunResult` of a supervised stage from its :class:`LoopResult`."""
+    from r1kit.train.result import RunResult
+
+    stopped = result.stop_reason if result.stop_reason != "max_steps" else None
+    metrics = {
+        "loss": result.stats.loss if result.stats is not None else float("nan"),
+        "steps": result.step,
+        "stopped_early": stopped is not None,
+        "stop_reason": stopped,
+        "model_dir": str(result.model_dir),
+        **result.val_metrics,
+    }
+    return RunResult(run_dir=run_dir, metrics=metrics, cost=result.cost)
+
+
 def fit(
     model: torch.nn.Module,
     stream: Any,
@@ -784,7 +1236,8 @@ def fit(
     should_stop: Callable[[dict[str, float]], str | None] | None = None,
     console: Any = None,
 ):
-    """Train ``model`` with next-token loss on ``stream`` for ``train.steps`` optimiser steps.
+    """Train ``model`` with next-token loss on ``stream`` for ``train.steps`` optimiser steps
+    (an :class:`LMStage` run by the :class:`Trainer`).
 
     Args:
         model: the plain model, already on ``device`` (random or loaded weights); trained in place.
@@ -794,7 +1247,7 @@ def fit(
         dist, device: from :func:`setup_distributed` and :func:`resolve_device`.
         stage: name used in logs ("pretrain", "sft", "distill").
         resume_from: a checkpoint from :func:`prepare_run_dir`; restores model, optimizer, scheduler,
-            RNG, data position, cost totals and the best validation metrics.
+            RNG, data position, cost totals and the last validation metrics.
         config: the stage config, written to ``run_dir/config.toml``.
         tokenizer: saved next to the model in checkpoints and in ``run_dir/model``.
         validate: ``validate(model, step) -> metrics`` run (on every rank, in eval mode, without
@@ -809,169 +1262,21 @@ def fit(
         :class:`NonFiniteLossError` naming the step and the last good checkpoint when the loss goes
         NaN/inf; nothing is saved after the bad step.
     """
-    from r1kit.config import save_config
-    from r1kit.model.counting import flops_per_token
-    from r1kit.train.cost import CostMeter, format_cost
-    from r1kit.train.log import MetricsLogger, ProgressBar, plot_metrics
-    from r1kit.train.result import RunResult
-
-    run_dir = Path(run.dir)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if config is not None:
-            save_config(config, run_dir / "config.toml", header=f"r1kit {stage}: resolved config")
-    core = model
-    use_mtp = has_mtp(core)
-    autocast = autocast_for(device, train.precision)
-    bf16 = autocast is not contextlib.nullcontext
-    wrapped = wrap_model(core, train.strategy, dist, compile=train.compile)
-    optimizer = build_optimizer(core, train.lr, train.weight_decay, (train.beta1, train.beta2), train.eps)
-    scheduler = build_scheduler(
-        optimizer, train.warmup_steps, train.steps, train.schedule, train.min_lr_ratio
+    lm = LMStage(
+        stream, model, train, dist=dist, device=device, name=stage, validate=validate, should_stop=should_stop
     )
-
-    meter = CostMeter(
-        device,
-        dtype="bf16" if bf16 else "fp32",
-        world_size=dist.world_size,
-        dollars_per_device_hour=run.dollars_per_hour or None,
+    trainer = Trainer(
+        model,
+        lm,
+        train,
+        run,
+        dist=dist,
+        device=device,
+        tokenizer=tokenizer,
+        config=config,
+        validate_every=validate_every,
+        console=console,
     )
-    start_step = 0
-    best: dict[str, float] = {}
     if resume_from is not None:
-        extra = restore_training_state(resume_from, core, optimizer, scheduler)
-        start_step = int(extra["step"])
-        stream.load_state_dict(extra["data"])
-        meter.load_state_dict(extra["cost"])
-        best = dict(extra.get("validation") or {})
-    flops_matmul = flops_per_token(core.config, 0)
-    flops_attn = flops_per_token(core.config, 1) - flops_matmul
-
-    logger = (
-        MetricsLogger(run_dir, stage=stage, tensorboard=run.tensorboard, resume_step=start_step)
-        if dist.is_main
-        else None
-    )
-    bar = ProgressBar(
-        train.steps, stage, console=console, quiet=not (run.progress and dist.is_main), start_step=start_step
-    )
-    last_saved: Path | None = resume_from
-    last_saved_step = start_step if resume_from is not None else -1
-    stop_reason: str | None = None
-    val_metrics: dict[str, float] = dict(best)
-    stats = StepStats(loss=float("nan"), grad_norm=0.0, lr=0.0)
-
-    def checkpoint(step: int) -> None:
-        nonlocal last_saved, last_saved_step
-        extra = {"data": stream.state_dict(), "cost": meter.state_dict(), "validation": val_metrics}
-        path = save_training_state(
-            run_dir, step, wrapped, optimizer, scheduler, extra, dist, tokenizer, keep_last=run.keep_last
-        )
-        last_saved, last_saved_step = path, step
-
-    core.train()
-    meter.start()
-    step = start_step
-    try:
-        for step in range(start_step + 1, train.steps + 1):
-            micro_batches = [_to_device(b, device) for b in stream.next_micro_batches()]
-            counts = [0.0, 0.0]
-            for b in micro_batches:
-                n_tok, n_mtp = count_targets(b["targets"])
-                counts[0] += n_tok
-                counts[1] += n_mtp
-            tokens, flops = _batch_flops(micro_batches, flops_matmul, flops_attn)
-            n_tok, n_mtp, tokens, flops = all_reduce_sum([*counts, tokens, flops], dist, device)
-            mtp_weight = mtp_weight_at(step - 1, train.steps, train) if use_mtp else 0.0
-
-            loss_fn = functools.partial(
-                lm_loss, token_norm=max(n_tok, 1.0), mtp_norm=max(n_mtp, 1.0), mtp_weight=mtp_weight
-            )
-            try:
-                stats = train_step(
-                    wrapped,
-                    optimizer,
-                    micro_batches,
-                    loss_fn,
-                    scheduler=scheduler,
-                    grad_clip=train.grad_clip,
-                    dist=dist,
-                    autocast=autocast,
-                    step=step,
-                )
-            except NonFiniteLossError as err:
-                raise NonFiniteLossError(err.step, err.value, err.what, checkpoint=last_saved) from None
-            moe = moe_balance_step(wrapped, train.moe_bias_gamma, dist)
-            speed = meter.add(tokens=int(tokens), flops=flops)
-            totals = meter.summary()
-            row: dict[str, Any] = {
-                "loss": stats.loss,
-                **stats.metrics,
-                "lr": stats.lr,
-                "grad_norm": stats.grad_norm,
-                "tokens": meter.tokens,
-                "flops": meter.flops,
-                "tokens_per_s": speed["tokens_per_s"],
-                "mfu": speed["mfu"],
-                "device_hours": totals["device_hours"],
-                "dollars": totals["dollars"],
-                **moe,
-            }
-            if use_mtp:
-                row["mtp_weight"] = mtp_weight
-            if (
-                validate is not None
-                and validate_every
-                and (step % validate_every == 0 or step == train.steps)
-            ):
-                meter.stop()  # validation decoding is not training compute
-                core.eval()
-                with torch.no_grad():
-                    val_metrics = dict(validate(core, step))
-                core.train()
-                meter.start()
-                row.update(val_metrics)
-                if should_stop is not None:
-                    stop_reason = should_stop(val_metrics)
-            if logger is not None and (step % run.log_every == 0 or step == train.steps or stop_reason):
-                logger.log(row, step=step)
-            bar.update(loss=stats.loss, tokens_per_s=speed["tokens_per_s"], mfu=speed["mfu"])
-            if run.stop_after and step >= run.stop_after and not stop_reason:
-                stop_reason = f"run.stop_after = {run.stop_after}"
-            if (run.save_every and step % run.save_every == 0) or stop_reason:
-                checkpoint(step)
-            if stop_reason:
-                break
-        if last_saved_step != step:
-            checkpoint(step)
-    finally:
-        meter.stop()
-        bar.close()
-        if logger is not None:
-            logger.close()
-
-    model_dir = run_dir / "model"
-    if dist.is_main:
-        exported = _ExportedModel(_plain_copy(core), tokenizer)
-    else:
-        _plain_copy(core)  # FSDP2: the gather is a collective
-    if dist.is_main:
-        exported.save_pretrained(model_dir)
-        try:
-            plot_metrics(run_dir, run_dir / "loss.png", keys=["loss"], title=f"{stage} loss")
-        except ValueError:  # nothing logged (e.g. resumed at the last step)
-            pass
-    cost = meter.summary()
-    if dist.is_main and run.progress:
-        from rich.console import Console
-
-        (console or Console()).print(f"{stage} cost: {format_cost(cost)}", highlight=False)
-    metrics = {
-        "loss": stats.loss,
-        "steps": step,
-        "stopped_early": stop_reason is not None,
-        "stop_reason": stop_reason,
-        "model_dir": str(model_dir),
-        **val_metrics,
-    }
-    return RunResult(run_dir=run_dir, metrics=metrics, cost=cost)
+        trainer.restore(resume_from)
+    return run_result(trainer.run(), trainer.run_dir)

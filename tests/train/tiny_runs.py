@@ -54,12 +54,9 @@ def losses(run_dir) -> list[float]:
 DISTRIBUTED_CASES = (("ddp", False), ("fsdp2", False), ("ddp", True))  # (strategy, MoE model)
 
 
-def distributed_worker(rank: int, world_size: int, port: int, root: str) -> None:
-    """One rank of a gloo job set up as torchrun would (environment variables), then one 4-step
-    pretraining run per case of DISTRIBUTED_CASES into ``root/<strategy>-<dense|moe>``."""
+def torchrun_env(rank: int, world_size: int, port: int) -> None:
+    """Set the environment variables torchrun would set for this rank (one host)."""
     import os
-
-    import torch.distributed as dist
 
     os.environ.update(
         RANK=str(rank),
@@ -68,6 +65,14 @@ def distributed_worker(rank: int, world_size: int, port: int, root: str) -> None
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+
+
+def distributed_worker(rank: int, world_size: int, port: int, root: str) -> None:
+    """One rank of a gloo job set up as torchrun would (environment variables), then one 4-step
+    pretraining run per case of DISTRIBUTED_CASES into ``root/<strategy>-<dense|moe>``."""
+    import torch.distributed as dist
+
+    torchrun_env(rank, world_size, port)
     dist.init_process_group("gloo")  # one group for all cases; the stages leave a group they did not start
     try:
         for strategy, moe in DISTRIBUTED_CASES:
