@@ -15,7 +15,12 @@ r1kit's own chat format is R1-style (SPEC §2): the assistant turn is
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import secrets
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -65,6 +70,16 @@ _TEMPLATE_SPECIAL_ATTRS = (
     "mask_token",
 )
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+# roles whose content is someone's text (never template markup): encoded without control tokens
+_TEXT_ROLES = ("system", "developer", "user", "tool")
+# bounds on one chat-template render (a template is code from the model directory)
+TEMPLATE_TIME_LIMIT_S = 2.0
+TEMPLATE_MAX_CHARS = 16 * 2**20
+_TEMPLATE_MAX_INT_ARG = 10**7  # largest integer a template may pass to a call or repeat a sequence by
+
+
+class TemplateLimitError(ValueError):
+    """A chat template ran past its time or output bound (`TEMPLATE_TIME_LIMIT_S`, `TEMPLATE_MAX_CHARS`)."""
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
@@ -154,7 +169,34 @@ def _compile_template(template: str):
         def _render(self, caller):
             return caller()
 
-    env = ImmutableSandboxedEnvironment(
+    class _BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox, plus no huge repeats (`'x' * 10**9`), powers or integer arguments (`ljust(10**9)`):
+        one C call that allocates gigabytes cannot be interrupted by the render's deadline."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for seq, count in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
+                        if len(seq) * max(count, 0) > TEMPLATE_MAX_CHARS:
+                            raise TemplateLimitError(
+                                "the chat template repeats a sequence beyond its size bound"
+                            )
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+                if right * math.log2(abs(left)) > 4096:
+                    raise TemplateLimitError("the chat template computes a power beyond 4096 bits")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, int) and abs(value) > _TEMPLATE_MAX_INT_ARG:
+                    raise TemplateLimitError(
+                        f"the chat template passes the integer {value} to a call (limit {_TEMPLATE_MAX_INT_ARG})"
+                    )
+            return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
+
+    env = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = tojson
@@ -163,6 +205,44 @@ def _compile_template(template: str):
     env.globals["dict"] = _TemplateDict()
     env.globals["namespace"] = _Namespace
     return env.from_string(template)
+
+
+def _render_bounded(template, variables: dict, time_limit_s: float, max_chars: int) -> str:
+    """Render a compiled template, raising TemplateLimitError past `time_limit_s` or `max_chars`.
+
+    The deadline is checked by a trace function on every call in this thread and on every line of
+    the template's own code (a loop with an empty body still runs its `for` line each iteration);
+    an earlier trace function (a debugger, coverage) keeps receiving its events.
+    """
+    deadline = time.monotonic() + time_limit_s
+    previous = sys.gettrace()
+
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise TemplateLimitError(f"the chat template did not render within {time_limit_s:g} s")
+
+    def trace_template(frame, event, arg):
+        check()
+        return trace_template
+
+    def trace(frame, event, arg):
+        check()
+        if frame.f_code.co_filename == "<template>":
+            return trace_template
+        return previous(frame, event, arg) if previous is not None else None
+
+    out: list[str] = []
+    size = 0
+    sys.settrace(trace)
+    try:
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            if size > max_chars:
+                raise TemplateLimitError(f"the chat template rendered more than {max_chars} characters")
+            out.append(chunk)
+    finally:
+        sys.settrace(previous)
+    return "".join(out)
 
 
 def _template_messages(messages: Sequence[dict]) -> list[dict]:
@@ -202,6 +282,8 @@ class Tokenizer:
         self.chat_template = chat_template
         self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
         self.model_max_length = model_max_length
+        self.template_time_limit_s = TEMPLATE_TIME_LIMIT_S
+        self.template_max_chars = TEMPLATE_MAX_CHARS
 
     # ----------------------------------------------------------------- training
     @classmethod
@@ -358,6 +440,35 @@ class Tokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
+    def added_token_strings(self) -> list[str]:
+        """Contents of the added tokens (specials, roles, think tags) of two or more characters."""
+        return sorted(
+            {t.content for t in self.backend.get_added_tokens_decoder().values() if len(t.content) > 1}
+        )
+
+    def _text_pieces(self, text: str) -> list[str]:
+        """`text` cut one character into every occurrence of an added token's string ([text] if none)."""
+        cuts = set()
+        for token in self.added_token_strings():
+            start = text.find(token)
+            while start >= 0:
+                cuts.add(start + 1)
+                start = text.find(token, start + 1)
+        bounds = [0, *sorted(cuts), len(text)]
+        return [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text` read as plain text: a typed "<|eos|>" or "<think>" is encoded as its
+        characters, never as the added token (so user text cannot forge a turn or end one).
+
+        Text without such a string encodes exactly as `encode`; otherwise each occurrence is cut
+        after its first character and the pieces are encoded apart (the decoded text is the same).
+        """
+        pieces = self._text_pieces(text)
+        if len(pieces) <= 1:
+            return self.encode(text)
+        return [i for ids in self.encode_batch(pieces) for i in ids]
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` over a list of texts (parallel in the Rust backend)."""
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
@@ -380,22 +491,90 @@ class Tokenizer:
         The template sees the same variables: messages, tools, documents, add_generation_prompt,
         the special tokens (bos_token, eos_token, ...), extra kwargs; and the same globals
         (raise_exception, strftime_now, namespace, dict) and the tojson filter.
+
+        Rendering is bounded: past `template_time_limit_s` seconds or `template_max_chars`
+        characters it raises TemplateLimitError (a template is code shipped with a model).
         """
         template = chat_template or self.chat_template
         if template is None:
             raise ValueError("this tokenizer has no chat_template; pass chat_template=...")
         variables = {**self.special_tokens, **kwargs}
         variables.setdefault("documents", None)
-        return _compile_template(template).render(
-            messages=_template_messages(messages),
-            tools=tools,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
+        variables.update(
+            messages=_template_messages(messages), tools=tools, add_generation_prompt=add_generation_prompt
+        )
+        return _render_bounded(
+            _compile_template(template), variables, self.template_time_limit_s, self.template_max_chars
         )
 
-    def encode_prompt(self, messages: Sequence[dict]) -> list[int]:
-        """Token ids of the chat with the generation prompt appended (what the engine feeds the model)."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt=True))
+    def encode_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the rendered chat (with the generation prompt): what the engine feeds the model.
+
+        The template's own markers are control tokens; the content of system, developer, user and
+        tool messages is encoded as text (`encode_text`), so a message typing "<|assistant|>" or
+        "<|im_end|>" cannot forge a turn. A chat whose text holds no added token's string encodes
+        exactly as `encode(apply_chat_template(...))`. Raises ValueError when a message holds such a
+        string and the template transforms message content beyond stripping it (its text cannot be
+        located in the render), rather than encode it unsafely.
+        """
+        messages = list(messages)
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        specials = self.added_token_strings()
+        risky = [
+            i
+            for i, m in enumerate(messages)
+            if isinstance(m, dict)
+            and m.get("role") in _TEXT_ROLES
+            and isinstance(m.get("content"), str)
+            and any(t in m["content"] for t in specials)
+        ]
+        if not risky:
+            return self.encode(text)
+        pieces = self._locate_contents(messages, risky, text, add_generation_prompt)
+        flat: list[tuple[str, bool]] = []
+        for piece, is_text in pieces:
+            flat += [(p, True) for p in self._text_pieces(piece)] if is_text else [(piece, False)]
+        encoded = self.encode_batch([p for p, _ in flat])
+        return [i for ids in encoded for i in ids]
+
+    def _locate_contents(
+        self, messages: list[dict], which: list[int], text: str, add_generation_prompt: bool
+    ) -> list[tuple[str, bool]]:
+        """`text` (the render of `messages`) cut into [(piece, is message content), ...] for messages `which`.
+
+        The chat is rendered again with each of those contents replaced by an unguessable marker; the
+        template text between markers must match `text` around each content (as is, or stripped).
+        """
+        nonce = secrets.token_hex(8)
+        marked = [dict(m) for m in messages]
+        for i in which:
+            marked[i]["content"] = f"\ue000{nonce}:{i}\ue001"
+        render = self.apply_chat_template(marked, add_generation_prompt=add_generation_prompt)
+        parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", render)
+        templates, indices = parts[0::2], [int(i) for i in parts[1::2]]
+        if not indices or not text.startswith(templates[0]):
+            raise ValueError(self._unsafe_message(messages, which))
+        out, pos = [(templates[0], False)], len(templates[0])
+        for k, i in enumerate(indices):
+            content, after = messages[i]["content"], templates[k + 1]
+            for candidate in (content, content.strip(), content.lstrip(), content.rstrip()):
+                if text.startswith(candidate + after, pos):
+                    out += [(candidate, True), (after, False)]
+                    pos += len(candidate) + len(after)
+                    break
+            else:
+                raise ValueError(self._unsafe_message(messages, which))
+        if pos != len(text):
+            raise ValueError(self._unsafe_message(messages, which))
+        return [(piece, is_text) for piece, is_text in out if piece]
+
+    def _unsafe_message(self, messages: list[dict], which: list[int]) -> str:
+        i = which[0]
+        token = next(t for t in self.added_token_strings() if t in messages[i]["content"])
+        return (
+            f"message {i} contains the control-token text {token!r} and this chat template transforms "
+            "message content, so it cannot be encoded as plain text; remove that text"
+        )
 
     def encode_chat(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
         """Tokenise an SFT conversation: (ids, assistant_mask), two lists of equal length.
