@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class Config:
     temperature: default temperature (DeepSeek-R1's recommended 0.6).
     top_p: default top_p (DeepSeek-R1's recommended 0.95).
     log_level: uvicorn log level: "critical", "error", "warning", "info", "debug".
+    shutdown_timeout_s: on SIGTERM / Ctrl-C, how long requests still being answered may finish
+        before they are cancelled (abandoned requests end at once).
     """
 
     model: str = ""
@@ -82,11 +85,14 @@ class Config:
     temperature: float = 0.6
     top_p: float = 0.95
     log_level: str = "info"
+    shutdown_timeout_s: float = 5.0
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.batch_window_ms < 0 or self.default_max_tokens < 1:
             raise ConfigError("need max_batch_size >= 1, batch_window_ms >= 0 and default_max_tokens >= 1")
+        if not self.shutdown_timeout_s >= 0:
+            raise ConfigError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
 
@@ -107,7 +113,12 @@ def resolve_device_dtype(device: str, dtype: str):
 
 
 def load_model_dir(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
-    """Load (model, tokenizer) from a model directory, model in eval mode on `device`."""
+    """Load (model, tokenizer) from a model directory, model in eval mode on `device`.
+
+    Raises ConfigError (one line) for a directory that cannot be served: no chat template, a
+    template that does not render a sample chat within its bounds, sizes in config.json that the
+    weights do not have, a FIFO or device where a file should be.
+    """
     from r1kit.model import Transformer
     from r1kit.tokenizer import Tokenizer
 
@@ -118,9 +129,25 @@ def load_model_dir(path: str | os.PathLike, device: str = "auto", dtype: str = "
     tokenizer = Tokenizer.from_pretrained(directory)
     if tokenizer.chat_template is None:
         raise ConfigError(f"{directory}/tokenizer_config.json has no chat_template")
-    model = Transformer.from_pretrained(directory, device=dev, dtype=dt)
+    try:  # a template that loops or explodes fails here, not on the first request
+        tokenizer.encode_prompt([{"role": "system", "content": "x"}, {"role": "user", "content": "2+2?"}])
+    except Exception as err:
+        try:
+            tokenizer.encode_prompt([{"role": "user", "content": "2+2?"}])  # templates without a system role
+        except Exception:
+            raise ConfigError(f"{directory}: the chat template fails on a sample chat: {err}") from None
+    try:
+        model = Transformer.from_pretrained(directory, device=dev, dtype=dt)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     model.eval()
     return model, tokenizer
+
+
+def _exit_user_error(message: str) -> None:
+    """A user error: one line on stderr, exit status 2."""
+    print(f"r1kit serve: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def run(config: Config) -> None:
@@ -131,11 +158,11 @@ def run(config: Config) -> None:
     from r1kit.serve.app import create_app
 
     if not config.model:
-        raise SystemExit("r1kit serve: needs --model DIR (a model directory with a tokenizer)")
+        _exit_user_error("needs --model DIR (a model directory with a tokenizer)")
     try:
         model, tokenizer = load_model_dir(config.model, config.device, config.dtype)
-    except (ConfigError, FileNotFoundError) as err:
-        raise SystemExit(f"r1kit serve: {err}") from None
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _exit_user_error(str(err))
     if config.api_key is None and os.environ.get("R1KIT_API_KEY"):
         config.api_key = os.environ["R1KIT_API_KEY"]
     name = config.served_model_name or Path(config.model).resolve().name
@@ -145,4 +172,10 @@ def run(config: Config) -> None:
             "serving on %s without --api-key: anyone who can reach the port can use the model", config.host
         )
     print(f"r1kit serve: model {name!r} on http://{config.host}:{config.port}/ (web chat at /, API at /v1)")
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=config.shutdown_timeout_s,
+    )
