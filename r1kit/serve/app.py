@@ -73,20 +73,30 @@ class APIError(Exception):
         return ASCIIJSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
+def _param(loc) -> str | None:
+    """A pydantic error location as a dotted parameter name, without "body" and union-member tags."""
+    parts = [str(p) for p in loc if p != "body"]
+    parts = [
+        p
+        for p in parts
+        if not (p in ("str", "int", "float", "bool") or "[" in p or p.startswith("function-"))
+    ]
+    return ".".join(parts) or None
+
+
 def _validation_error(err: RequestValidationError) -> APIError:
-    """The first pydantic error of a request as a 400, naming the offending parameter."""
+    """The most specific pydantic error of a request as a 400, naming the offending parameter.
+
+    Of a union's errors (`content` is a string or a list of parts) the deepest wins: a bad part's
+    `messages.0.content.1.text` says more than "content should be a string".
+    """
     errors = err.errors()
     if not errors:
         return APIError(400, "invalid request body")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
+    if any(e.get("type") == "json_invalid" for e in errors):
         return APIError(400, "could not parse the JSON body of the request", code="invalid_json")
-    # drop the "body" prefix and pydantic's union-member tags ("str", "list[...]") from the location
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    loc = [
-        p for p in loc if not (p in ("str", "int", "float", "bool") or "[" in p or p.startswith("function-"))
-    ]
-    param = ".".join(loc) or None
+    first = max(errors, key=lambda e: len((_param(e.get("loc", ())) or "").split(".")))
+    param = _param(first.get("loc", ()))
     if first.get("type") == "missing":
         return APIError(
             400, f"missing required parameter: {param}", param=param, code="missing_required_parameter"
