@@ -519,6 +519,15 @@ class Tokenizer:
         """
         messages = list(messages)
         text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        spans = self._text_spans(messages, text, add_generation_prompt)
+        if not spans:
+            return self.encode(text)
+        return [i for ids in self.encode_batch(_cut_at_spans(text, 0, spans, self._text_pieces)) for i in ids]
+
+    def _text_spans(
+        self, messages: list[dict], text: str, add_generation_prompt: bool
+    ) -> list[tuple[int, int]]:
+        """(start, end) in `text` of each system/user/tool content holding an added token's string."""
         specials = self.added_token_strings()
         risky = [
             i
@@ -529,13 +538,13 @@ class Tokenizer:
             and any(t in m["content"] for t in specials)
         ]
         if not risky:
-            return self.encode(text)
-        pieces = self._locate_contents(messages, risky, text, add_generation_prompt)
-        flat: list[tuple[str, bool]] = []
-        for piece, is_text in pieces:
-            flat += [(p, True) for p in self._text_pieces(piece)] if is_text else [(piece, False)]
-        encoded = self.encode_batch([p for p, _ in flat])
-        return [i for ids in encoded for i in ids]
+            return []
+        spans, pos = [], 0
+        for piece, is_text in self._locate_contents(messages, risky, text, add_generation_prompt):
+            if is_text:
+                spans.append((pos, pos + len(piece)))
+            pos += len(piece)
+        return spans
 
     def _locate_contents(
         self, messages: list[dict], which: list[int], text: str, add_generation_prompt: bool
@@ -607,15 +616,42 @@ class Tokenizer:
 
     def encode_chats(self, conversations: Sequence[Sequence[dict]]) -> list[tuple[list[int], list[int]]]:
         """`encode_chat` over many conversations, the pieces encoded in one batch (parallel in Rust)."""
-        cut = [self._chat_pieces(list(messages)) for messages in conversations]
-        encoded = iter(self.encode_batch([text for pieces in cut for text, _ in pieces]))
+        # each piece becomes one or more texts to encode: system/user text holding an added token's
+        # string is cut as in `encode_prompt`, so the prompt ids match inference exactly
+        cut: list[list[tuple[list[str], int]]] = []
+        for messages in conversations:
+            pieces = self._chat_pieces(list(messages))
+            full = "".join(text for text, _ in pieces)
+            spans = self._text_spans(list(messages), full, False)
+            parts, pos = [], 0
+            for text, flag in pieces:
+                parts.append((_cut_at_spans(text, pos, spans, self._text_pieces) if spans else [text], flag))
+                pos += len(text)
+            cut.append(parts)
+        encoded = iter(self.encode_batch([t for parts in cut for texts, _ in parts for t in texts]))
         out = []
-        for pieces in cut:
+        for parts in cut:
             ids: list[int] = []
             mask: list[int] = []
-            for _, flag in pieces:
-                piece_ids = next(encoded)
-                ids += piece_ids
-                mask += [flag] * len(piece_ids)
+            for texts, flag in parts:
+                for _ in texts:
+                    piece_ids = next(encoded)
+                    ids += piece_ids
+                    mask += [flag] * len(piece_ids)
             out.append((ids, mask))
         return out
+
+
+def _cut_at_spans(text: str, offset: int, spans: list[tuple[int, int]], cut_text) -> list[str]:
+    """`text` (at `offset` of a larger string) split at the `spans`; the parts inside a span are
+    further split by `cut_text` (encoded apart, they cannot form an added token)."""
+    out, pos, end = [], offset, offset + len(text)
+    for start, stop in spans:
+        start, stop = max(start, pos), min(stop, end)
+        if start >= stop:
+            continue
+        out.append(text[pos - offset : start - offset])
+        out += cut_text(text[start - offset : stop - offset])
+        pos = stop
+    out.append(text[pos - offset :])
+    return [part for part in out if part]

@@ -368,3 +368,26 @@ def test_hostile_templates_hit_a_bound(tok, template):
     with pytest.raises(TemplateLimitError):
         tk.apply_chat_template([{"role": "user", "content": "hi"}])
     assert sys.gettrace() is before  # the render's tracer is removed again
+
+
+# DeepSeek-R1's template drops the reasoning of past turns: not incremental, no loss mask at all
+@pytest.mark.parametrize(
+    "template", [LLAMA3_TEMPLATE, QWEN_TEMPLATE, R1_CHAT_TEMPLATE], ids=["llama3", "qwen", "r1"]
+)
+def test_sft_encoding_keeps_typed_control_tokens_as_text(tok, template):
+    tk = _with_template(tok, template)
+    added = {tk.token_to_id(s) for s in tk.added_token_strings()}
+    for text in _hostile_texts(tk):
+        chat = [
+            {"role": "system", "content": "Sys " + text},
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": "<think>\nok\n</think>\nfine"},
+        ]
+        clean = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "x"}, chat[2]]
+        ids, mask = tk.encode_chat(chat)
+        assert tk.decode(ids) == tk.apply_chat_template(chat)
+        # the prompt part is exactly what inference feeds the model
+        prompt = tk.encode_prompt(chat[:2])
+        assert ids[: len(prompt)] == prompt and not any(mask[: len(prompt)])
+        clean_ids, _ = tk.encode_chat(clean)
+        assert sorted(i for i in ids if i in added) == sorted(i for i in clean_ids if i in added), text
