@@ -19,7 +19,7 @@ import math
 import os
 import re
 import secrets
-import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -110,6 +110,26 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _check_integer_args(values) -> None:
+    for value in values:
+        if isinstance(value, int) and abs(value) > _TEMPLATE_MAX_INT_ARG:
+            raise TemplateLimitError(
+                f"the chat template passes the integer {value} to a call (limit {_TEMPLATE_MAX_INT_ARG})"
+            )
+
+
+def _guard_integer_args(function):
+    """`function` refusing huge integer arguments (`'x'|center(10**9)` allocates a gigabyte)."""
+    import functools
+
+    @functools.wraps(function)  # keeps jinja's pass_context / pass_environment marker
+    def guarded(*args, **kwargs):
+        _check_integer_args((*args, *kwargs.values()))
+        return function(*args, **kwargs)
+
+    return guarded
+
+
 @lru_cache(maxsize=32)
 def _compile_template(template: str):
     """Compile a chat template in the same sandboxed Jinja environment transformers uses."""
@@ -189,17 +209,15 @@ def _compile_template(template: str):
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
-            for value in (*args, *kwargs.values()):
-                if isinstance(value, int) and abs(value) > _TEMPLATE_MAX_INT_ARG:
-                    raise TemplateLimitError(
-                        f"the chat template passes the integer {value} to a call (limit {_TEMPLATE_MAX_INT_ARG})"
-                    )
+            _check_integer_args((*args, *kwargs.values()))
             return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
 
     env = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = tojson
+    for name, function in list(env.filters.items()):  # filters are not calls: guard their arguments too
+        env.filters[name] = _guard_integer_args(function)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = _TemplateDict()
@@ -207,41 +225,93 @@ def _compile_template(template: str):
     return env.from_string(template)
 
 
+class _RenderTimeout(TemplateLimitError):
+    """Raised inside a rendering thread by `_Watchdog` when its deadline has passed."""
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Raise `exc` in thread `thread_id` at its next bytecode (None: cancel a pending one)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None
+    )
+
+
+class _Watchdog:
+    """One daemon thread that interrupts template renders past their deadline.
+
+    A render registers (thread, deadline) and unregisters when done, a few microseconds each: no
+    cost while it runs (a trace function made encoding 2.5x slower). Past the deadline the watchdog
+    raises `_RenderTimeout` in the rendering thread, again every 50 ms in case something swallowed
+    it; unregistering cancels an interrupt not yet delivered, so none lands after the render.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active: dict[int, list] = {}  # key -> [thread id, next deadline, fired]
+        self._next_key = 0
+        self._thread: threading.Thread | None = None
+
+    def register(self, deadline: float) -> int:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="r1kit-template-watchdog", daemon=True)
+                self._thread.start()
+            key, self._next_key = self._next_key, self._next_key + 1
+            self._active[key] = [threading.get_ident(), deadline, False]
+            self._cond.notify()
+            return key
+
+    def unregister(self, key: int) -> None:
+        entry = None
+        while True:
+            try:
+                if entry is None:
+                    with self._cond:
+                        entry = self._active.pop(key)
+                if entry[2]:  # the watchdog fired: cancel what it may still have pending for us
+                    _set_async_exc(entry[0], None)
+                return
+            except _RenderTimeout:  # delivered on the way out; the entry is (being) removed
+                continue
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                wait = None
+                for entry in self._active.values():
+                    if entry[1] <= now:
+                        entry[2] = True
+                        _set_async_exc(entry[0], _RenderTimeout)
+                        entry[1] = now + 0.05
+                    wait = entry[1] - now if wait is None else min(wait, entry[1] - now)
+                self._cond.wait(wait)
+
+
+_WATCHDOG = _Watchdog()
+
+
 def _render_bounded(template, variables: dict, time_limit_s: float, max_chars: int) -> str:
     """Render a compiled template, raising TemplateLimitError past `time_limit_s` or `max_chars`.
 
-    The deadline is checked by a trace function on every call in this thread and on every line of
-    the template's own code (a loop with an empty body still runs its `for` line each iteration);
-    an earlier trace function (a debugger, coverage) keeps receiving its events.
+    The time bound interrupts pure-Python work (a template's loops); one C call that runs long
+    (a huge repeat or power) is prevented by the sandbox's checks instead (`_compile_template`).
     """
-    deadline = time.monotonic() + time_limit_s
-    previous = sys.gettrace()
-
-    def check() -> None:
-        if time.monotonic() > deadline:
-            raise TemplateLimitError(f"the chat template did not render within {time_limit_s:g} s")
-
-    def trace_template(frame, event, arg):
-        check()
-        return trace_template
-
-    def trace(frame, event, arg):
-        check()
-        if frame.f_code.co_filename == "<template>":
-            return trace_template
-        return previous(frame, event, arg) if previous is not None else None
-
     out: list[str] = []
     size = 0
-    sys.settrace(trace)
+    key = _WATCHDOG.register(time.monotonic() + time_limit_s)
     try:
         for chunk in template.generate(**variables):
             size += len(chunk)
             if size > max_chars:
                 raise TemplateLimitError(f"the chat template rendered more than {max_chars} characters")
             out.append(chunk)
+    except _RenderTimeout:
+        raise TemplateLimitError(f"the chat template did not render within {time_limit_s:g} s") from None
     finally:
-        sys.settrace(previous)
+        _WATCHDOG.unregister(key)
     return "".join(out)
 
 
@@ -442,9 +512,11 @@ class Tokenizer:
 
     def added_token_strings(self) -> list[str]:
         """Contents of the added tokens (specials, roles, think tags) of two or more characters."""
-        return sorted(
-            {t.content for t in self.backend.get_added_tokens_decoder().values() if len(t.content) > 1}
-        )
+        size = self.backend.get_vocab_size(with_added_tokens=True)  # changes when tokens are added
+        if getattr(self, "_added_cache", (None,))[0] != size:
+            decoder = self.backend.get_added_tokens_decoder()
+            self._added_cache = (size, sorted({t.content for t in decoder.values() if len(t.content) > 1}))
+        return self._added_cache[1]
 
     def _text_pieces(self, text: str) -> list[str]:
         """`text` cut one character into every occurrence of an added token's string ([text] if none)."""
