@@ -132,7 +132,7 @@ def _guard_integer_args(function):
 
 @lru_cache(maxsize=32)
 def _compile_template(template: str):
-    """Compile a chat template in the same sandboxed Jinja environment transformers uses."""
+    """Compile a chat template in the same sandboxed Jinja environment transformers uses, bounded."""
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -209,6 +209,7 @@ def _compile_template(template: str):
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+            _check_deadline()
             _check_integer_args((*args, *kwargs.values()))
             return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
 
@@ -222,96 +223,53 @@ def _compile_template(template: str):
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = _TemplateDict()
     env.globals["namespace"] = _Namespace
-    return env.from_string(template)
+    env.globals["r1kit_bounded_iter"] = _bounded_iter
+    # every `{% for %}` iterates through `_bounded_iter`, so even a loop with an empty body (which
+    # runs as plain Python bytecode, calling nothing) checks the render's deadline
+    ast = env.parse(template)
+    for loop in ast.find_all(jinja2.nodes.For):
+        loop.iter = jinja2.nodes.Call(
+            jinja2.nodes.Name("r1kit_bounded_iter", "load"), [loop.iter], [], None, None, lineno=loop.lineno
+        )
+    return env.template_class.from_code(env, env.compile(ast), env.make_globals(None), None)
 
 
-class _RenderTimeout(TemplateLimitError):
-    """Raised inside a rendering thread by `_Watchdog` when its deadline has passed."""
+_RENDER = threading.local()  # .deadline: time.monotonic() by which the current render must end
 
 
-def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in thread `thread_id` at its next bytecode (None: cancel a pending one)."""
-    import ctypes
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None
-    )
+def _check_deadline() -> None:
+    """Raise TemplateLimitError if this thread's template render is past its deadline."""
+    deadline = getattr(_RENDER, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise TemplateLimitError(f"the chat template did not render within {_RENDER.limit:g} s")
 
 
-class _Watchdog:
-    """One daemon thread that interrupts template renders past their deadline.
-
-    A render registers (thread, deadline) and unregisters when done, a few microseconds each: no
-    cost while it runs (a trace function made encoding 2.5x slower). Past the deadline the watchdog
-    raises `_RenderTimeout` in the rendering thread, again every 50 ms in case something swallowed
-    it; unregistering cancels an interrupt not yet delivered, so none lands after the render.
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._active: dict[int, list] = {}  # key -> [thread id, next deadline, fired]
-        self._next_key = 0
-        self._thread: threading.Thread | None = None
-
-    def register(self, deadline: float) -> int:
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="r1kit-template-watchdog", daemon=True)
-                self._thread.start()
-            key, self._next_key = self._next_key, self._next_key + 1
-            self._active[key] = [threading.get_ident(), deadline, False]
-            self._cond.notify()
-            return key
-
-    def unregister(self, key: int) -> None:
-        entry = None
-        while True:
-            try:
-                if entry is None:
-                    with self._cond:
-                        entry = self._active.pop(key)
-                if entry[2]:  # the watchdog fired: cancel what it may still have pending for us
-                    _set_async_exc(entry[0], None)
-                return
-            except _RenderTimeout:  # delivered on the way out; the entry is (being) removed
-                continue
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                wait = None
-                for entry in self._active.values():
-                    if entry[1] <= now:
-                        entry[2] = True
-                        _set_async_exc(entry[0], _RenderTimeout)
-                        entry[1] = now + 0.05
-                    wait = entry[1] - now if wait is None else min(wait, entry[1] - now)
-                self._cond.wait(wait)
-
-
-_WATCHDOG = _Watchdog()
+def _bounded_iter(iterable):
+    """What every `{% for %}` of a template iterates: the items, checking the render's deadline."""
+    for item in iterable:
+        _check_deadline()
+        yield item
 
 
 def _render_bounded(template, variables: dict, time_limit_s: float, max_chars: int) -> str:
     """Render a compiled template, raising TemplateLimitError past `time_limit_s` or `max_chars`.
 
-    The time bound interrupts pure-Python work (a template's loops); one C call that runs long
-    (a huge repeat or power) is prevented by the sandbox's checks instead (`_compile_template`).
+    The deadline is checked at every loop iteration and every call of the template (see
+    `_compile_template`), so no template code runs long without a check; one C call that runs long
+    (a huge repeat, power or padding) is refused by the sandbox's argument checks instead.
     """
     out: list[str] = []
     size = 0
-    key = _WATCHDOG.register(time.monotonic() + time_limit_s)
+    outer = getattr(_RENDER, "deadline", None), getattr(_RENDER, "limit", None)
+    _RENDER.deadline, _RENDER.limit = time.monotonic() + time_limit_s, time_limit_s
     try:
         for chunk in template.generate(**variables):
             size += len(chunk)
             if size > max_chars:
                 raise TemplateLimitError(f"the chat template rendered more than {max_chars} characters")
             out.append(chunk)
-    except _RenderTimeout:
-        raise TemplateLimitError(f"the chat template did not render within {time_limit_s:g} s") from None
     finally:
-        _WATCHDOG.unregister(key)
+        _RENDER.deadline, _RENDER.limit = outer
     return "".join(out)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -366,27 +364,18 @@ def test_hostile_templates_hit_a_bound(tok, template):
     tk.template_time_limit_s = 0.5
     with pytest.raises(TemplateLimitError):
         tk.apply_chat_template([{"role": "user", "content": "hi"}])
-    # no interrupt is left pending for this thread: plain Python work afterwards runs undisturbed
-    end = time.monotonic() + 0.2
-    while time.monotonic() < end:
-        sum(range(1000))
-    assert tk.apply_chat_template([], chat_template="ok") == "ok"
+    assert tk.apply_chat_template([], chat_template="ok") == "ok"  # the next render has its own bound
 
 
-def test_renders_that_end_near_their_deadline_leave_nothing_pending(tok):
-    tk = Tokenizer(tok.backend, "{% for i in range(3000) %}{{ i }}{% endfor %}", {})
-    tk.template_time_limit_s = 0.001  # some renders finish, some are interrupted, near the deadline
-    outcomes = set()
-    for _ in range(200):
-        try:
-            tk.apply_chat_template([])
-            outcomes.add("done")
-        except TemplateLimitError:
-            outcomes.add("interrupted")
-    end = time.monotonic() + 0.2
-    while time.monotonic() < end:
-        sum(range(1000))
-    assert outcomes
+def test_bounded_loops_keep_jinja_loop_semantics(tok):
+    template = (
+        "{% for m in messages if m.role != 'x' %}{{ loop.index }}/{{ loop.length }}"
+        "{{ '!' if loop.last }}{% else %}empty{% endfor %}"
+        "{% for i in [] %}no{% else %}none{% endfor %}"
+    )
+    tk = Tokenizer(tok.backend, template, {})
+    msgs = [{"role": "user", "content": "a"}, {"role": "x", "content": "b"}, {"role": "user", "content": "c"}]
+    assert tk.apply_chat_template(msgs) == "1/22/2!none"
 
 
 # DeepSeek-R1's template drops the reasoning of past turns: not incremental, no loss mask at all
