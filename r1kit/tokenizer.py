@@ -193,16 +193,15 @@ def _compile_template(template: str):
         """The sandbox, plus no huge repeats (`'x' * 10**9`), powers or integer arguments (`ljust(10**9)`):
         one C call that allocates gigabytes cannot be interrupted by the render's deadline."""
 
-        intercepted_binops = frozenset({"*", "**"})
+        intercepted_binops = frozenset({"*", "**", "+"})
 
         def call_binop(self, context, operator, left, right):
+            if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)):
+                _check_size(len(left) + len(right))
             if operator == "*":
                 for seq, count in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                        if len(seq) * max(count, 0) > TEMPLATE_MAX_CHARS:
-                            raise TemplateLimitError(
-                                "the chat template repeats a sequence beyond its size bound"
-                            )
+                        _check_size(len(seq) * max(count, 0))
             if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
                 if right * math.log2(abs(left)) > 4096:
                     raise TemplateLimitError("the chat template computes a power beyond 4096 bits")
@@ -226,11 +225,19 @@ def _compile_template(template: str):
     env.globals["r1kit_bounded_iter"] = _bounded_iter
     # every `{% for %}` iterates through `_bounded_iter`, so even a loop with an empty body (which
     # runs as plain Python bytecode, calling nothing) checks the render's deadline
+    env.globals["r1kit_bounded_concat"] = _bounded_concat
     ast = env.parse(template)
     for loop in ast.find_all(jinja2.nodes.For):
         loop.iter = jinja2.nodes.Call(
             jinja2.nodes.Name("r1kit_bounded_iter", "load"), [loop.iter], [], None, None, lineno=loop.lineno
         )
+    # `a ~ b` concatenates in C: a doubling `{% set s = s ~ s %}` would reach gigabytes in 30 steps
+    for concat in ast.find_all(jinja2.nodes.Concat):
+        concat.nodes = [
+            jinja2.nodes.Call(
+                jinja2.nodes.Name("r1kit_bounded_concat", "load"), list(concat.nodes), [], None, None
+            )
+        ]
     return env.template_class.from_code(env, env.compile(ast), env.make_globals(None), None)
 
 
@@ -242,6 +249,18 @@ def _check_deadline() -> None:
     deadline = getattr(_RENDER, "deadline", None)
     if deadline is not None and time.monotonic() > deadline:
         raise TemplateLimitError(f"the chat template did not render within {_RENDER.limit:g} s")
+
+
+def _check_size(n: int) -> None:
+    if n > TEMPLATE_MAX_CHARS:
+        raise TemplateLimitError(f"the chat template builds a value of more than {TEMPLATE_MAX_CHARS} items")
+
+
+def _bounded_concat(*values):
+    """`a ~ b ~ ...` of a template (its Concat node), refusing results beyond `TEMPLATE_MAX_CHARS`."""
+    parts = [str(v) for v in values]
+    _check_size(sum(map(len, parts)))
+    return "".join(parts)
 
 
 def _bounded_iter(iterable):

@@ -355,6 +355,9 @@ LOOPING_TEMPLATES = [
     "{{ range(10)|batch(10**9)|list }}",
     "{{ 7 ** 100000 }}",
     "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}",  # 100 MB of output
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    "{% set ns = namespace(s=[1]) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
 ]
 
 
