@@ -39,6 +39,7 @@ import torch
 
 from r1kit import distill, evaluate
 from r1kit.config import load_config
+from r1kit.loaders import load_model
 from r1kit.tasks import get_task
 from r1kit.tokenizer import format_assistant
 from r1kit.train import sft
@@ -125,7 +126,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def score(model_dir: Path, problems, k: int) -> dict[str, float]:
     """Held-out greedy accuracy, pass@1 over k samples (T 0.6, top-p 0.95), maj@k, mean thinking tokens."""
-    model, tok, _ = evaluate.load_model_and_tokenizer(str(model_dir), device="cpu")
+    model, tok, _ = load_model(str(model_dir), device="cpu")
     task = get_task("addition", **TASK_ARGS)
     with torch.no_grad():
         result = evaluate.evaluate(model, tok, task, problems, k, max_new_tokens=48, best_of=())

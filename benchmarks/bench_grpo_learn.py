@@ -57,7 +57,7 @@ def sft_seconds_per_step(run_dir: Path) -> float:
 def run_sft_control(workdir: Path, sft_dir: Path, seconds: float, threads: int, extra: list[str]) -> Path:
     """More SFT from the SFT model for about `seconds` of wall time (the compute control)."""
     from r1kit.config import load_config
-    from r1kit.rl.grpo import resolve_model_dir
+    from r1kit.loaders import resolve_model_dir
     from r1kit.train import sft
 
     model_dir = resolve_model_dir(sft_dir)
@@ -78,8 +78,9 @@ def evaluate(model_path: Path, splits: dict[str, dict], args: argparse.Namespace
     import torch
 
     from r1kit.engine import Engine
+    from r1kit.loaders import find_tokenizer_dir, resolve_model_dir
     from r1kit.model import Transformer
-    from r1kit.rl.grpo import evaluate_policy, find_tokenizer_dir, resolve_model_dir
+    from r1kit.rl.grpo import evaluate_policy
     from r1kit.tasks import get_task
     from r1kit.tokenizer import Tokenizer
 

@@ -233,9 +233,11 @@ def make_backend(config: Config):
     if config.url:
         api_key = config.api_key or os.environ.get("R1KIT_API_KEY")
         return RemoteBackend(config.url, api_key, config.served_model)
-    from r1kit.serve import load_model_dir
+    from r1kit.loaders import load_model
 
-    model, tokenizer = load_model_dir(config.model, config.device, config.dtype)
+    model, tokenizer, _ = load_model(
+        config.model, device=config.device, dtype=config.dtype, require_chat_template=True
+    )
     return LocalBackend(model, tokenizer)
 
 

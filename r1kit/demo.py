@@ -28,11 +28,31 @@ plainly. ``--quick true`` shrinks every stage for a smoke test (a few minutes on
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
+from rich.console import Console
+
+from r1kit import distill
+from r1kit.evaluate import budget_curve, evaluate, plot_budget, plot_scaling, write_records
+from r1kit.loaders import resolve_device, set_threads
+from r1kit.model import ModelConfig, Transformer
+from r1kit.model.counting import active_param_count, flops_per_token, param_count
+from r1kit.report import StageReport, format_number, write_report
+from r1kit.rl import grpo
+from r1kit.tasks import MixtureTask, get_task
+from r1kit.tokenizer import Tokenizer
+from r1kit.train import pretrain, sft
+from r1kit.train.cost import CostMeter, format_duration, summarize_costs
+from r1kit.train.data import problem_messages
+from r1kit.train.log import stage_header
+from r1kit.train.loop import RunConfig, TrainConfig
+from r1kit.train.sections import ValSection
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -168,8 +188,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def _sft_mixture(recipe: Recipe):
     """The cold-start distribution: easier problems plus a share of longer ones."""
-    from r1kit.tasks import MixtureTask, get_task
-
     lo, hi = recipe.sft_digits
     hard_lo, hard_hi = recipe.hard_digits
     easy = get_task("addition", min_digits=lo, max_digits=hi)
@@ -179,8 +197,6 @@ def _sft_mixture(recipe: Recipe):
 
 def _inference_flops_per_token(cfg: Any, seq_len: int) -> float:
     """Forward FLOPs per generated token: a third of the training figure (no MTP at inference)."""
-    from r1kit.model.counting import flops_per_token
-
     return flops_per_token(cfg, seq_len, include_mtp=False) / 3.0
 
 
@@ -194,8 +210,6 @@ class _Stages:
         self.notes: dict[str, list[str]] = {}
 
     def meter(self, flops_per_token: float | None = None):
-        from r1kit.train.cost import CostMeter
-
         return CostMeter(
             self.device,
             dollars_per_device_hour=self.config.dollars_per_hour or None,
@@ -219,9 +233,6 @@ def _prepare(run_dir: Path, console: Any) -> None:
 
 def stage_tokenizer(recipe: Recipe, run_dir: Path, seed: int, stages: _Stages) -> tuple[Any, Path, Path]:
     """Train the tokenizer on the task's text; write the pretraining corpus and the SFT chats."""
-    from r1kit.tokenizer import Tokenizer
-    from r1kit.train.data import problem_messages
-
     t0 = time.perf_counter()
     mixture = _sft_mixture(recipe)
     # one draw from the train split, cut in three: pretraining and SFT see different problems
@@ -246,8 +257,6 @@ def stage_tokenizer(recipe: Recipe, run_dir: Path, seed: int, stages: _Stages) -
 
 
 def _train_common(recipe: Recipe, config: Config, steps: int, batch: int, lr: float, **extra: Any):
-    from r1kit.train.loop import TrainConfig
-
     return TrainConfig(
         steps=max(1, steps),
         batch_size=batch,
@@ -261,8 +270,6 @@ def _train_common(recipe: Recipe, config: Config, steps: int, batch: int, lr: fl
 
 
 def _run_config(path: Path, config: Config):
-    from r1kit.train.loop import RunConfig
-
     return RunConfig(
         dir=str(path),
         log_every=5,
@@ -283,8 +290,6 @@ def stage_pretrain(
     name: str = "pretrain",
 ):
     """Next-token pretraining on the corpus: the teacher by default, the student with its preset."""
-    from r1kit.train import pretrain
-
     cfg = pretrain.Config(
         model=pretrain.ModelSection(
             preset=preset, overrides=dict(recipe.teacher if overrides is None else overrides)
@@ -304,8 +309,6 @@ def stage_pretrain(
 
 
 def _val_section(recipe: Recipe, target: float, every: int):
-    from r1kit.train.sft import ValSection
-
     return ValSection(
         every=every,
         task="addition",
@@ -317,8 +320,6 @@ def _val_section(recipe: Recipe, target: float, every: int):
 
 
 def stage_sft(recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: Path, console: Any):
-    from r1kit.train import sft
-
     cfg = sft.Config(
         model=sft.ModelSection(init=str(init)),
         tokenizer=sft.TokenizerSection(path=str(run_dir / "tokenizer")),
@@ -333,8 +334,6 @@ def stage_sft(recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: 
 
 
 def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
-    from r1kit.rl import grpo
-
     lo, hi = recipe.rl_digits
     cfg = grpo.Config(
         run_dir=str(run_dir / "grpo"),
@@ -377,10 +376,6 @@ def stage_control(
     """More SFT from the SFT checkpoint with the FLOPs GRPO spent (cosine decay, its best shot), on the
     cold-start distribution: ``steps × batch`` conversations drawn afresh (seed + 1) from the SFT file, so
     only what it trains on is tokenised."""
-    import random
-
-    from r1kit.train import sft
-
     lines = chats.read_text(encoding="utf-8").splitlines()
     need = min(len(lines), steps * recipe.sft_batch)
     subset = run_dir / "data" / "sft_control.jsonl"
@@ -400,8 +395,6 @@ def stage_control(
 
 
 def stage_sample(recipe: Recipe, config: Config, run_dir: Path, teacher: Path, console: Any):
-    from r1kit import distill
-
     hi = recipe.rl_digits[1]
     cfg = distill.Config(
         teacher=distill.TeacherSection(path=str(teacher), tokenizer=str(run_dir / "tokenizer")),
@@ -428,8 +421,6 @@ def stage_sample(recipe: Recipe, config: Config, run_dir: Path, teacher: Path, c
 def stage_distill(
     recipe: Recipe, config: Config, run_dir: Path, traces: Path, console: Any, init: Path | None = None
 ):
-    from r1kit import distill
-
     cfg = distill.Config(
         teacher=distill.TeacherSection(path=str(run_dir / "grpo"), tokenizer=str(run_dir / "tokenizer")),
         student=distill.ModelSection(
@@ -462,11 +453,6 @@ def stage_evaluate(
     console: Any,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Evaluate each model on each held-out split; the RL model also gets scaling and budget curves."""
-    from r1kit.evaluate import budget_curve, evaluate, plot_budget, plot_scaling, write_records
-    from r1kit.model import Transformer
-    from r1kit.tasks import get_task
-    from r1kit.train.log import stage_header
-
     results: dict[str, dict[str, Any]] = {name: {} for name in models}
     extras: dict[str, Any] = {"plots": [], "budget": {}, "curves": {}}
     out = run_dir / "eval"
@@ -673,9 +659,6 @@ def write_demo_report(
     facts: dict[str, Any],
     plots: dict[str, list[str]],
 ) -> Path:
-    from r1kit.report import StageReport, write_report
-    from r1kit.train.cost import summarize_costs
-
     k = recipe.eval_k
     summary, targets = build_summary(recipe, results, facts, config.quick)
     order = [
@@ -747,20 +730,9 @@ def write_demo_report(
 
 def run(config: Config) -> dict[str, Any]:
     """Run the whole recipe; returns {"report": path, "results": ..., "facts": ...}."""
-    import torch
-    from rich.console import Console
-
-    from r1kit.model import ModelConfig
-    from r1kit.model.counting import active_param_count, param_count
-    from r1kit.report import format_number
-    from r1kit.train.cost import format_duration, summarize_costs
-    from r1kit.train.log import stage_header
-    from r1kit.train.loop import resolve_device
-
     console = Console()
     recipe = Recipe.quick() if config.quick else Recipe.full()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     run_dir = Path(config.run_dir)
     _prepare(run_dir, console)
     device = resolve_device(config.device)

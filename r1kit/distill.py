@@ -25,7 +25,9 @@ Both commands read the same config file, so a pipeline is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -37,27 +39,49 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 
-from r1kit.train.loop import IGNORE_INDEX, RunConfig, TrainConfig
-from r1kit.train.pretrain import ModelSection
+from r1kit.config import ConfigError, check_positive, check_range, save_config
+from r1kit.engine import SamplingParams
+from r1kit.evaluate import (
+    as_engine,
+    completion_lengths,
+    generate_chunked,
+    is_correct,
+    problem_seed,
+    render_prompts,
+)
+from r1kit.loaders import find_tokenizer_dir, load_model, resolve_model_dir, set_threads
+from r1kit.model.counting import flops_per_token
+from r1kit.rewards import format_reward
+from r1kit.tasks import get_task, task_kwargs
+from r1kit.tokenizer import Tokenizer, format_assistant, split_reasoning
+from r1kit.train import sft
+from r1kit.train.cost import CostMeter, format_cost
+from r1kit.train.data import BatchStream, ChatExamples, read_conversations
+from r1kit.train.log import MetricsLogger, ProgressBar, RateProgress, plot_metrics
+from r1kit.train.loop import (
+    IGNORE_INDEX,
+    RunConfig,
+    TrainConfig,
+    autocast_for,
+    build_optimizer,
+    build_scheduler,
+    count_targets,
+    moe_balance_step,
+    prepare_run_dir,
+    train_step,
+)
+from r1kit.train.pretrain import build_model, start_stage
 from r1kit.train.result import RunResult
-from r1kit.train.sft import ValSection
+from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection
 
 # ----------------------------------------------------------------------------------------------
 # configuration
 
 
-@dataclass
-class TeacherSection:
-    """[teacher] the model that writes the traces (and the logits for logit distillation).
-
-    path (str): an HF model directory, an r1kit run directory (its `model/` or latest checkpoint) or a
-        checkpoint directory.
-    tokenizer (str): tokenizer directory; "" = found next to the model.
-    """
-
-    path: str = ""
-    tokenizer: str = ""
+TeacherSection = ModelDirSection  # [teacher] the model that writes the traces (and the logits)
 
 
 @dataclass
@@ -141,8 +165,6 @@ class Config:
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/distill"))
 
     def __post_init__(self) -> None:
-        from r1kit.config import ConfigError, check_positive, check_range
-
         s = self.sample
         check_positive(s.k, "sample.k")
         check_positive(s.prompts, "sample.prompts")
@@ -166,8 +188,6 @@ def trace_messages(problem: Any, completion: str, system: str = "") -> list[dict
     """The SFT conversation of one trace: [system], the user prompt, and the completion as assistant
     content in R1 layout (``<think>\\n{reasoning}\\n</think>\\n{answer}``), which r1kit's chat template
     renders to exactly the completion tokens after the generation prompt."""
-    from r1kit.tokenizer import format_assistant, split_reasoning
-
     reasoning, answer = split_reasoning(completion)
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": problem.prompt})
@@ -178,8 +198,6 @@ def trace_messages(problem: Any, completion: str, system: str = "") -> list[dict
 def well_formed(completion: Any) -> bool:
     """A completion that ended on its own (EOS) and reads "reasoning</think>answer" with one
     `</think>` and a non-empty answer (`r1kit.rewards.format_reward`)."""
-    from r1kit.rewards import format_reward
-
     return completion.finish_reason == "stop" and format_reward(completion.text) == 1.0
 
 
@@ -208,8 +226,6 @@ def select_traces(
     Returns:
         The kept indices, in the order of preference.
     """
-    from r1kit.evaluate import is_correct
-
     if keep not in ("all", "shortest", "random"):
         raise ValueError(f"keep must be 'all', 'shortest' or 'random', got {keep!r}")
     ok = [
@@ -308,17 +324,6 @@ def rejection_sample(
     Returns:
         `SampleResult` (rows in task order, then prompt order; statistics per task and in total).
     """
-    from r1kit.engine import SamplingParams
-    from r1kit.evaluate import (
-        _Progress,
-        as_engine,
-        completion_lengths,
-        generate_chunked,
-        is_correct,
-        problem_seed,
-        render_prompts,
-    )
-
     engine = as_engine(model, tokenizer)
     params = SamplingParams(
         n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
@@ -331,7 +336,7 @@ def rejection_sample(
         if not probs:
             continue
         prompt_ids = render_prompts(tokenizer, probs, template, system)
-        bar = _Progress(len(probs), f"sample {label}", progress, console)
+        bar = RateProgress(len(probs), f"sample {label}", progress, console)
         t0 = time.perf_counter()
         try:
             per_prompt = [dataclasses.replace(params, seed=problem_seed(seed, p.id)) for p in probs]
@@ -441,8 +446,6 @@ def stats_path(out: str | Path) -> Path:
 
 def format_sample_table(stats: dict[str, dict[str, Any]]) -> Any:
     """A rich Table of rejection-sampling statistics, one row per task and a total."""
-    from rich.table import Table
-
     table = Table(title="r1kit sample: rejection sampling")
     for name in ("task", "prompts", "samples", "accepted", "solved", "kept", "kept/prompt", "mean tok"):
         table.add_column(name, justify="left" if name == "task" else "right")
@@ -462,33 +465,20 @@ def format_sample_table(stats: dict[str, dict[str, Any]]) -> Any:
 
 def _teacher(config: Config):
     """(teacher model, tokenizer, model dir) on train.device."""
-    from r1kit.config import ConfigError
-    from r1kit.evaluate import load_model_and_tokenizer
-
     if not config.teacher.path:
         raise ConfigError("teacher.path is empty: give the teacher's model or run directory")
-    return load_model_and_tokenizer(
-        config.teacher.path, config.teacher.tokenizer, config.train.device, "fp32"
-    )
+    return load_model(config.teacher.path, config.teacher.tokenizer, config.train.device, "fp32")
 
 
 def run_sample(config: Config, console: Any = None) -> SampleRunResult:
     """`r1kit sample`: rejection-sample the teacher on `sample.tasks`; writes the chat JSONL `sample.out`
     and its statistics (`stats_path`). Returns a `SampleRunResult` (path, stats; metrics: the "total"
     statistics, "{task}/{stat}" and "out"; cost of the generation)."""
-    from rich.console import Console
-
-    from r1kit.evaluate import _task_kwargs
-    from r1kit.model.counting import flops_per_token
-    from r1kit.tasks import get_task
-    from r1kit.train.cost import CostMeter
-
     console = console or Console()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    set_threads(config.train.threads)
     s = config.sample
     model, tokenizer, _ = _teacher(config)
-    tasks = {name: get_task(name, **_task_kwargs(s.task_args, name)) for name in s.tasks}
+    tasks = {name: get_task(name, **task_kwargs(s.task_args, name)) for name in s.tasks}
     problems = {name: t.problems(split=s.split, n=s.prompts, seed=s.seed) for name, t in tasks.items()}
     meter = CostMeter(next(model.parameters()).device).start()
     with torch.no_grad():
@@ -601,19 +591,14 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
 
 def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
     """The `r1kit.train.sft` config of trace distillation."""
-    from r1kit.train import sft
-    from r1kit.train.pretrain import TokenizerSection
-
     task = config.sample.tasks[0]
-    from r1kit.evaluate import _task_kwargs
-
     return sft.Config(
         model=config.student,
         tokenizer=TokenizerSection(path=tokenizer_dir),
         data=sft.SFTData(
             files=files,
             task=task,
-            task_args=_task_kwargs(config.sample.task_args, task),
+            task_args=task_kwargs(config.sample.task_args, task),
             system=config.sample.system,
             max_len=config.distill.max_len,
         ),
@@ -627,8 +612,6 @@ def run(config: Config, console: Any = None) -> DistillRunResult:
     """`r1kit distill`: train the student on the teacher's traces (`distill.method` "sft") or on its
     token distributions along those traces ("logits"). Returns a `DistillRunResult` (model_dir;
     metrics: loss, steps, val_accuracy when validating, model_dir; cost)."""
-    from r1kit.config import ConfigError
-
     files = list(config.distill.files) or [config.sample.out]
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
@@ -637,14 +620,10 @@ def run(config: Config, console: Any = None) -> DistillRunResult:
         )
     tokenizer_dir = config.distill.tokenizer
     if not tokenizer_dir and config.teacher.path:
-        from r1kit.rl.grpo import find_tokenizer_dir, resolve_model_dir
-
         tokenizer_dir = str(
             find_tokenizer_dir(resolve_model_dir(config.teacher.path), config.teacher.tokenizer)
         )
     if config.distill.method == "sft":
-        from r1kit.train import sft
-
         result = sft.run(_sft_config(config, files, tokenizer_dir), console=console)
     else:
         if not config.teacher.path:
@@ -665,27 +644,6 @@ def run(config: Config, console: Any = None) -> DistillRunResult:
 def _run_logits(config: Config, files: list[str], console: Any = None):
     """Logit distillation: a compact single-process loop over `r1kit.train.loop`'s pieces (optimizer,
     schedule, `train_step`), with the teacher's forward inside the loss."""
-    import contextlib
-    import functools
-
-    from r1kit.evaluate import load_model_and_tokenizer
-    from r1kit.model.counting import flops_per_token
-    from r1kit.tokenizer import Tokenizer
-    from r1kit.train import sft
-    from r1kit.train.cost import CostMeter, format_cost
-    from r1kit.train.data import BatchStream, ChatExamples, read_conversations
-    from r1kit.train.log import MetricsLogger, ProgressBar, plot_metrics
-    from r1kit.train.loop import (
-        autocast_for,
-        build_optimizer,
-        build_scheduler,
-        count_targets,
-        moe_balance_step,
-        prepare_run_dir,
-        train_step,
-    )
-    from r1kit.train.pretrain import build_model, start_stage
-
     train, run_cfg, d = config.train, config.run, config.distill
     dist, device = start_stage(train)
     if dist.distributed:
@@ -693,9 +651,7 @@ def _run_logits(config: Config, files: list[str], console: Any = None):
             "logit distillation runs in one process; use distill.method = 'sft' under torchrun"
         )
     prepare_run_dir(run_cfg)
-    teacher, tokenizer, _ = load_model_and_tokenizer(
-        config.teacher.path, config.teacher.tokenizer, str(device), "fp32"
-    )
+    teacher, tokenizer, _ = load_model(config.teacher.path, config.teacher.tokenizer, device, "fp32")
     teacher.requires_grad_(False)
     if d.tokenizer and not _same_tokenizer(Tokenizer.from_pretrained(d.tokenizer), tokenizer):
         raise ValueError(
@@ -720,8 +676,6 @@ def _run_logits(config: Config, files: list[str], console: Any = None):
         )
     run_dir = Path(run_cfg.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from r1kit.config import save_config
-
     save_config(config, run_dir / "config.toml", header="r1kit distill (logits): resolved config")
     # student forward + backward, plus the teacher's forward (a third of its training FLOPs)
     flops_tok = flops_per_token(student.config, 0) + flops_per_token(teacher.config, 0) / 3
@@ -794,8 +748,6 @@ def _run_logits(config: Config, files: list[str], console: Any = None):
         pass
     cost = meter.summary()
     if run_cfg.progress:
-        from rich.console import Console
-
         (console or Console()).print(f"distill cost: {format_cost(cost)}", highlight=False)
     loss = stats.loss if stats is not None else math.nan
     metrics = {

@@ -35,22 +35,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r1kit.metrics import best_of_n, maj_at_k, normalize_answer, pass_at_k_many
+from r1kit.seeding import stable_seed
+from r1kit.train.log import RateProgress
+from r1kit.train.sections import DType, ModelDirSection, normalize_dtype
 
 # ----------------------------------------------------------------------------------------------
 # configuration
 
 
-@dataclass
-class ModelSection:
-    """[model] the model to evaluate.
-
-    path (str): an HF model directory (config.json + safetensors), an r1kit run directory (its `model/`
-        or latest checkpoint) or a checkpoint directory.
-    tokenizer (str): tokenizer directory; "" = found next to the model.
-    """
-
-    path: str = ""
-    tokenizer: str = ""
+ModelSection = ModelDirSection  # [model] the model to evaluate (shared with GRPO and distillation)
 
 
 @dataclass
@@ -140,7 +133,8 @@ class RunSection:
 
     dir (str): output directory: results.json, records_*.jsonl, scaling_*.png, budget_*.png.
     device (str): "auto" (CUDA when available), "cpu", "cuda", "cuda:1".
-    dtype (str): weights' dtype for inference: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
+    dtype (str): weights' dtype for inference: "auto" (bfloat16 on CUDA, float32 on CPU), "float32",
+        "bfloat16" or "float16" ("fp32", "bf16", "fp16" are read as these).
     threads (int): torch CPU threads; 0 = torch's default.
     progress (bool): progress bar (problems/s) and the results table.
     plots (bool): write the PNG curves.
@@ -149,11 +143,14 @@ class RunSection:
 
     dir: str = "runs/eval"
     device: str = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: DType = "auto"
     threads: int = 0
     progress: bool = True
     plots: bool = True
     records: bool = True
+
+    def __post_init__(self) -> None:
+        self.dtype = normalize_dtype(self.dtype)
 
 
 @dataclass
@@ -252,18 +249,9 @@ class EvalResult:
 def render_prompts(
     tokenizer: Any, problems: Sequence[Any], template: str = "chat", system: str = ""
 ) -> list[list[int]]:
-    """Token ids of each problem's prompt: the chat template with the generation prompt (R1 protocol:
-    the response starts inside `<think>`), or the raw prompt text with template "raw"."""
-    out = []
-    for p in problems:
-        if template == "raw":
-            text = p.prompt
-        else:
-            messages = [{"role": "system", "content": system}] if system else []
-            messages.append({"role": "user", "content": p.prompt})
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        out.append(list(tokenizer.encode(text)))
-    return out
+    """Token ids of each problem's prompt (`Tokenizer.prompt_ids`): the chat template with the generation
+    prompt (R1 protocol: the response starts inside `<think>`), or the raw prompt text with template "raw"."""
+    return [list(tokenizer.prompt_ids(p.prompt, template, system)) for p in problems]
 
 
 def completion_lengths(token_ids: Sequence[int], tokenizer: Any) -> tuple[int, int]:
@@ -485,10 +473,7 @@ def aggregate(
 def problem_seed(seed: int, problem_id: Any) -> int:
     """The sampling seed of one problem: a stable 31-bit hash of (seed, problem id), so each problem has
     its own random streams whatever else is evaluated with it."""
-    import hashlib
-
-    digest = hashlib.blake2b(f"{seed}/{problem_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % (2**31)
+    return stable_seed(seed, problem_id)
 
 
 def as_engine(model_or_engine: Any, tokenizer: Any) -> Any:
@@ -520,25 +505,6 @@ def generate_chunked(
         if progress is not None:
             progress(start + len(chunk))
     return outs
-
-
-class _Progress:
-    """Problems/s progress bar over the generate calls (quiet when disabled)."""
-
-    def __init__(self, total: int, description: str, enabled: bool, console: Any = None):
-        from r1kit.train.log import ProgressBar
-
-        self.bar = ProgressBar(total, description, console=console, quiet=not enabled)
-        self.start = time.perf_counter()
-        self.done = 0
-
-    def __call__(self, done: int) -> None:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        self.bar.update(done - self.done, **{"problems/s": f"{done / elapsed:.1f}"})
-        self.done = done
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def evaluate(
@@ -580,7 +546,7 @@ def evaluate(
 
     Args:
         model: a `Transformer` (wrapped in an `Engine`), a model or run directory (str/Path, loaded with
-            `load_model_and_tokenizer` on `device`/`dtype`), or any object with the
+            `r1kit.loaders.load_model` on `device`/`dtype`), or any object with the
             `Engine.generate(prompts, params)` signature (a stub in tests, an existing engine).
         tokenizer: renders the prompts (chat template) and counts thinking/answer tokens; None (or a
             directory) with a model directory = the tokenizer found next to the model.
@@ -604,8 +570,10 @@ def evaluate(
         and timing.
     """
     if isinstance(model, (str, Path)):
+        from r1kit.loaders import load_model
+
         tok_dir = str(tokenizer) if isinstance(tokenizer, (str, Path)) else ""
-        model, loaded, _ = load_model_and_tokenizer(str(model), tok_dir, device, dtype)
+        model, loaded, _ = load_model(str(model), tok_dir, device, dtype)
         if tokenizer is None or isinstance(tokenizer, (str, Path)):
             tokenizer = loaded
     elif tokenizer is None:
@@ -712,7 +680,7 @@ def _evaluate(
             )
             requests.append((i, sample_params))
     per_problem = len(requests) // len(problems)
-    bar = _Progress(len(problems), f"eval {label or task.name}", progress, console)
+    bar = RateProgress(len(problems), f"eval {label or task.name}", progress, console)
     t0 = time.perf_counter()
     try:
         outs = generate_chunked(
@@ -958,56 +926,20 @@ def format_table(results: Sequence[EvalResult]) -> Any:
 # loading and the stage
 
 
-def load_model_and_tokenizer(path: str, tokenizer_dir: str = "", device: str = "auto", dtype: str = "auto"):
-    """(model in eval mode, tokenizer, model directory) from an HF model directory or an r1kit run directory.
-
-    `path` may be the model directory itself, a run directory (its `model/` or latest checkpoint) or a
-    checkpoint; the tokenizer comes from `tokenizer_dir`, else the model directory or its parents.
-    """
-    import torch
-
-    from r1kit.model import Transformer
-    from r1kit.rl.grpo import find_tokenizer_dir, resolve_model_dir
-    from r1kit.tokenizer import Tokenizer
-    from r1kit.train.loop import resolve_device
-
-    model_dir = resolve_model_dir(path)
-    tokenizer = Tokenizer.from_pretrained(find_tokenizer_dir(model_dir, tokenizer_dir))
-    dev = resolve_device(device)
-    torch_dtype = torch.float32
-    if dtype == "bf16" or (dtype == "auto" and dev.type == "cuda"):
-        torch_dtype = torch.bfloat16
-    model = Transformer.from_pretrained(model_dir, device=dev, dtype=torch_dtype).eval()
-    return model, tokenizer, model_dir
-
-
-def _task_kwargs(task_args: dict[str, Any], name: str) -> dict[str, Any]:
-    """The keyword arguments of task `name`: task_args[name] when it is a table, else {}."""
-    value = task_args.get(name, {})
-    if not isinstance(value, dict):
-        from r1kit.config import ConfigError
-
-        raise ConfigError(
-            f"data.task_args maps task names to tables of arguments, e.g. {{{name} = {{digits = 4}}}}; "
-            f"got {name} = {value!r}"
-        )
-    return value
-
-
 def run(config: Config, console: Any = None):
     """Evaluate `model.path` on every (task, split); writes results.json, records and plots to
     `run.dir`, prints the table. Returns a `RunResult` whose metrics are "{task}/{split}/{metric}"."""
     import torch
     from rich.console import Console
 
-    from r1kit.tasks import get_task
+    from r1kit.loaders import load_model, set_threads
+    from r1kit.tasks import get_task, task_kwargs
     from r1kit.train.cost import CostMeter
     from r1kit.train.result import RunResult
 
     console = console or Console()
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    model, tokenizer, model_dir = load_model_and_tokenizer(
+    set_threads(config.run.threads)
+    model, tokenizer, model_dir = load_model(
         config.model.path, config.model.tokenizer, config.run.device, config.run.dtype
     )
     device = next(model.parameters()).device
@@ -1022,7 +954,7 @@ def run(config: Config, console: Any = None):
     meter.start()
     with torch.no_grad():
         for name in config.data.tasks:
-            task = get_task(name, **_task_kwargs(config.data.task_args, name))
+            task = get_task(name, **task_kwargs(config.data.task_args, name))
             for split in config.data.splits:
                 problems = task.problems(split=split, n=config.data.problems, seed=config.data.seed)
                 result = evaluate(
@@ -1123,7 +1055,6 @@ __all__ = [
     "evaluate",
     "extract_answer",
     "format_table",
-    "load_model_and_tokenizer",
     "make_scorers",
     "plot_budget",
     "plot_scaling",

@@ -4,27 +4,23 @@ Two tools:
 - `evaluate_arithmetic(expr)`: an AST walker that allows only integer literals, + - * / and
   parentheses, with size bounds, computing exactly with Fractions (Countdown scoring).
 - `math_equal(pred, gold)`: are two final answers the same number/expression? Plain numbers
-  (3, -0.5, 1/2, \\frac{1}{2}, 1,000) are compared exactly in-process. Anything else goes to
-  math-verify (sympy) in a worker process with a hard timeout: math-verify's own timeout uses
-  signal.alarm, which fails off the main thread, and sympy can run for ever on inputs like
-  9^{9^{9^9}}. The worker is killed and restarted when a comparison runs past its time.
+  (3, -0.5, 1/2, \\frac{1}{2}, 1,000) are compared exactly in-process. Anything else is bounded
+  statically (`is_tractable`: length, nesting, exponents) and then goes to math-verify (sympy) in
+  a confined worker process (`r1kit.sandbox`) with a hard timeout: math-verify's own timeout uses
+  signal.alarm, which fails off the main thread, sympy can run for ever on inputs like
+  9^{9^{9^9}}, and math-verify's plain-expression path calls sympy's parse_expr, which runs
+  Python (the worker uses LaTeX extraction only). A worker past its time is killed and replaced.
 Nothing here calls eval or exec.
 """
 
 from __future__ import annotations
 
 import ast
-import atexit
-import json
-import os
 import re
-import select
-import subprocess
-import sys
 import threading
-import time
 from fractions import Fraction
-from pathlib import Path
+
+from r1kit.sandbox import Sandbox
 
 # ----------------------------------------------------------------- arithmetic (Countdown)
 MAX_EXPR_CHARS = 200
@@ -33,12 +29,14 @@ _ARITH_CHARS = re.compile(r"[0-9+\-*/() \t]*")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
-def evaluate_arithmetic(expr: str, max_chars: int = MAX_EXPR_CHARS) -> tuple[Fraction, list[int]] | None:
+def evaluate_arithmetic(
+    expr: str, max_chars: int = MAX_EXPR_CHARS, unary: bool = False
+) -> tuple[Fraction, list[int]] | None:
     """Exact value of an arithmetic expression and the integer literals it uses, or None.
 
     Allowed: non-negative integer literals (at most 12 digits), binary + - * /, parentheses,
-    spaces. No unary minus, no powers, no names, no calls. Division by zero, an expression longer
-    than `max_chars`, or any other syntax gives None. Never raises.
+    spaces, and with `unary=True` a leading - or +. No powers, no names, no calls. Division by
+    zero, an expression longer than `max_chars`, or any other syntax gives None. Never raises.
     """
     if not isinstance(expr, str) or len(expr) > max_chars or not _ARITH_CHARS.fullmatch(expr):
         return None
@@ -65,6 +63,9 @@ def evaluate_arithmetic(expr: str, max_chars: int = MAX_EXPR_CHARS) -> tuple[Fra
             if right == 0:
                 raise ZeroDivisionError
             return left / right
+        if unary and isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = walk(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
         raise ValueError(f"disallowed syntax: {type(node).__name__}")
 
     try:
@@ -177,6 +178,158 @@ def is_tractable(text: str) -> bool:
     return True
 
 
+MAX_EXPRESSION_NESTING = 64
+MAX_EXPRESSION_DIGITS = 200  # digits in one number: sympy takes seconds on a few thousand
+_LONG_NUMBER = re.compile(rf"\d{{{MAX_EXPRESSION_DIGITS + 1}}}|\d\s*[eE]\s*[-+]?\s*\d{{4}}")  # or 1e9999
+MAX_EXPRESSION_POWERS = 100  # ** or ^ operators in one answer (each is checked with a scan)
+_HUGE_FACTORIAL = re.compile(
+    r"(?<!\d)\d{4,}\s*!|\b(?:factorial|factorial2|subfactorial|gamma|binomial|Integral|Sum|Product)\s*\("
+)
+_OPENERS, _CLOSERS = "([{", ")]}"
+
+
+def _group_end(text: str, start: int) -> int:
+    """Index just past the bracket group opening at `start`, or -1 if it never closes."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] in _OPENERS:
+            depth += 1
+        elif text[i] in _CLOSERS:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
+
+
+def _group_start(text: str, end: int) -> int:
+    """Index of the bracket opening the group that closes at `end`, or -1."""
+    depth = 0
+    for i in range(end, -1, -1):
+        if text[i] in _CLOSERS:
+            depth += 1
+        elif text[i] in _OPENERS:
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def is_bounded_expression(text: str, max_nesting: int = MAX_EXPRESSION_NESTING) -> bool:
+    """Static bounds on a Python/sympy-syntax answer before a third-party scorer evaluates it.
+
+    Rejects bracket nesting deeper than `max_nesting`, numbers of more than 200 digits or with an
+    exponent of 4 or more digits (1e9999), more than
+    100 powers, power
+    towers (a ** or ^ in or right after an exponent: 9**9**9, 2**(10**10)), exponents of 4 or more
+    digits, a power of a power of a power ((((9**99)**99)**99), and factorials, gamma, binomials,
+    sums and integrals (which sympy would try to evaluate). Whatever slips through is cut off by
+    the sandbox's deadline.
+    """
+    if not isinstance(text, str):
+        return False
+    depth = 0
+    for ch in text:
+        if ch in _OPENERS:
+            depth += 1
+            if depth > max_nesting:
+                return False
+        elif ch in _CLOSERS:
+            depth -= 1
+    if _LONG_NUMBER.search(text) or _HUGE_FACTORIAL.search(text):
+        return False
+    text = text.replace("**", "^")
+    if text.count("^") > MAX_EXPRESSION_POWERS:
+        return False
+    i = text.find("^")
+    while i >= 0:
+        j = i + 1
+        while j < len(text) and text[j] in " +-":
+            j += 1
+        k = j
+        if k < len(text) and text[k].isdigit():
+            while k < len(text) and (text[k].isdigit() or text[k] == "."):
+                k += 1
+            if sum(c.isdigit() for c in text[j:k]) >= 4:
+                return False
+        else:
+            while k < len(text) and (text[k].isalnum() or text[k] in "_."):
+                k += 1
+            if k < len(text) and text[k] in _OPENERS:
+                end = _group_end(text, k)
+                if end < 0 or "^" in text[k:end]:
+                    return False
+                k = end
+        while k < len(text) and text[k] == " ":
+            k += 1
+        if k < len(text) and text[k] == "^":
+            return False
+        b = i - 1
+        while b >= 0 and text[b] == " ":
+            b -= 1
+        if b >= 0 and text[b] in _CLOSERS:  # (base)^exponent: a power of a power stays small
+            inner = text[_group_start(text, b) : b + 1]
+            exponent = text[j:k]
+            if "^" in inner and (
+                sum(c.isdigit() for c in exponent) > 3 or any(c.isalpha() for c in exponent)
+            ):
+                return False
+            if any(inner[m] in _CLOSERS and inner[m + 1 : m + 2] == "^" for m in range(len(inner))):
+                return False
+        i = text.find("^", i + 1)
+    return True
+
+
+MAX_EXPRESSION_NODES = 2000
+# Functions a symbolic answer may call (sympy names); anything else called is refused.
+SYMPY_FUNCTIONS = frozenset(
+    "sqrt cbrt root exp log ln sin cos tan cot sec csc asin acos atan acot atan2 sinh cosh tanh coth "
+    "asinh acosh atanh Abs abs sign re im conjugate floor ceiling Rational Integer Min Max".split()
+)
+_SYMPY_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.BitXor)
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+
+def is_symbolic_expression(text: str) -> bool:
+    """Whether `text` is a plain symbolic expression that sympy can parse without running code.
+
+    `is_bounded_expression` first, then a Python-syntax AST whitelist: numbers, names without
+    underscores, + - * / ** ^, unary signs, and calls of `SYMPY_FUNCTIONS` by name with positional
+    arguments. No attributes, subscripts, strings, lambdas, comprehensions or keywords, so
+    `sympy.parse_expr` (an eval) on such text only builds sympy expressions.
+    """
+    if not is_bounded_expression(text):
+        return False
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    nodes = 0
+    for node in ast.walk(tree):
+        nodes += 1
+        if nodes > MAX_EXPRESSION_NODES:
+            return False
+        if isinstance(node, (ast.Expression, ast.Load, ast.USub, ast.UAdd, *_SYMPY_BINOPS)):
+            continue
+        if isinstance(node, ast.BinOp):
+            if not isinstance(node.op, _SYMPY_BINOPS):
+                return False
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.UAdd)):
+                return False
+        elif isinstance(node, ast.Constant):
+            if type(node.value) not in (int, float):
+                return False
+        elif isinstance(node, ast.Name):
+            if not _IDENTIFIER.fullmatch(node.id):
+                return False
+        elif isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in SYMPY_FUNCTIONS) or node.keywords:
+                return False
+        else:
+            return False
+    return True
+
+
 def candidate_answer(text: str) -> str:
     """The final-answer candidate of a model answer: the last \\boxed{} content, else the last 300 chars."""
     boxed = extract_boxed(text)
@@ -186,92 +339,27 @@ def candidate_answer(text: str) -> str:
 
 
 class MathVerifier:
-    """math-verify in a worker process, with a hard per-call timeout; thread-safe.
+    """math-verify in confined worker processes (`r1kit.sandbox`) with a hard per-call timeout.
 
-    `equal(pred, gold)` returns True/False and never raises. The worker starts on first use
-    (importing sympy takes a second or two) and is replaced when a call times out or it dies.
+    `equal(pred, gold)` returns True/False within `timeout` seconds and never raises; thread-safe.
+    The workers start on first use (importing sympy takes a second or two) and a worker that runs
+    past its time is killed and replaced.
     """
 
-    def __init__(self, timeout: float = 2.0, startup_timeout: float = 120.0):
+    def __init__(self, timeout: float = 2.0, startup_timeout: float = 120.0, workers: int = 2):
         """timeout: seconds one comparison may take; startup_timeout: seconds to import math-verify."""
-        self.timeout = timeout
-        self.startup_timeout = startup_timeout
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self._pid = None
-        self._buffer = b""
-        self._ready = False
-        atexit.register(self.close)
-
-    def _spawn(self) -> None:
-        """Start a worker without waiting for it (it imports math-verify in the background)."""
-        root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "r1kit.safe_math"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
+        warm_up = (("math", "$x^2+2x+1$", "$(x+1)^2$"), ("math", "$\\frac{\\sqrt{2}}{2}$", "$0.5$"))
+        self.sandbox = Sandbox(
+            ("math_verify",), warm_up, workers=workers, timeout=timeout, startup_timeout=startup_timeout
         )
-        self._pid = os.getpid()
-        self._buffer = b""
-        self._ready = False
-
-    def _ensure_ready(self) -> None:
-        if self._proc is None or self._pid != os.getpid() or self._proc.poll() is not None:
-            self._proc = None  # a forked child must not share its parent's worker
-            self._spawn()
-        if not self._ready:
-            if self._read_line(self.startup_timeout) != {"ready": True}:
-                self._kill()
-                raise RuntimeError("math-verify worker failed to start (is math-verify installed?)")
-            self._ready = True
-
-    def _read_line(self, timeout: float) -> dict | None:
-        deadline = time.monotonic() + timeout
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        try:
-            return json.loads(line)
-        except ValueError:
-            return None
-
-    def _kill(self) -> None:
-        if self._proc is not None and self._pid == os.getpid():
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
 
     def close(self) -> None:
-        """Stop the worker (it also exits by itself when this process ends)."""
-        with self._lock:
-            self._kill()
+        """Stop the workers."""
+        self.sandbox.close()
 
     def equal(self, pred: str, gold: str) -> bool:
         """Whether math-verify finds `pred` equivalent to `gold` (both short LaTeX/plain answers)."""
-        with self._lock:
-            try:
-                self._ensure_ready()
-                self._proc.stdin.write(json.dumps({"pred": pred, "gold": gold}).encode() + b"\n")
-                self._proc.stdin.flush()
-                reply = self._read_line(self.timeout)
-            except Exception:  # worker missing, dead or broken pipe: treat as not equal
-                reply = None
-            if reply is None:
-                self._kill()
-                self._spawn()  # warm up the replacement while the caller goes on
-                return False
-            return bool(reply.get("equal"))
+        return self.sandbox.call("math", _as_latex(pred), _as_latex(gold), default=False) is True
 
 
 _default_verifier: MathVerifier | None = None
@@ -314,26 +402,3 @@ def math_equal(pred: str, gold: str, verifier: MathVerifier | None = None) -> bo
 def _as_latex(text: str) -> str:
     """Wrap a bare answer so math-verify's LaTeX extraction sees it."""
     return text if "$" in text or "\\boxed" in text else f"${text}$"
-
-
-def _worker_main() -> None:
-    """Worker loop: one JSON request per line on stdin, one {"equal": bool} per line on stdout."""
-    from math_verify import parse, verify
-
-    out = sys.stdout.buffer
-    out.write(b'{"ready": true}\n')
-    out.flush()
-    for line in sys.stdin.buffer:
-        try:
-            request = json.loads(line)
-            gold = parse(_as_latex(request["gold"]), parsing_timeout=None)
-            pred = parse(_as_latex(request["pred"]), parsing_timeout=None)
-            equal = bool(gold and pred and verify(gold, pred, timeout_seconds=None))
-        except Exception:
-            equal = False
-        out.write(json.dumps({"equal": equal}).encode() + b"\n")
-        out.flush()
-
-
-if __name__ == "__main__":
-    _worker_main()

@@ -114,6 +114,14 @@ class RowSampling:
         """The settings of rows `index` (B',) int64, e.g. after dropping finished rows."""
         return RowSampling(self.temperature[index], self._top_k[index], self._top_p[index])
 
+    def concat(self, other: RowSampling) -> RowSampling:
+        """The settings of this batch's rows followed by `other`'s (continuous batching's merge)."""
+        return RowSampling(
+            torch.cat([self.temperature, other.temperature]),
+            torch.cat([self._top_k, other._top_k]),
+            torch.cat([self._top_p, other._top_p]),
+        )
+
     def logprobs(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
         """Log-probabilities of the distribution each row samples from, in vocabulary order.
 

@@ -36,6 +36,8 @@ THINK_START, THINK_END = "<think>", "</think>"
 # Order fixes the ids of a trained vocabulary: 0..5; the think tags take the last two ids.
 SPECIAL_TOKENS = (BOS, EOS, PAD, SYSTEM, USER, ASSISTANT)
 THINK_TOKENS = (THINK_START, THINK_END)
+# How a problem's prompt becomes model input (Tokenizer.render_prompt).
+PROMPT_TEMPLATES = ("chat", "raw", "text")
 
 # R1-style template (SPEC §2, §5). The assistant content may hold "<think>...</think>answer" (an SFT
 # target) or just the answer; `reasoning_content` is ignored, as the DeepSeek API drops it when sent back.
@@ -555,6 +557,33 @@ class Tokenizer:
         return _render_bounded(
             _compile_template(template), variables, self.template_time_limit_s, self.template_max_chars
         )
+
+    def render_prompt(self, prompt: str, template: str = "chat", system: str = "") -> str:
+        """The text a model continues for a problem's `prompt` (a user message), by `template`:
+
+        - "chat": the chat template over [the system message,] the user message, with the generation
+          prompt (R1's protocol: for r1kit's template the response starts inside `<think>`);
+        - "raw": the prompt text itself (`system` is not used);
+        - "text": the layout of pretraining documents (`r1kit.train.data.problem_text`): the system
+          text and a newline when given, the prompt, a newline. :meth:`prompt_ids` puts BOS before it.
+        """
+        if template == "chat":
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": prompt})
+            return self.apply_chat_template(messages, add_generation_prompt=True)
+        if template == "raw":
+            return prompt
+        if template == "text":
+            return (system + "\n" if system else "") + prompt + "\n"
+        raise ValueError(f"prompt template must be one of {', '.join(PROMPT_TEMPLATES)}; got {template!r}")
+
+    def prompt_ids(self, prompt: str, template: str = "chat", system: str = "") -> list[int]:
+        """Token ids of :meth:`render_prompt` (with BOS first for "text"; the chat template writes its own)."""
+        if template == "chat":  # the prompt is user text: typed control tokens stay text (encode_prompt)
+            messages = [{"role": "system", "content": system}] if system else []
+            return self.encode_prompt([*messages, {"role": "user", "content": prompt}])
+        text = self.render_prompt(prompt, template, system)
+        return self.encode(text, add_bos=True) if template == "text" else self.encode(text)
 
     def encode_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered chat (with the generation prompt): what the engine feeds the model.

@@ -14,6 +14,7 @@ from torch import nn
 from r1kit import evaluate
 from r1kit.engine import SamplingParams
 from r1kit.tasks import Problem, Task
+from r1kit.tokenizer import Tokenizer
 
 SPECIALS = ["<pad>", "<eos>", "<think>", "</think>"]
 
@@ -44,6 +45,9 @@ class CharTokenizer:
     def apply_chat_template(self, messages, add_generation_prompt=False):
         text = "".join(m["content"] for m in messages if m["role"] == "user")
         return "q" + text + ("<think>" if add_generation_prompt else "")
+
+    render_prompt = Tokenizer.render_prompt  # the real renderer over this stub's template and encode
+    prompt_ids = Tokenizer.prompt_ids
 
 
 @dataclass

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import time
@@ -35,7 +34,39 @@ from typing import Any, Literal
 import torch
 
 from r1kit.config import ConfigError, check_one_of, check_positive, check_range, save_config
+from r1kit.engine import Engine, SamplingParams
+from r1kit.loaders import load_tokenizer, resolve_device, resolve_model_dir, set_threads
+from r1kit.metrics import pass_at_k
+from r1kit.model import Transformer
+from r1kit.model.counting import flops_per_token
+from r1kit.rewards import combine, get_reward
+from r1kit.rl.losses import entropy_from_logits, group_advantages, policy_loss
+from r1kit.rl.rollout import (
+    PromptStream,
+    Rollout,
+    build_batch,
+    completion_logprobs,
+    informative_groups,
+    sample_groups,
+)
+from r1kit.seeding import stable_seed
+from r1kit.tasks import get_task
+from r1kit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1kit.train.cost import CostMeter
+from r1kit.train.log import MetricsLogger, ProgressBar, plot_metrics
+from r1kit.train.loop import (
+    all_reduce_sum,
+    autocast_for,
+    build_optimizer,
+    build_scheduler,
+    cleanup_distributed,
+    moe_balance_step,
+    setup_distributed,
+    train_step,
+    wrap_model,
+)
 from r1kit.train.result import RunResult
+from r1kit.train.sections import ModelDirSection
 
 PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length_mean")
 
@@ -44,16 +75,7 @@ PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length
 # configuration
 
 
-@dataclass
-class ModelSection:
-    """[model] the policy to train.
-
-    path (str): HF model dir (llama, qwen2, qwen3, deepseek_v3), r1kit run dir (model/) or checkpoint dir.
-    tokenizer (str): tokenizer directory; "" = the model's directory or its nearest parent with one.
-    """
-
-    path: str = ""
-    tokenizer: str = ""
+ModelSection = ModelDirSection  # [model] the policy to train (shared with eval and distillation)
 
 
 @dataclass
@@ -277,51 +299,16 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------
-# loading
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """The HF-layout directory to load: `path` itself, its `model/`, or its latest checkpoint."""
-    from r1kit.train.checkpoint import latest_checkpoint
-
-    path = Path(path)
-    if not str(path) or str(path) == ".":
-        raise ConfigError("model.path is empty: give an HF model directory or an r1kit run directory")
-    if (path / "config.json").is_file():
-        return path
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    ckpt = latest_checkpoint(path)
-    if ckpt is not None and (ckpt / "config.json").is_file():
-        return ckpt
-    raise FileNotFoundError(f"{path}: no config.json, model/ or checkpoint with a model found")
-
-
-def find_tokenizer_dir(model_dir: Path, explicit: str = "") -> Path:
-    """The tokenizer directory: `explicit`, else the model directory or the nearest parent with one."""
-    if explicit:
-        return Path(explicit)
-    for candidate in (model_dir, *model_dir.parents[:3]):
-        if (candidate / "tokenizer.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"no tokenizer.json in {model_dir} or its parents; set model.tokenizer")
+# reward
 
 
 def build_reward(config: Config, task) -> Any:
     """The weighted `CombinedReward` of `reward.names` (the overlong term is added per token later)."""
-    from r1kit.rewards import combine, get_reward
-
     parts = []
     for name, weight in zip(config.reward.names, config.reward.weights):
         label = name.rsplit(":", 1)[-1] if ":" in name else name
         parts.append((label, get_reward(name, task), weight))
     return combine(parts)
-
-
-def _call_seed(*parts: object) -> int:
-    """A stable 31-bit seed from `parts` (same on every machine and run)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % (2**31)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,14 +338,9 @@ def evaluate_policy(
     Returns {"eval/greedy_acc" and "eval/length_mean" (greedy decode, when `greedy`), "eval/pass@1"
     (when samples > 0)}.
     """
-    from r1kit.engine import SamplingParams
-    from r1kit.metrics import pass_at_k
-    from r1kit.rl.rollout import render_prompt
-    from r1kit.train.loop import all_reduce_sum
-
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     mine = problems[rank::world]
-    prompts = [tokenizer.encode(render_prompt(tokenizer, p, template, system)) for p in mine]
+    prompts = [tokenizer.prompt_ids(p.prompt, template, system) for p in mine]
     greedy_correct = pass1_sum = length_sum = 0.0
     if prompts:
         if greedy:
@@ -412,26 +394,10 @@ class GRPOTrainer:
     """
 
     def __init__(self, config: Config):
-        from r1kit.engine import Engine
-        from r1kit.model import Transformer
-        from r1kit.rl.rollout import PromptStream
-        from r1kit.tasks import get_task
-        from r1kit.tokenizer import Tokenizer
-        from r1kit.train.cost import CostMeter
-        from r1kit.train.loop import (
-            autocast_for,
-            build_optimizer,
-            build_scheduler,
-            resolve_device,
-            setup_distributed,
-            wrap_model,
-        )
-
         self.config = c = config
         self.dist = setup_distributed(c.device)
         self.device = resolve_device(c.device, self.dist)
-        if c.threads:
-            torch.set_num_threads(c.threads)
+        set_threads(c.threads)
         self.run_dir = Path(c.run_dir)
         world = self.dist.world_size
         if c.rollout.prompts_per_step % world:
@@ -442,7 +408,7 @@ class GRPOTrainer:
         self.local_prompts = c.rollout.prompts_per_step // world
 
         self.model_dir = resolve_model_dir(c.model.path)
-        self.tokenizer = Tokenizer.from_pretrained(find_tokenizer_dir(self.model_dir, c.model.tokenizer))
+        self.tokenizer = load_tokenizer(self.model_dir, c.model.tokenizer)
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         self.model = Transformer.from_pretrained(self.model_dir, device=self.device, dtype=torch.float32)
         # GRPO trains the main model only: the MTP head gets no loss (and DDP would see unused parameters)
@@ -490,8 +456,6 @@ class GRPOTrainer:
 
     def _gather_stream_states(self) -> list[dict[str, int]]:
         """Every rank's prompt-stream state (one collective)."""
-        from r1kit.train.loop import all_reduce_sum
-
         world, rank = self.dist.world_size, self.dist.rank
         vec = [0.0] * (2 * world)
         state = self.prompts.state_dict()
@@ -502,8 +466,6 @@ class GRPOTrainer:
 
     def save(self) -> Path | None:
         """Checkpoint the run (rank 0 writes; every rank takes part in the gather)."""
-        from r1kit.train.checkpoint import save_checkpoint
-
         streams = self._gather_stream_states()
         path = None
         if self.is_main:
@@ -530,9 +492,6 @@ class GRPOTrainer:
 
     def resume(self) -> bool:
         """Restore the latest checkpoint of run_dir if there is one; returns whether it did."""
-        from r1kit.model import Transformer
-        from r1kit.train.checkpoint import latest_checkpoint, load_checkpoint
-
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
@@ -567,8 +526,6 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ one step
     def _sampling_params(self, round_: int):
-        from r1kit.engine import SamplingParams
-
         r = self.config.rollout
         return SamplingParams(
             n=r.group_size,
@@ -577,13 +534,11 @@ class GRPOTrainer:
             top_k=r.top_k,
             max_new_tokens=r.max_new_tokens,
             ignore_eos=r.ignore_eos,
-            seed=_call_seed(self.config.seed, self.step, self.dist.rank, round_),
+            seed=stable_seed(self.config.seed, self.step, self.dist.rank, round_),
         )
 
     def collect(self) -> tuple[Any, dict[str, float]]:
         """Sample and score this rank's rollout for the step (dynamic sampling included)."""
-        from r1kit.rl.rollout import Rollout, informative_groups, sample_groups
-
         c = self.config
         G = c.rollout.group_size
         target = self.local_prompts
@@ -645,8 +600,6 @@ class GRPOTrainer:
         return batch, stats
 
     def _advantages(self, rewards_B: torch.Tensor) -> torch.Tensor:
-        from r1kit.rl.losses import group_advantages
-
         scale = self.config.loss.advantage_scale
         if scale == "auto":
             scale = "none" if self.config.loss.loss_type == "dr_grpo" else "group"
@@ -662,8 +615,6 @@ class GRPOTrainer:
 
     def _micro_batches(self, rollout, advantages_B: torch.Tensor, rows: list[int]) -> list:
         """Micro-batches of `rows`, sorted by length so little padding is computed."""
-        from r1kit.rl.rollout import build_batch
-
         c = self.config
         size = c.loss.micro_batch_size or len(rows)
         order = sorted(rows, key=lambda i: len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids))
@@ -677,10 +628,6 @@ class GRPOTrainer:
 
     def update(self, rollout) -> dict[str, float]:
         """Advantages, reference log-probs, then `mu` optimiser steps on the rollout."""
-        from r1kit.rl.losses import entropy_from_logits, policy_loss
-        from r1kit.rl.rollout import completion_logprobs
-        from r1kit.train.loop import all_reduce_sum, moe_balance_step, train_step
-
         c = self.config
         lo = c.loss
         temperature = c.rollout.temperature if c.rollout.temperature > 0 else 1.0
@@ -777,8 +724,6 @@ class GRPOTrainer:
 
     def rollout_metrics(self, rollout) -> dict[str, float]:
         """Reward, length and truncation statistics of this rank's rollout (summed over ranks)."""
-        from r1kit.train.loop import all_reduce_sum
-
         lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float64)
         truncated = torch.tensor(
             [c.finish_reason == "length" for c in rollout.completions], dtype=torch.float64
@@ -825,7 +770,7 @@ class GRPOTrainer:
                 max_new_tokens=c.eval.max_new_tokens or c.rollout.max_new_tokens,
                 template=c.data.template,
                 system=c.data.system,
-                seed=_call_seed("eval", c.eval.seed, c.seed),
+                seed=stable_seed("eval", c.eval.seed, c.seed),
                 dist=self.dist,
                 device=self.device,
             )
@@ -834,9 +779,6 @@ class GRPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         """One full GRPO step: sample, score, advantages, mu updates, reference reset. Returns metrics."""
-        from r1kit.model.counting import flops_per_token
-        from r1kit.train.loop import all_reduce_sum
-
         c = self.config
         t0 = time.perf_counter()
         rollout, stats = self.collect()
@@ -883,8 +825,6 @@ class GRPOTrainer:
 
     def train(self) -> GRPOResult:
         """Run until max_steps / max_seconds; returns the run's `RunResult`."""
-        from r1kit.train.log import MetricsLogger, ProgressBar
-
         c = self.config
         self._t_start = time.perf_counter()
         resumed = False
@@ -950,8 +890,6 @@ class GRPOTrainer:
 
     def _finish(self, stopped: str | None) -> GRPOResult:
         """Save the final model + tokenizer, the aha plot and the summary; build the GRPOResult."""
-        from r1kit.train.log import plot_metrics
-
         c = self.config
         cost = self.meter.summary()
         cost["time_split_s"] = dict(self.time_totals)
@@ -1043,8 +981,6 @@ def run(config: Config) -> GRPOResult:
                           loss=grpo.LossSection(beta=0.0), optim=grpo.OptimSection(lr=1e-4))
         result = grpo.run(cfg)    # result.model_dir, result.eval_history, result.cost, ...
     """
-    from r1kit.train.loop import cleanup_distributed
-
     trainer = GRPOTrainer(config)
     try:
         return trainer.train()

@@ -72,15 +72,6 @@ class PromptStream:
         self._order = self._permutation()
 
 
-def render_prompt(tokenizer, problem: Problem, template: str = "chat", system: str = "") -> str:
-    """The text the model continues: the chat template with the generation prompt, or the raw prompt."""
-    if template == "raw":
-        return problem.prompt
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": problem.prompt})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-
-
 @dataclass
 class Rollout:
     """G scored completions for each of some prompts (rows of a group adjacent).
@@ -181,7 +172,7 @@ def sample_groups(
     for p in problems:
         key = p.id
         if key not in cache:
-            cache[key] = tokenizer.encode(render_prompt(tokenizer, p, template, system))
+            cache[key] = tokenizer.prompt_ids(p.prompt, template, system)
         prompt_ids.append(cache[key])
     t0 = time.perf_counter()
     completions = engine.generate(prompt_ids, params)

@@ -97,51 +97,16 @@ class Config:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
 
 
-def resolve_device_dtype(device: str, dtype: str):
-    """(torch.device, torch.dtype) from the "auto"-able config strings."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dtype == "auto":
-        return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
-        raise ConfigError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
-    return dev, names[dtype]
-
-
-def load_model_dir(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
-    """Load (model, tokenizer) from a model directory, model in eval mode on `device`.
-
-    Raises ConfigError (one line) for a directory that cannot be served: no chat template, a
-    template that does not render a sample chat within its bounds, sizes in config.json that the
-    weights do not have, a FIFO or device where a file should be.
-    """
-    from r1kit.model import Transformer
-    from r1kit.tokenizer import Tokenizer
-
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ConfigError(f"--model {path}: not a directory")
-    dev, dt = resolve_device_dtype(device, dtype)
-    tokenizer = Tokenizer.from_pretrained(directory)
-    if tokenizer.chat_template is None:
-        raise ConfigError(f"{directory}/tokenizer_config.json has no chat_template")
-    try:  # a template that loops or explodes fails here, not on the first request
+def check_chat_template(tokenizer, directory) -> None:
+    """Render a sample chat, so that a template that loops, explodes or fails is a load error
+    (ConfigError, one line) rather than a failure at the first request."""
+    try:
         tokenizer.encode_prompt([{"role": "system", "content": "x"}, {"role": "user", "content": "2+2?"}])
     except Exception as err:
         try:
             tokenizer.encode_prompt([{"role": "user", "content": "2+2?"}])  # templates without a system role
         except Exception:
             raise ConfigError(f"{directory}: the chat template fails on a sample chat: {err}") from None
-    try:
-        model = Transformer.from_pretrained(directory, device=dev, dtype=dt)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    model.eval()
-    return model, tokenizer
 
 
 def _exit_user_error(message: str) -> None:
@@ -155,13 +120,17 @@ def run(config: Config) -> None:
     import uvicorn
 
     from r1kit.engine import Engine
+    from r1kit.loaders import load_model
     from r1kit.serve.app import create_app
 
     if not config.model:
         _exit_user_error("needs --model DIR (a model directory with a tokenizer)")
     try:
-        model, tokenizer = load_model_dir(config.model, config.device, config.dtype)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+        model, tokenizer, _ = load_model(
+            config.model, device=config.device, dtype=config.dtype, require_chat_template=True
+        )
+        check_chat_template(tokenizer, config.model)
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # ValueError: config.json vs the weights
         _exit_user_error(str(err))
     if config.api_key is None and os.environ.get("R1KIT_API_KEY"):
         config.api_key = os.environ["R1KIT_API_KEY"]

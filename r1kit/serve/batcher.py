@@ -6,12 +6,11 @@ what is pending (prefill, then the new rows join the running batch), so a reques
 mid-generation starts at the next step instead of waiting for the batch to drain; finished
 rows leave at once. Every request keeps its own sampling settings and seed (seeded requests
 give the same tokens whatever their batch-mates). When idle, the worker waits a short window
-after the first arrival so requests that come together share one prefill. Engines without
-`session()` fall back to whole batches via `Engine.stream`. Per-sequence deltas go through an `OutputParser`
-(reasoning/answer split on `</think>`, stop strings, per-request `max_tokens`) and land in the
-request's `RequestStream`, a small mailbox the worker appends to without ever waiting on a
-client: a slow reader only makes its own mailbox coalesce text, and a cancelled request (client
-gone) is dropped from the batch at the next step.
+after the first arrival so requests that come together share one prefill. Per-sequence deltas go
+through an `OutputParser` (reasoning/answer split on `</think>`, stop strings, per-request
+`max_tokens`) and land in the request's `RequestStream`, a small mailbox the worker appends to
+without ever waiting on a client: a slow reader only makes its own mailbox coalesce text, and a
+cancelled request (client gone) is dropped from the batch at the next step.
 
 Nothing here imports FastAPI, so the terminal chat reuses it.
 """
@@ -27,10 +26,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger(__name__)
+from r1kit.tokenizer import THINK_END, THINK_START
 
-THINK_START = "<think>"
-THINK_END = "</think>"
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,14 +63,6 @@ class GenerationParams:
     min_thinking_tokens: int | None = None
     split_reasoning: bool = True
     starts_in_reasoning: bool = True
-
-    def batch_key(self) -> tuple:
-        """Requests with equal keys may share one engine batch (the `Engine.stream` fallback only).
-
-        With `Engine.stream` a call's random streams are keyed by (seed, position in the call), so
-        a seeded request runs alone there. `EngineSession` keys them per request: any mix batches.
-        """
-        return () if self.seed is None else ("seed", id(self))
 
 
 @dataclass
@@ -424,8 +414,7 @@ class Batcher:
     """Owns the engine in one worker thread and runs concurrent requests in one continuous batch.
 
     Args:
-        engine: an `r1kit.engine.Engine` (its `session()` for continuous batching; an engine with
-            only `stream(prompts, params)` runs whole batches).
+        engine: an `r1kit.engine.Engine` (the worker drives one `engine.session()`).
         make_sampling_params: `(GenerationParams, n) -> engine params` of one prompt; default
             `default_sampling_params`.
         think_end_id: id of `</think>`, to count reasoning tokens exactly.
@@ -518,8 +507,6 @@ class Batcher:
     # -- worker
 
     def _loop(self) -> None:
-        if not hasattr(self.engine, "session"):
-            return self._loop_batches()
         session = self.engine.session()
         rows: dict[int, _Row] = {}  # engine sequence id -> its row
         while True:
@@ -656,94 +643,6 @@ class Batcher:
             if row.job.stream.cancelled and not row.parser.finished:
                 row.parser.finished = True
                 session.cancel(seq)
-
-    def _loop_batches(self) -> None:
-        """Whole-batch fallback for engines without `session()`."""
-        while True:
-            jobs = self._next_batch()
-            if jobs is None:
-                return
-            try:
-                self._run(jobs)
-            except Exception as err:  # never let one bad batch kill the server
-                log.exception("generation failed")
-                for job in jobs:
-                    job.stream.push([Failure(f"generation failed: {type(err).__name__}")])
-
-    def _next_batch(self) -> list[_Job] | None:
-        """Block until requests are pending; return the oldest one's compatible group."""
-        with self._cond:
-            while not self._pending and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                for job in self._pending:
-                    job.stream.push([Failure("server is shutting down")])
-                self._pending.clear()
-                return None
-            # a short window lets requests that arrive together share the batch
-            deadline = time.monotonic() + self.batch_window_s
-            while (remaining := deadline - time.monotonic()) > 0 and not self._stopping:
-                if sum(job.rows for job in self._pending) >= self.max_batch_rows:
-                    break
-                self._cond.wait(remaining)
-            key = self._pending[0].params.batch_key()
-            jobs, rows, keep = [], 0, collections.deque()
-            for job in self._pending:
-                if job.stream.cancelled:
-                    continue
-                fits = rows + job.rows <= self.max_batch_rows or not jobs
-                if job.params.batch_key() == key and fits:
-                    jobs.append(job)
-                    rows += job.rows
-                else:
-                    keep.append(job)
-            self._pending = keep
-            return jobs
-
-    def _run(self, jobs: list[_Job]) -> None:
-        rows: list[_Row] = []
-        prompts: list[list[int]] = []
-        params: list[Any] = []
-        for job in jobs:
-            # one engine prompt per request prompt, with its own params; its n samples share the prefill
-            for p, prompt in enumerate(job.prompts):
-                prompts.append(prompt)
-                params.append(self.make_sampling_params(job.params, job.n))
-                for j in range(job.n):
-                    rows.append(_Row(job, prompt, OutputParser(p * job.n + j, job.params, self.think_end_id)))
-        if not rows:
-            return
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(rows)
-        self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
-        steps = self.engine.stream(prompts, params)
-        for deltas in steps:
-            touched: dict[int, tuple[_Job, list[Event]]] = {}
-            for delta in deltas:
-                row = rows[delta.seq_index]
-                if row.parser.finished:
-                    continue
-                events = row.parser.feed(delta.text, delta.token_ids)
-                if delta.finished:
-                    row.parser.finish("length" if delta.finish_reason == "length" else "stop", events)
-                elif row.parser.finished:
-                    steps.cancel(delta.seq_index)  # a stop string in the answer: stop computing the row
-                touched.setdefault(id(row.job), (row.job, []))[1].extend(events)
-            for job, events in touched.values():
-                job.stream.push(events)
-            for seq, row in enumerate(rows):
-                if row.job.stream.cancelled and not row.parser.finished:
-                    row.parser.finished = True
-                    steps.cancel(seq)
-        # the engine reports every finish; this only guards against a row it never ended
-        for job in jobs:
-            events: list[Event] = []
-            for row in rows:
-                if row.job is job and not row.parser.finished:
-                    row.parser.finish(
-                        "length" if row.parser.tokens >= row.parser.max_tokens else "stop", events
-                    )
-            job.stream.push(events)
 
 
 def default_sampling_params(params: GenerationParams, n: int) -> Any:

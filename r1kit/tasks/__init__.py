@@ -44,6 +44,23 @@ def get_task(name: str, **kwargs: Any) -> Task:
     raise ValueError(f"unknown task {name!r}; valid names: {', '.join(valid)}")
 
 
+def task_kwargs(task_args: dict[str, Any], name: str) -> dict[str, Any]:
+    """The keyword arguments of task `name` from a `task_args` table keyed by task name
+    (``{addition = {digits = 4}}``): ``task_args[name]`` when it is a table, {} when absent.
+
+    Raises ConfigError when the value is not a table (e.g. flat ``{digits = 4}`` read as task "digits").
+    """
+    value = task_args.get(name, {})
+    if not isinstance(value, dict):
+        from r1kit.config import ConfigError
+
+        raise ConfigError(
+            f"data.task_args maps task names to tables of arguments, e.g. {{{name} = {{digits = 4}}}}; "
+            f"got {name} = {value!r}"
+        )
+    return value
+
+
 __all__ = [
     "SPLITS",
     "AdditionTask",
@@ -61,4 +78,5 @@ __all__ = [
     "math_score",
     "read_jsonl",
     "split_of",
+    "task_kwargs",
 ]

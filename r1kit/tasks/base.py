@@ -8,13 +8,13 @@ or "test", whatever the seeds.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from r1kit.seeding import stable_fraction, stable_hash
 from r1kit.tokenizer import format_assistant, split_reasoning
 
 SPLITS = ("train", "val", "test")
@@ -41,7 +41,7 @@ class Problem:
 
 def split_of(key: str) -> str:
     """The split ("train", "val" or "test") a problem key belongs to, from a stable hash."""
-    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest(), "big") / 2**64
+    h = stable_fraction(key)
     if h < HELD_OUT["test"]:
         return "test"
     if h < HELD_OUT["test"] + HELD_OUT["val"]:
@@ -58,8 +58,7 @@ def check_split(split: str) -> str:
 
 def rng_for(*parts: object) -> random.Random:
     """A random.Random seeded from a stable hash of `parts` (independent of PYTHONHASHSEED)."""
-    key = "|".join(map(str, parts)).encode()
-    return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
+    return random.Random(stable_hash("|".join(map(str, parts))))
 
 
 def final_answer(completion: str) -> str:

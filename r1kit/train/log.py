@@ -334,6 +334,34 @@ class ProgressBar:
         self.close()
 
 
+class RateProgress:
+    """A :class:`ProgressBar` over batched work that reports a rate, e.g. problems/s of generate calls.
+
+    Call it with the number of items done so far (cumulative); ``close()`` ends the bar.
+
+    Args:
+        total: number of items; description: the bar's label; enabled: False = print nothing;
+        console: a rich Console; unit: the rate's label ("problems" -> a "problems/s" field).
+    """
+
+    def __init__(
+        self, total: int, description: str, enabled: bool = True, console: Any = None, unit: str = "problems"
+    ):
+        self.bar = ProgressBar(total, description, console=console, quiet=not enabled)
+        self.field = f"{unit}/s"
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def __call__(self, done: int) -> None:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(done - self.done, **{self.field: f"{done / elapsed:.1f}"})
+        self.done = done
+
+    def close(self) -> None:
+        """End the bar (prints its final line)."""
+        self.bar.close()
+
+
 def stage_header(title: str, subtitle: str | None = None, console: Any = None) -> None:
     """Print a rule with the stage ``title`` (and a dim ``subtitle`` line) to mark a stage's start."""
     console = _console(console)

@@ -5,8 +5,8 @@ through :func:`fit`):
 
 - :func:`setup_distributed` / :func:`cleanup_distributed`: torchrun environment → process group
   (nccl on CUDA, gloo on CPU), or a no-op :class:`DistInfo` for a single process.
-- :func:`resolve_device`, :func:`autocast_for`: "auto" → the local CUDA device when there is one;
-  bf16 autocast on GPU, fp32 on CPU.
+- :func:`autocast_for`: bf16 autocast on GPU, fp32 on CPU (:func:`r1kit.loaders.resolve_device`, which
+  maps "auto" to the local CUDA device when there is one, is re-exported here).
 - :func:`wrap_model`: ``"none"`` | ``"ddp"`` | ``"fsdp2"`` (``fully_shard`` per block, then the root),
   then optional ``torch.compile``; :func:`unwrap_model` gets the plain Transformer back.
 - :func:`build_optimizer` (AdamW, fused/foreach, no decay on 1-D parameters) and
@@ -39,6 +39,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from r1kit.loaders import resolve_device  # noqa: F401  (re-exported: stages took it from here)
 from r1kit.train.checkpoint import unwrap_model  # DDP / torch.compile wrappers -> the plain model
 
 IGNORE_INDEX = -100  # target id that carries no loss (padding, prompt and user tokens)
@@ -215,19 +216,6 @@ def cleanup_distributed(dist: DistInfo | None = None) -> None:
         return
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
-
-
-def resolve_device(name: str = "auto", dist: DistInfo | None = None) -> torch.device:
-    """Map a device name to a ``torch.device``; "auto" is the local CUDA device, else CPU.
-
-    Under torchrun a bare "cuda" means ``cuda:LOCAL_RANK``.
-    """
-    local_rank = dist.local_rank if dist is not None else 0
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
 
 
 def autocast_for(

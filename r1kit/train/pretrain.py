@@ -13,8 +13,8 @@ greedily completes ``val.num_problems`` held-out problems (split ``val.split``) 
 ``r1kit.engine.Engine``, the task scores them, ``val_accuracy`` is logged, and training stops (with a
 checkpoint and the final model) the first time it reaches ``val.target_accuracy``.
 
-The ``ModelSection`` / ``TokenizerSection`` / ``ValSection`` and their builders are shared with
-``r1kit.train.sft``.
+The ``ModelSection`` / ``TokenizerSection`` / ``ValSection`` sections live in
+:mod:`r1kit.train.sections` (re-exported here); their builders below are shared with ``r1kit.train.sft``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from r1kit.loaders import resolve_device, set_threads
 from r1kit.train.loop import (
     DistInfo,
     RunConfig,
@@ -32,40 +33,9 @@ from r1kit.train.loop import (
     cleanup_distributed,
     fit,
     prepare_run_dir,
-    resolve_device,
     setup_distributed,
 )
-
-# ----------------------------------------------------------------------------------------------
-# sections shared with SFT
-
-
-@dataclass
-class ModelSection:
-    """[model] which network to train.
-
-    preset (str): a ModelConfig preset ("tiny-llama", "tiny-v3"; see r1kit.model.PRESETS) for a random init.
-    init (str): start from this model directory (HF layout: config.json + weights) instead; "" = random init.
-    overrides (dict): ModelConfig fields replacing the preset's, e.g. {hidden_size = 256, num_hidden_layers = 6};
-        vocab_size defaults to the tokenizer's.
-    """
-
-    preset: str = "tiny-llama"
-    init: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TokenizerSection:
-    """[tokenizer] how text becomes ids.
-
-    path (str): a tokenizer directory (tokenizer.json); "" = the one saved in model.init, else one trained
-        on the training texts.
-    vocab_size (int): vocabulary of a tokenizer trained on the fly (>= 264: 256 bytes + special tokens).
-    """
-
-    path: str = ""
-    vocab_size: int = 512
+from r1kit.train.sections import ModelSection, TokenizerSection, ValSection  # shared with SFT, distill
 
 
 @dataclass
@@ -96,45 +66,6 @@ class PretrainData:
 
         check_positive(self.num_examples, "data.num_examples")
         check_positive(self.seq_len, "data.seq_len")
-
-
-@dataclass
-class ValSection:
-    """[val] greedy accuracy on held-out problems, logged as val_accuracy, with an optional early stop.
-
-    every (int): validate every N optimiser steps (and at the last step); 0 = never.
-    task (str): task of the held-out problems ("" = data.task); its "val" split never overlaps "train".
-    task_args (dict): keyword arguments of that task ({} with task "" = data.task_args).
-    split (str): split the problems come from: "val" (default) or "test".
-    num_problems (int): held-out problems decoded per validation (a fixed set, the same every time).
-    max_new_tokens (int): completion cap of the greedy decode.
-    target_accuracy (float): stop training (checkpoint + final model) the first time greedy accuracy
-        reaches this; 0 = never stop early.
-    prompt (str): how a problem is shown: "chat" (the chat template with the generation prompt, as SFT
-        trains), "text" (BOS + system + prompt + newline, as pretraining on task text trains) or "auto"
-        (chat for SFT, text for pretraining).
-    """
-
-    every: int = 0
-    task: str = ""
-    task_args: dict[str, Any] = field(default_factory=dict)
-    split: str = "val"
-    num_problems: int = 64
-    max_new_tokens: int = 96
-    target_accuracy: float = 0.0
-    prompt: str = "auto"
-
-    def __post_init__(self) -> None:
-        from r1kit.config import ConfigError, check_positive, check_range
-
-        check_positive(self.every, "val.every", allow_zero=True)
-        check_positive(self.num_problems, "val.num_problems")
-        check_positive(self.max_new_tokens, "val.max_new_tokens")
-        check_range(self.target_accuracy, "val.target_accuracy", 0.0, 1.0)
-        if self.split not in ("train", "val", "test"):
-            raise ConfigError(f"val.split must be 'train', 'val' or 'test', got {self.split!r}")
-        if self.prompt not in ("auto", "chat", "text"):
-            raise ConfigError(f"val.prompt must be 'auto', 'chat' or 'text', got {self.prompt!r}")
 
 
 @dataclass
@@ -189,8 +120,7 @@ def build_model(section: ModelSection, tokenizer: Any, device: torch.device, see
 def start_stage(train: TrainConfig) -> tuple[DistInfo, torch.device]:
     """Process set-up shared by the stages: torch.distributed (under torchrun), device, CPU threads."""
     dist = setup_distributed(train.device)
-    if train.threads:
-        torch.set_num_threads(train.threads)
+    set_threads(train.threads)
     return dist, resolve_device(train.device, dist)
 
 
@@ -226,8 +156,8 @@ def greedy_validator(
     ``val_length`` is the mean completion length in tokens.
 
     Args:
-        prompt: "chat" (``tokenizer.encode_prompt``) or "text" (BOS + system + prompt + newline, the
-            layout of :func:`r1kit.train.data.problem_text` documents).
+        prompt: "chat" or "text" (BOS + system + prompt + newline, the layout of
+            :func:`r1kit.train.data.problem_text` documents): ``Tokenizer.prompt_ids``'s template.
         system: system prompt put before each problem ("" = none).
     """
     from r1kit.engine import Engine, SamplingParams
@@ -235,14 +165,7 @@ def greedy_validator(
 
     task = get_task(val.task or task_name, **(val.task_args if val.task else task_args))
     problems = task.problems(split=val.split, n=val.num_problems, seed=seed)
-    if prompt == "chat":
-        system_turn = [{"role": "system", "content": system}] if system else []
-        prompts = [
-            tokenizer.encode_prompt([*system_turn, {"role": "user", "content": p.prompt}]) for p in problems
-        ]
-    else:
-        prefix = system + "\n" if system else ""
-        prompts = [tokenizer.encode(prefix + p.prompt + "\n", add_bos=True) for p in problems]
+    prompts = [tokenizer.prompt_ids(p.prompt, prompt, system) for p in problems]
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=val.max_new_tokens)
 
     def validate(model: torch.nn.Module, step: int) -> dict[str, float]:

@@ -5,7 +5,7 @@ Conversations come from JSONL files (``{"messages": [...]}`` per line) or a task
 outside assistant turns are ignored, so user/system/template tokens carry no loss. Batches are
 right-padded per micro-batch (padding is masked from attention and loss).
 
-Optional early stop on a validation metric ([val], :class:`r1kit.train.pretrain.ValSection`): every
+Optional early stop on a validation metric ([val], :class:`r1kit.train.sections.ValSection`): every
 ``val.every`` steps the model greedily decodes ``val.num_problems`` held-out problems of the task
 (split ``val.split``) with ``r1kit.engine.Engine`` and the task scores them; ``val_accuracy`` is logged
 and training stops (checkpoint + final model) after the first validation whose accuracy reaches
@@ -32,15 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from r1kit.train.loop import RunConfig, TrainConfig, cleanup_distributed, fit, prepare_run_dir  # noqa: F401
-from r1kit.train.pretrain import (  # noqa: F401  (ValSection: re-exported for other stages)
-    ModelSection,
-    TokenizerSection,
-    ValSection,
-    build_model,
-    load_tokenizer,
-    start_stage,
-    validation_hooks,
-)
+from r1kit.train.pretrain import build_model, load_tokenizer, start_stage, validation_hooks
+from r1kit.train.sections import ModelSection, TokenizerSection, ValSection
 
 
 @dataclass

