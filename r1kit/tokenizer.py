@@ -579,9 +579,6 @@ class Tokenizer:
 
     def prompt_ids(self, prompt: str, template: str = "chat", system: str = "") -> list[int]:
         """Token ids of :meth:`render_prompt` (with BOS first for "text"; the chat template writes its own)."""
-        if template == "chat":  # the prompt is user text: typed control tokens stay text (encode_prompt)
-            messages = [{"role": "system", "content": system}] if system else []
-            return self.encode_prompt([*messages, {"role": "user", "content": prompt}])
         text = self.render_prompt(prompt, template, system)
         return self.encode(text, add_bos=True) if template == "text" else self.encode(text)
 
