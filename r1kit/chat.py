@@ -77,15 +77,15 @@ class LocalBackend:
         """Yield ("reasoning" | "content", text) pieces of the answer to `messages`; fills `usage`."""
         from r1kit.serve.batcher import THINK_START, Delta, Failure, Finish, GenerationParams
 
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        ids = self.tokenizer.encode_prompt(messages)  # typed "<|eos|>" etc. stay text
         params = GenerationParams(
             temperature=config.temperature,
             top_p=config.top_p,
             max_tokens=config.max_tokens,
             thinking_budget=config.thinking_budget,
-            starts_in_reasoning=text.rstrip().endswith(THINK_START),
+            starts_in_reasoning=self.tokenizer.decode(ids[-4:]).rstrip().endswith(THINK_START),
         )
-        stream = self.batcher.submit([self.tokenizer.encode(text)], params)
+        stream = self.batcher.submit([ids], params)
         try:
             for events in stream:
                 for event in events:

@@ -15,7 +15,12 @@ r1kit's own chat format is R1-style (SPEC §2): the assistant turn is
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import secrets
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -67,6 +72,16 @@ _TEMPLATE_SPECIAL_ATTRS = (
     "mask_token",
 )
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+# roles whose content is someone's text (never template markup): encoded without control tokens
+_TEXT_ROLES = ("system", "developer", "user", "tool")
+# bounds on one chat-template render (a template is code from the model directory)
+TEMPLATE_TIME_LIMIT_S = 2.0
+TEMPLATE_MAX_CHARS = 16 * 2**20
+_TEMPLATE_MAX_INT_ARG = 10**7  # largest integer a template may pass to a call or repeat a sequence by
+
+
+class TemplateLimitError(ValueError):
+    """A chat template ran past its time or output bound (`TEMPLATE_TIME_LIMIT_S`, `TEMPLATE_MAX_CHARS`)."""
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
@@ -97,9 +112,29 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _check_integer_args(values) -> None:
+    for value in values:
+        if isinstance(value, int) and abs(value) > _TEMPLATE_MAX_INT_ARG:
+            raise TemplateLimitError(
+                f"the chat template passes the integer {value} to a call (limit {_TEMPLATE_MAX_INT_ARG})"
+            )
+
+
+def _guard_integer_args(function):
+    """`function` refusing huge integer arguments (`'x'|center(10**9)` allocates a gigabyte)."""
+    import functools
+
+    @functools.wraps(function)  # keeps jinja's pass_context / pass_environment marker
+    def guarded(*args, **kwargs):
+        _check_integer_args((*args, *kwargs.values()))
+        return function(*args, **kwargs)
+
+    return guarded
+
+
 @lru_cache(maxsize=32)
 def _compile_template(template: str):
-    """Compile a chat template in the same sandboxed Jinja environment transformers uses."""
+    """Compile a chat template in the same sandboxed Jinja environment transformers uses, bounded."""
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -156,15 +191,107 @@ def _compile_template(template: str):
         def _render(self, caller):
             return caller()
 
-    env = ImmutableSandboxedEnvironment(
+    class _BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox, plus no huge repeats (`'x' * 10**9`), powers or integer arguments (`ljust(10**9)`):
+        one C call that allocates gigabytes cannot be interrupted by the render's deadline."""
+
+        intercepted_binops = frozenset({"*", "**", "+"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)):
+                _check_size(len(left) + len(right))
+            if operator == "*":
+                for seq, count in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
+                        _check_size(len(seq) * max(count, 0))
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+                if right * math.log2(abs(left)) > 4096:
+                    raise TemplateLimitError("the chat template computes a power beyond 4096 bits")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+            _check_deadline()
+            _check_integer_args((*args, *kwargs.values()))
+            return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
+
+    env = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = tojson
+    for name, function in list(env.filters.items()):  # filters are not calls: guard their arguments too
+        env.filters[name] = _guard_integer_args(function)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = _TemplateDict()
     env.globals["namespace"] = _Namespace
-    return env.from_string(template)
+    env.globals["r1kit_bounded_iter"] = _bounded_iter
+    # every `{% for %}` iterates through `_bounded_iter`, so even a loop with an empty body (which
+    # runs as plain Python bytecode, calling nothing) checks the render's deadline
+    env.globals["r1kit_bounded_concat"] = _bounded_concat
+    ast = env.parse(template)
+    for loop in ast.find_all(jinja2.nodes.For):
+        loop.iter = jinja2.nodes.Call(
+            jinja2.nodes.Name("r1kit_bounded_iter", "load"), [loop.iter], [], None, None, lineno=loop.lineno
+        )
+    # `a ~ b` concatenates in C: a doubling `{% set s = s ~ s %}` would reach gigabytes in 30 steps
+    for concat in ast.find_all(jinja2.nodes.Concat):
+        concat.nodes = [
+            jinja2.nodes.Call(
+                jinja2.nodes.Name("r1kit_bounded_concat", "load"), list(concat.nodes), [], None, None
+            )
+        ]
+    return env.template_class.from_code(env, env.compile(ast), env.make_globals(None), None)
+
+
+_RENDER = threading.local()  # .deadline: time.monotonic() by which the current render must end
+
+
+def _check_deadline() -> None:
+    """Raise TemplateLimitError if this thread's template render is past its deadline."""
+    deadline = getattr(_RENDER, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise TemplateLimitError(f"the chat template did not render within {_RENDER.limit:g} s")
+
+
+def _check_size(n: int) -> None:
+    if n > TEMPLATE_MAX_CHARS:
+        raise TemplateLimitError(f"the chat template builds a value of more than {TEMPLATE_MAX_CHARS} items")
+
+
+def _bounded_concat(*values):
+    """`a ~ b ~ ...` of a template (its Concat node), refusing results beyond `TEMPLATE_MAX_CHARS`."""
+    parts = [str(v) for v in values]
+    _check_size(sum(map(len, parts)))
+    return "".join(parts)
+
+
+def _bounded_iter(iterable):
+    """What every `{% for %}` of a template iterates: the items, checking the render's deadline."""
+    for item in iterable:
+        _check_deadline()
+        yield item
+
+
+def _render_bounded(template, variables: dict, time_limit_s: float, max_chars: int) -> str:
+    """Render a compiled template, raising TemplateLimitError past `time_limit_s` or `max_chars`.
+
+    The deadline is checked at every loop iteration and every call of the template (see
+    `_compile_template`), so no template code runs long without a check; one C call that runs long
+    (a huge repeat, power or padding) is refused by the sandbox's argument checks instead.
+    """
+    out: list[str] = []
+    size = 0
+    outer = getattr(_RENDER, "deadline", None), getattr(_RENDER, "limit", None)
+    _RENDER.deadline, _RENDER.limit = time.monotonic() + time_limit_s, time_limit_s
+    try:
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            if size > max_chars:
+                raise TemplateLimitError(f"the chat template rendered more than {max_chars} characters")
+            out.append(chunk)
+    finally:
+        _RENDER.deadline, _RENDER.limit = outer
+    return "".join(out)
 
 
 def _template_messages(messages: Sequence[dict]) -> list[dict]:
@@ -204,6 +331,8 @@ class Tokenizer:
         self.chat_template = chat_template
         self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
         self.model_max_length = model_max_length
+        self.template_time_limit_s = TEMPLATE_TIME_LIMIT_S
+        self.template_max_chars = TEMPLATE_MAX_CHARS
 
     # ----------------------------------------------------------------- training
     @classmethod
@@ -360,6 +489,37 @@ class Tokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
+    def added_token_strings(self) -> list[str]:
+        """Contents of the added tokens (specials, roles, think tags) of two or more characters."""
+        size = self.backend.get_vocab_size(with_added_tokens=True)  # changes when tokens are added
+        if getattr(self, "_added_cache", (None,))[0] != size:
+            decoder = self.backend.get_added_tokens_decoder()
+            self._added_cache = (size, sorted({t.content for t in decoder.values() if len(t.content) > 1}))
+        return self._added_cache[1]
+
+    def _text_pieces(self, text: str) -> list[str]:
+        """`text` cut one character into every occurrence of an added token's string ([text] if none)."""
+        cuts = set()
+        for token in self.added_token_strings():
+            start = text.find(token)
+            while start >= 0:
+                cuts.add(start + 1)
+                start = text.find(token, start + 1)
+        bounds = [0, *sorted(cuts), len(text)]
+        return [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text` read as plain text: a typed "<|eos|>" or "<think>" is encoded as its
+        characters, never as the added token (so user text cannot forge a turn or end one).
+
+        Text without such a string encodes exactly as `encode`; otherwise each occurrence is cut
+        after its first character and the pieces are encoded apart (the decoded text is the same).
+        """
+        pieces = self._text_pieces(text)
+        if len(pieces) <= 1:
+            return self.encode(text)
+        return [i for ids in self.encode_batch(pieces) for i in ids]
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` over a list of texts (parallel in the Rust backend)."""
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
@@ -382,17 +542,20 @@ class Tokenizer:
         The template sees the same variables: messages, tools, documents, add_generation_prompt,
         the special tokens (bos_token, eos_token, ...), extra kwargs; and the same globals
         (raise_exception, strftime_now, namespace, dict) and the tojson filter.
+
+        Rendering is bounded: past `template_time_limit_s` seconds or `template_max_chars`
+        characters it raises TemplateLimitError (a template is code shipped with a model).
         """
         template = chat_template or self.chat_template
         if template is None:
             raise ValueError("this tokenizer has no chat_template; pass chat_template=...")
         variables = {**self.special_tokens, **kwargs}
         variables.setdefault("documents", None)
-        return _compile_template(template).render(
-            messages=_template_messages(messages),
-            tools=tools,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
+        variables.update(
+            messages=_template_messages(messages), tools=tools, add_generation_prompt=add_generation_prompt
+        )
+        return _render_bounded(
+            _compile_template(template), variables, self.template_time_limit_s, self.template_max_chars
         )
 
     def render_prompt(self, prompt: str, template: str = "chat", system: str = "") -> str:
@@ -419,9 +582,83 @@ class Tokenizer:
         text = self.render_prompt(prompt, template, system)
         return self.encode(text, add_bos=True) if template == "text" else self.encode(text)
 
-    def encode_prompt(self, messages: Sequence[dict]) -> list[int]:
-        """Token ids of the chat with the generation prompt appended (what the engine feeds the model)."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt=True))
+    def encode_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the rendered chat (with the generation prompt): what the engine feeds the model.
+
+        The template's own markers are control tokens; the content of system, developer, user and
+        tool messages is encoded as text (`encode_text`), so a message typing "<|assistant|>" or
+        "<|im_end|>" cannot forge a turn. A chat whose text holds no added token's string encodes
+        exactly as `encode(apply_chat_template(...))`. Raises ValueError when a message holds such a
+        string and the template transforms message content beyond stripping it (its text cannot be
+        located in the render), rather than encode it unsafely.
+        """
+        messages = list(messages)
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        spans = self._text_spans(messages, text, add_generation_prompt)
+        if not spans:
+            return self.encode(text)
+        return [i for ids in self.encode_batch(_cut_at_spans(text, 0, spans, self._text_pieces)) for i in ids]
+
+    def _text_spans(
+        self, messages: list[dict], text: str, add_generation_prompt: bool
+    ) -> list[tuple[int, int]]:
+        """(start, end) in `text` of each system/user/tool content holding an added token's string."""
+        specials = self.added_token_strings()
+        risky = [
+            i
+            for i, m in enumerate(messages)
+            if isinstance(m, dict)
+            and m.get("role") in _TEXT_ROLES
+            and isinstance(m.get("content"), str)
+            and any(t in m["content"] for t in specials)
+        ]
+        if not risky:
+            return []
+        spans, pos = [], 0
+        for piece, is_text in self._locate_contents(messages, risky, text, add_generation_prompt):
+            if is_text:
+                spans.append((pos, pos + len(piece)))
+            pos += len(piece)
+        return spans
+
+    def _locate_contents(
+        self, messages: list[dict], which: list[int], text: str, add_generation_prompt: bool
+    ) -> list[tuple[str, bool]]:
+        """`text` (the render of `messages`) cut into [(piece, is message content), ...] for messages `which`.
+
+        The chat is rendered again with each of those contents replaced by an unguessable marker; the
+        template text between markers must match `text` around each content (as is, or stripped).
+        """
+        nonce = secrets.token_hex(8)
+        marked = [dict(m) for m in messages]
+        for i in which:
+            marked[i]["content"] = f"\ue000{nonce}:{i}\ue001"
+        render = self.apply_chat_template(marked, add_generation_prompt=add_generation_prompt)
+        parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", render)
+        templates, indices = parts[0::2], [int(i) for i in parts[1::2]]
+        if not indices or not text.startswith(templates[0]):
+            raise ValueError(self._unsafe_message(messages, which))
+        out, pos = [(templates[0], False)], len(templates[0])
+        for k, i in enumerate(indices):
+            content, after = messages[i]["content"], templates[k + 1]
+            for candidate in (content, content.strip(), content.lstrip(), content.rstrip()):
+                if text.startswith(candidate + after, pos):
+                    out += [(candidate, True), (after, False)]
+                    pos += len(candidate) + len(after)
+                    break
+            else:
+                raise ValueError(self._unsafe_message(messages, which))
+        if pos != len(text):
+            raise ValueError(self._unsafe_message(messages, which))
+        return [(piece, is_text) for piece, is_text in out if piece]
+
+    def _unsafe_message(self, messages: list[dict], which: list[int]) -> str:
+        i = which[0]
+        token = next(t for t in self.added_token_strings() if t in messages[i]["content"])
+        return (
+            f"message {i} contains the control-token text {token!r} and this chat template transforms "
+            "message content, so it cannot be encoded as plain text; remove that text"
+        )
 
     def encode_chat(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
         """Tokenise an SFT conversation: (ids, assistant_mask), two lists of equal length.
@@ -454,15 +691,42 @@ class Tokenizer:
 
     def encode_chats(self, conversations: Sequence[Sequence[dict]]) -> list[tuple[list[int], list[int]]]:
         """`encode_chat` over many conversations, the pieces encoded in one batch (parallel in Rust)."""
-        cut = [self._chat_pieces(list(messages)) for messages in conversations]
-        encoded = iter(self.encode_batch([text for pieces in cut for text, _ in pieces]))
+        # each piece becomes one or more texts to encode: system/user text holding an added token's
+        # string is cut as in `encode_prompt`, so the prompt ids match inference exactly
+        cut: list[list[tuple[list[str], int]]] = []
+        for messages in conversations:
+            pieces = self._chat_pieces(list(messages))
+            full = "".join(text for text, _ in pieces)
+            spans = self._text_spans(list(messages), full, False)
+            parts, pos = [], 0
+            for text, flag in pieces:
+                parts.append((_cut_at_spans(text, pos, spans, self._text_pieces) if spans else [text], flag))
+                pos += len(text)
+            cut.append(parts)
+        encoded = iter(self.encode_batch([t for parts in cut for texts, _ in parts for t in texts]))
         out = []
-        for pieces in cut:
+        for parts in cut:
             ids: list[int] = []
             mask: list[int] = []
-            for _, flag in pieces:
-                piece_ids = next(encoded)
-                ids += piece_ids
-                mask += [flag] * len(piece_ids)
+            for texts, flag in parts:
+                for _ in texts:
+                    piece_ids = next(encoded)
+                    ids += piece_ids
+                    mask += [flag] * len(piece_ids)
             out.append((ids, mask))
         return out
+
+
+def _cut_at_spans(text: str, offset: int, spans: list[tuple[int, int]], cut_text) -> list[str]:
+    """`text` (at `offset` of a larger string) split at the `spans`; the parts inside a span are
+    further split by `cut_text` (encoded apart, they cannot form an added token)."""
+    out, pos, end = [], offset, offset + len(text)
+    for start, stop in spans:
+        start, stop = max(start, pos), min(stop, end)
+        if start >= stop:
+            continue
+        out.append(text[pos - offset : start - offset])
+        out += cut_text(text[start - offset : stop - offset])
+        pos = stop
+    out.append(text[pos - offset :])
+    return [part for part in out if part]

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -38,14 +39,105 @@ def _list_keys(keys, limit: int = 12) -> str:
 
 
 # --- loading ---
+_MAX_JSON_BYTES = 64 * 2**20  # config.json and the shard index are small; anything bigger is not one
+_MAX_SIZE = 2**31 - 1  # largest integer a size in config.json may hold (int32 indexing everywhere)
+_POSITIVE = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+)
+
+
+def regular_file(path: Path, what: str) -> Path:
+    """`path` if it is a regular file (symlinks followed); a FIFO or a device would block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: {what} is not a regular file (a directory, FIFO or device)")
+    return path
+
+
+def _read_json(path: Path, what: str):
+    regular_file(path, what)
+    if os.path.getsize(path) > _MAX_JSON_BYTES:
+        raise ValueError(f"{path}: {what} is larger than {_MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: {what} is not valid JSON ({err})") from None
+
+
 def _checkpoint_files(path: Path) -> list[Path]:
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.exists():
-        return [single]
+        return [regular_file(single, "the weights file")]
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [path / name for name in sorted(set(weight_map.values()))]
+        weight_map = _read_json(index, "the shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: weight_map must map tensor names to file names")
+        files = []
+        for name in sorted(set(weight_map.values())):
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"{index}: shard {name!r} is outside the model directory")
+            files.append(regular_file(path / name, "a weights shard"))
+        return files
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+
+
+def read_config(path: Path) -> ModelConfig:
+    """`ModelConfig` of `path/config.json`; ValueError (one line) for a malformed or absurd file."""
+    d = _read_json(path / "config.json", "config.json")
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}/config.json: must hold a JSON object")
+    try:
+        cfg = ModelConfig.from_hf_dict(d)
+    except (TypeError, KeyError, ZeroDivisionError, OverflowError) as err:
+        raise ValueError(f"{path}/config.json: invalid value ({type(err).__name__}: {err})") from None
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        if f.type in ("int", "int | None") and not (integer or (value is None and f.type != "int")):
+            raise ValueError(f"{path}/config.json: {f.name} must be an integer, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= _MAX_SIZE:
+            raise ValueError(f"{path}/config.json: {f.name}={value} is out of range [0, {_MAX_SIZE}]")
+    for name in _POSITIVE:
+        if not getattr(cfg, name) >= 1:
+            raise ValueError(f"{path}/config.json: {name} must be >= 1, got {getattr(cfg, name)}")
+    return cfg
+
+
+def _check_sizes(path: Path, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Check config.json's layer count and width against the weights present, before building anything.
+
+    Building a model of 10**6 layers (even on the meta device) takes minutes; the checkpoint says
+    how many there are.
+    """
+    layers = {int(m.group(1)) for name in shapes if (m := re.match(r"model\.layers\.(\d+)\.", name))}
+    n = cfg.num_hidden_layers
+    # more layers than the weights hold (fewer is cheap to build: the missing/unexpected keys name them)
+    if n > len(layers) or not all(i in layers for i in range(n)):
+        raise ValueError(
+            f"{path}: config.json has num_hidden_layers={cfg.num_hidden_layers} but the weights hold "
+            f"layers {_ranges(layers)}"
+        )
+    embed = shapes.get("model.embed_tokens.weight")
+    if embed is not None and tuple(embed) != (cfg.vocab_size, cfg.hidden_size):
+        raise ValueError(
+            f"{path}: config.json has vocab_size={cfg.vocab_size}, hidden_size={cfg.hidden_size} but "
+            f"model.embed_tokens.weight is {tuple(embed)}"
+        )
+
+
+def _ranges(values: set[int]) -> str:
+    """'0..3' style summary of a set of integers ('none' if empty)."""
+    if not values:
+        return "none"
+    lo, hi = min(values), max(values)
+    return f"{lo}..{hi}" + ("" if len(values) == hi - lo + 1 else f" ({len(values)} of them)")
 
 
 def _has_mtp_weights(files: list[Path], cfg: ModelConfig) -> bool:
@@ -71,9 +163,17 @@ def _to_ours(name: str, cfg: ModelConfig) -> str | None:
 def load_pretrained(cls, path, device=None, dtype=None):
     """Build ``cls(cfg)`` from an HF checkpoint directory; see ``Transformer.from_pretrained``."""
     path = Path(path)
-    cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
+    cfg = read_config(path)
     device = torch.device(device or "cpu")
     files = _checkpoint_files(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+        except Exception as err:  # safetensors raises its own error types for a bad header
+            raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
+    _check_sizes(path, cfg, shapes)
     if cfg.num_mtp_layers and not _has_mtp_weights(files, cfg):
         # transformers writes num_nextn_predict_layers=1 by default without MTP weights: load the main model only
         warnings.warn(
@@ -118,7 +218,11 @@ def load_pretrained(cls, path, device=None, dtype=None):
     for name, tensor in state.items():
         want = torch.float32 if _FP32_KEYS.search(name) else dtype
         state[name] = tensor.to(device=device, dtype=want)
-    model.load_state_dict(state, strict=False, assign=True)
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as err:  # a shape that config.json does not predict
+        detail = str(err).strip().splitlines()[-1].strip()
+        raise ValueError(f"checkpoint {path} does not match its config.json: {detail}") from None
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     for module in model.moe_layers():  # non-persistent counters are still on meta

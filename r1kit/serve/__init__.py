@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class Config:
     temperature: default temperature (DeepSeek-R1's recommended 0.6).
     top_p: default top_p (DeepSeek-R1's recommended 0.95).
     log_level: uvicorn log level: "critical", "error", "warning", "info", "debug".
+    shutdown_timeout_s: on SIGTERM / Ctrl-C, how long requests still being answered may finish
+        before they are cancelled (abandoned requests end at once).
     """
 
     model: str = ""
@@ -82,13 +85,34 @@ class Config:
     temperature: float = 0.6
     top_p: float = 0.95
     log_level: str = "info"
+    shutdown_timeout_s: float = 5.0
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.batch_window_ms < 0 or self.default_max_tokens < 1:
             raise ConfigError("need max_batch_size >= 1, batch_window_ms >= 0 and default_max_tokens >= 1")
+        if not self.shutdown_timeout_s >= 0:
+            raise ConfigError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+
+
+def check_chat_template(tokenizer, directory) -> None:
+    """Render a sample chat, so that a template that loops, explodes or fails is a load error
+    (ConfigError, one line) rather than a failure at the first request."""
+    try:
+        tokenizer.encode_prompt([{"role": "system", "content": "x"}, {"role": "user", "content": "2+2?"}])
+    except Exception as err:
+        try:
+            tokenizer.encode_prompt([{"role": "user", "content": "2+2?"}])  # templates without a system role
+        except Exception:
+            raise ConfigError(f"{directory}: the chat template fails on a sample chat: {err}") from None
+
+
+def _exit_user_error(message: str) -> None:
+    """A user error: one line on stderr, exit status 2."""
+    print(f"r1kit serve: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def run(config: Config) -> None:
@@ -100,13 +124,14 @@ def run(config: Config) -> None:
     from r1kit.serve.app import create_app
 
     if not config.model:
-        raise SystemExit("r1kit serve: needs --model DIR (a model directory with a tokenizer)")
+        _exit_user_error("needs --model DIR (a model directory with a tokenizer)")
     try:
         model, tokenizer, _ = load_model(
             config.model, device=config.device, dtype=config.dtype, require_chat_template=True
         )
-    except (ConfigError, FileNotFoundError) as err:
-        raise SystemExit(f"r1kit serve: {err}") from None
+        check_chat_template(tokenizer, config.model)
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # ValueError: config.json vs the weights
+        _exit_user_error(str(err))
     if config.api_key is None and os.environ.get("R1KIT_API_KEY"):
         config.api_key = os.environ["R1KIT_API_KEY"]
     name = config.served_model_name or Path(config.model).resolve().name
@@ -116,4 +141,10 @@ def run(config: Config) -> None:
             "serving on %s without --api-key: anyone who can reach the port can use the model", config.host
         )
     print(f"r1kit serve: model {name!r} on http://{config.host}:{config.port}/ (web chat at /, API at /v1)")
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=config.shutdown_timeout_s,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -30,8 +31,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from r1kit.serve import Config
 from r1kit.serve.batcher import THINK_START, Batcher, Delta, Failure, Finish, GenerationParams, RequestStream
 from r1kit.serve.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from r1kit.tokenizer import TemplateLimitError
 
 STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
+
+
+class ASCIIJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: any Python string serialises (even one holding a
+    lone surrogate, which UTF-8 cannot encode), and no U+2028 reaches a line-splitting client."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,23 +70,33 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         """The error as a JSON response."""
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return ASCIIJSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _param(loc) -> str | None:
+    """A pydantic error location as a dotted parameter name, without "body" and union-member tags."""
+    parts = [str(p) for p in loc if p != "body"]
+    parts = [
+        p
+        for p in parts
+        if not (p in ("str", "int", "float", "bool") or "[" in p or p.startswith("function-"))
+    ]
+    return ".".join(parts) or None
 
 
 def _validation_error(err: RequestValidationError) -> APIError:
-    """The first pydantic error of a request as a 400, naming the offending parameter."""
+    """The most specific pydantic error of a request as a 400, naming the offending parameter.
+
+    Of a union's errors (`content` is a string or a list of parts) the deepest wins: a bad part's
+    `messages.0.content.1.text` says more than "content should be a string".
+    """
     errors = err.errors()
     if not errors:
         return APIError(400, "invalid request body")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
+    if any(e.get("type") == "json_invalid" for e in errors):
         return APIError(400, "could not parse the JSON body of the request", code="invalid_json")
-    # drop the "body" prefix and pydantic's union-member tags ("str", "list[...]") from the location
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    loc = [
-        p for p in loc if not (p in ("str", "int", "float", "bool") or "[" in p or p.startswith("function-"))
-    ]
-    param = ".".join(loc) or None
+    first = max(errors, key=lambda e: len((_param(e.get("loc", ())) or "").split(".")))
+    param = _param(first.get("loc", ()))
     if first.get("type") == "missing":
         return APIError(
             400, f"missing required parameter: {param}", param=param, code="missing_required_parameter"
@@ -88,7 +109,10 @@ class GuardMiddleware:
     """Pure ASGI middleware: API key check on /v1 and a body size limit, before any parsing.
 
     The body is read here (up to `max_body_bytes`, 413 beyond) and replayed to the app; later
-    `receive` calls go to the server, so disconnects are still seen by the app.
+    `receive` calls go to the server, so disconnects are still seen by the app. An exception that
+    escapes the app (a bug) is answered here with a JSON 500 and not re-raised, so the connection
+    stays usable (Starlette's outermost error middleware would re-raise it and uvicorn would drop
+    the keep-alive connection).
     """
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
@@ -118,7 +142,7 @@ class GuardMiddleware:
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await too_large.response()(scope, receive, send)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
+            return await self._call(scope, receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -140,7 +164,25 @@ class GuardMiddleware:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self._call(scope, replay, send)
+
+    async def _call(self, scope, receive, send):
+        started = False
+
+        async def send_tracked(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            return await self.app(scope, receive, send_tracked)
+        except Exception:
+            log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # the response is under way: only closing the connection can signal it
+            error = APIError(500, "internal server error", type="server_error", code="internal_error")
+            return await error.response()(scope, receive, send)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +213,9 @@ class ServeState:
                 404, f"the model {body.model!r} does not exist; this server serves {self.model_name!r}",
                 param="model", code="model_not_found",
             )  # fmt: skip
+        unsupported = body.unsupported()
+        if unsupported is not None:
+            raise APIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
         if body.n * n_prompts > limits.max_n:
             raise APIError(
                 400,
@@ -221,6 +266,7 @@ class ServeState:
         return GenerationParams(
             temperature=self.config.temperature if body.temperature is None else body.temperature,
             top_p=self.config.top_p if body.top_p is None else body.top_p,
+            top_k=body.requested_top_k(),
             max_tokens=max_tokens,
             stop=tuple(body.stop_list()),
             seed=body.seed,
@@ -242,10 +288,13 @@ class ServeState:
             # only role and content reach the template: `reasoning_content` is not fed back (SPEC section 5)
             messages.append({"role": role, "content": m.text()})
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            # message text is encoded as text: a typed "<|eos|>" never becomes the control token
+            ids = self.tokenizer.encode_prompt(messages)
+        except TemplateLimitError as err:  # a template that loops or explodes on these messages
+            raise APIError(400, str(err), param="messages", code="chat_template_limit") from None
         except Exception as err:  # a template rejecting a role or an order of messages
             raise APIError(400, f"the chat template rejected the messages: {err}", param="messages") from None
-        return self.tokenizer.encode(text), text.rstrip().endswith(THINK_START)
+        return ids, self.tokenizer.decode(ids[-4:]).rstrip().endswith(THINK_START)
 
     def completion_prompts(self, body: CompletionRequest) -> list[list[int]]:
         """Tokenise `prompt` (str, list of str, token ids, or list of token-id lists)."""
@@ -305,7 +354,14 @@ def create_app(
         finally:
             await run_in_threadpool(batcher.stop)
 
-    app = FastAPI(title="r1kit", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="r1kit",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        default_response_class=ASCIIJSONResponse,
+    )
     app.state.serve = state
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes)
     _add_error_handlers(app)

@@ -42,6 +42,7 @@ class GenerationParams:
     Attributes:
         temperature: 0 = greedy.
         top_p: nucleus mass, 1.0 = off.
+        top_k: keep the k most likely tokens, 0 = off.
         max_tokens: cap on generated tokens per choice, thinking included.
         stop: strings that end a choice; matched in the answer only when `split_reasoning`.
         seed: makes sampling reproducible; None = server-chosen.
@@ -54,6 +55,7 @@ class GenerationParams:
 
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -261,7 +263,9 @@ class RequestStream:
     same choice are merged, so memory stays bounded without dropping text.
 
     Read it with `async for events in stream` (asyncio; pass `loop`) or `for events in stream`
-    (threads; `loop=None`). `cancel()` tells the worker to stop computing this request.
+    (threads; `loop=None`). `cancel()` tells the worker to stop computing this request and
+    closes the stream at once: a reader still iterating ends after what was already pushed,
+    whatever the worker does next (its later pushes are dropped).
     """
 
     def __init__(self, n_choices: int, loop: asyncio.AbstractEventLoop | None = None, max_pending: int = 64):
@@ -282,8 +286,18 @@ class RequestStream:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
-        """Stop generating for this request (the client disconnected or gave up)."""
+        """Stop generating for this request (the client disconnected or gave up) and close the stream.
+
+        Idempotent and callable from any thread.
+        """
+        if self._cancelled.is_set():
+            return
         self._cancelled.set()
+        with self._lock:
+            was_open = not self.closed
+            self.closed = True
+        if was_open:
+            self._wake()
 
     def push(self, events: list[Event], wake: bool = True) -> bool:
         """Append events (worker thread). Closes the stream after a Failure or the last Finish.
@@ -320,7 +334,7 @@ class RequestStream:
             try:
                 self._loop.call_soon_threadsafe(self._async_wake.set)
             except RuntimeError:  # the event loop is closed: nobody is listening any more
-                self.cancel()
+                self._cancelled.set()
 
     def _set_async_wake(self) -> None:
         self._async_wake.set()
@@ -364,7 +378,7 @@ def wake_streams(streams: list[RequestStream]) -> None:
             loop.call_soon_threadsafe(_set_all, group)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
             for stream in group:
-                stream.cancel()
+                stream._cancelled.set()
 
 
 def _set_all(streams: list[RequestStream]) -> None:
@@ -450,7 +464,11 @@ class Batcher:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to exit after its current batch and wait for it."""
+        """Ask the worker to exit and wait for it (at most `timeout` seconds).
+
+        Queued requests and running rows end with a "server is shutting down" Failure; the worker
+        exits after the decode step under way, so stopping takes about one step whatever is running.
+        """
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -495,6 +513,8 @@ class Batcher:
             jobs = self._admit(session)
             if jobs is None:
                 return
+            if self._stopping:
+                self._abort(session, rows)
             t0 = time.perf_counter()
             if jobs:
                 self._add(session, jobs, rows)
@@ -519,6 +539,15 @@ class Batcher:
             timing["step_s"] += t2 - t1
             timing["dispatch_s"] += time.perf_counter() - t2
 
+    def _abort(self, session, rows: dict[int, _Row]) -> None:
+        """Shutting down: end every running request with a Failure and cancel its rows."""
+        for job in {id(r.job): r.job for r in rows.values() if not r.parser.finished}.values():
+            job.stream.push([Failure("server is shutting down")])
+        for seq, row in rows.items():
+            if not row.parser.finished:
+                row.parser.finished = True
+                session.cancel(seq)
+
     def _admit(self, session) -> list[_Job] | None:
         """Pending jobs that fit next to the running rows; blocks while there is nothing to do.
 
@@ -532,7 +561,7 @@ class Batcher:
                 for job in self._pending:
                     job.stream.push([Failure("server is shutting down")])
                 self._pending.clear()
-                return None if idle else []  # finish the running rows, admit nothing
+                return None if idle else []  # `_abort` cancels the running rows; admit nothing
             if idle and self._pending:
                 # a short window lets requests that arrive together share one prefill
                 deadline = time.monotonic() + self.batch_window_s
@@ -627,6 +656,7 @@ def default_sampling_params(params: GenerationParams, n: int) -> Any:
         n=n,
         temperature=params.temperature,
         top_p=params.top_p,
+        top_k=params.top_k,
         max_new_tokens=params.max_tokens,
         seed=params.seed,
         max_thinking_tokens=params.thinking_budget,

@@ -86,3 +86,32 @@ def test_request_stream_coalesces_when_the_reader_lags():
     assert len(events) <= 5
     assert "".join(e.text for e in events if isinstance(e, Delta)) == "0123456789" * 10
     assert stream.closed
+
+
+def test_cancel_closes_the_stream_at_once():
+    stream = RequestStream(2)
+    stream.push([Delta(0, "content", "a")])
+    stream.cancel()
+    stream.push([Delta(1, "content", "dropped")])  # the worker's later pushes are dropped
+    assert list(stream) == [[Delta(0, "content", "a")]] and stream.cancelled and stream.closed
+    stream.cancel()  # idempotent
+
+
+def test_stop_ends_running_requests_with_a_failure(tokenizer):
+    from serve_stub import ScriptedModel
+
+    from r1kit.engine import Engine
+    from r1kit.serve.batcher import Batcher, Failure
+
+    model = ScriptedModel(tokenizer, delay_s=0.01)
+    batcher = Batcher(Engine(model, tokenizer), think_end_id=tokenizer.think_end_id).start()
+    ids = tokenizer.encode_prompt([{"role": "user", "content": "think forever"}])
+    stream = batcher.submit([ids], GenerationParams(max_tokens=1500, temperature=0), n=3)
+    first = next(iter(stream))  # decoding has started
+    assert first
+    worker = batcher._thread
+    batcher.stop(timeout=60)
+    assert not worker.is_alive()
+    rest = [event for events in stream for event in events]
+    assert isinstance(rest[-1], Failure) and "shutting down" in rest[-1].message
+    assert model.forward_calls < 1000  # it did not run the 1500 steps
