@@ -62,8 +62,10 @@ def train_teacher(out: Path, steps: int, target: float, quiet: bool) -> dict:
     config = sft.Config(
         model=ModelSection(preset="tiny-llama", overrides=dict(TEACHER)),
         tokenizer=TokenizerSection(vocab_size=512),
-        data=sft.SFTData(task="addition", task_args=dict(TASK_ARGS), num_examples=5000, max_len=64),
-        val=sft.ValSection(every=25, num_problems=64, max_new_tokens=48, target_accuracy=target),
+        data=sft.SFTData(
+            task="addition", task_args={"addition": dict(TASK_ARGS)}, num_examples=5000, max_len=64
+        ),
+        val=sft.ValSection(every=25, problems=64, max_new_tokens=48, target_accuracy=target),
         train=TrainConfig(
             steps=steps, batch_size=32, lr=3e-3, warmup_steps=10, schedule="constant", device="cpu"
         ),

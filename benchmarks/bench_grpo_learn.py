@@ -40,7 +40,7 @@ def run_sft(workdir: Path, threads: int, max_digits: int, extra: list[str]) -> P
     run_dir = workdir / "sft"
     args = ["--run.dir", str(run_dir), "--run.progress", "false", "--train.threads", str(threads)]
     if max_digits != 4:
-        args += ["--data.task_args", f"{{min_digits = 1, max_digits = {max_digits}}}"]
+        args += ["--data.task_args", f"{{addition = {{min_digits = 1, max_digits = {max_digits}}}}}"]
     cfg = load_config(sft.Config, ROOT / "configs" / "sft_tiny.toml", args + extra)
     sft.run(cfg)
     return run_dir
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--sft-max-digits", type=int, default=4, help="operand digits in SFT (5: adds 5-digit)")
     ap.add_argument("--grpo-seconds", type=float, default=180.0, help="GRPO wall-clock budget")
     ap.add_argument("--grpo-steps", type=int, default=1000, help="GRPO step cap")
-    ap.add_argument("--lr", type=float, default=None, help="override optim.lr of grpo_tiny.toml")
+    ap.add_argument("--lr", type=float, default=None, help="override train.lr of grpo_tiny.toml")
     ap.add_argument("--grpo-arg", action="append", default=[], help="extra grpo override: --grpo-arg=--k=v")
     ap.add_argument("--eval-problems", type=int, default=200)
     ap.add_argument("--samples", type=int, default=8, help="k samples per problem for pass@1")
@@ -139,14 +139,24 @@ def main() -> None:
         splits["5 digits"] = {"digits": 5}
     results: dict = {"before": evaluate(sft_dir, splits, args)}
 
-    overrides = ["--run_dir", str(args.workdir / "grpo"), "--model.path", str(sft_dir)]
-    overrides += ["--max_seconds", str(args.grpo_seconds), "--max_steps", str(args.grpo_steps)]
-    overrides += ["--threads", str(args.threads), "--progress", "false", "--seed", str(args.seed)]
-    overrides += ["--eval.every", "50", "--save_every", "0"]
+    overrides = ["--run.dir", str(args.workdir / "grpo"), "--model.path", str(sft_dir)]
+    overrides += ["--train.max_seconds", str(args.grpo_seconds), "--train.steps", str(args.grpo_steps)]
+    overrides += [
+        "--train.threads",
+        str(args.threads),
+        "--run.progress",
+        "false",
+        "--train.seed",
+        str(args.seed),
+    ]
+    overrides += ["--eval.every", "50", "--run.save_every", "0"]
     if args.sft_max_digits != 4:
-        overrides += ["--data.task_args", f"{{min_digits = 1, max_digits = {args.sft_max_digits}}}"]
+        overrides += [
+            "--data.task_args",
+            f"{{addition = {{min_digits = 1, max_digits = {args.sft_max_digits}}}}}",
+        ]
     if args.lr is not None:
-        overrides += ["--optim.lr", str(args.lr)]
+        overrides += ["--train.lr", str(args.lr)]
     overrides += [t for a in args.grpo_arg for t in a.split("=", 1)]
     cfg = load_config(grpo.Config, ROOT / "configs" / "grpo_tiny.toml", overrides)
     if (args.workdir / "grpo").exists():
@@ -170,7 +180,7 @@ def main() -> None:
     print(
         f"\nGRPO learning test: tiny llama (2 layers, d=128) SFT'ed on addition ({sft_s:.0f} s incl. "
         f"set-up), then GRPO {result.steps} steps in {results['grpo']['wall_s']:.0f} s "
-        f"(lr {cfg.optim.lr:g}, {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples, "
+        f"(lr {cfg.train.lr:g}, {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples, "
         f"T={cfg.rollout.temperature:g}); {args.eval_problems} held-out test problems per split "
         f"(seed {args.eval_seed}), pass@1 over {args.samples} samples; {args.threads} thread(s)\n"
     )

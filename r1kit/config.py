@@ -365,6 +365,85 @@ def _field_type(cls: type, dotted: str) -> Any:
     return tp
 
 
+# ----------------------------------------------------------------------------------------------
+# renamed keys: every stage speaks one dialect ([train] / [run] / [val] ... mean the same everywhere)
+
+_OPTIM_KEYS = (
+    "lr",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "warmup_steps",
+    "schedule",
+    "grad_clip",
+    "moe_bias_gamma",
+)
+
+#: Keys that moved when the stages came to share one config dialect: old dotted key -> new dotted key.
+#: A TOML file, a ``--section.key`` override or a dict using an old key gets a one-line ConfigError naming
+#: the new key, when the old key is unknown to the stage and the new one exists there (GRPO's old
+#: top-level run settings, its [optim] section, [val] num_problems).
+RENAMED_KEYS: dict[str, str] = {
+    "run_dir": "run.dir",
+    "resume": "run.resume",
+    "save_every": "run.save_every",
+    "log_every": "run.log_every",
+    "keep_last": "run.keep_last",
+    "progress": "run.progress",
+    "tensorboard": "run.tensorboard",
+    "plot": "run.plot",
+    "device": "train.device",
+    "precision": "train.precision",
+    "strategy": "train.strategy",
+    "seed": "train.seed",
+    "threads": "train.threads",
+    "max_steps": "train.steps",
+    "max_seconds": "train.max_seconds",
+    **{f"optim.{k}": f"train.{k}" for k in _OPTIM_KEYS},
+    "loss.micro_batch_size": "train.micro_batch_size",
+    "val.num_problems": "val.problems",
+}
+#: Sections that moved as a whole: old name -> new name.
+RENAMED_SECTIONS: dict[str, str] = {"optim": "train"}
+
+
+def _moved(new: str) -> str:
+    section, _, key = new.rpartition(".")
+    return f"use [{section}] {key} (--{new})" if section else f"use {new} (--{new})"
+
+
+def _check_renamed_key(cls: type, dotted: str, source: str) -> None:
+    """Raise a one-line ConfigError when ``dotted`` is an old key of :data:`RENAMED_KEYS` (or lies in a
+    section of :data:`RENAMED_SECTIONS`) that ``cls`` does not have and whose new key it does."""
+    if _field_type(cls, dotted) is not None:
+        return
+    new = RENAMED_KEYS.get(dotted)
+    if new is not None and _field_type(cls, new) is not None:
+        raise ConfigError(f"{dotted}{_where(source)} moved: {_moved(new)}")
+    head, _, rest = dotted.partition(".")
+    section = RENAMED_SECTIONS.get(head)
+    if section is not None and _field_type(cls, head) is None and _field_type(cls, section) is not None:
+        target = f"{section}.{rest}" if rest else section
+        if rest and _field_type(cls, target) is not None:
+            raise ConfigError(f"{dotted}{_where(source)} moved: {_moved(target)}")
+        raise ConfigError(
+            f"[{head}]{_where(source)} moved: its keys are now in [{section}] (--{section}.KEY)"
+        )
+
+
+def _check_renamed_table(cls: type, table: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """:func:`_check_renamed_key` for every dotted key of a (TOML) table."""
+    for name, value in table.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Mapping) and _is_dataclass_type(_field_type(cls, dotted) or type(None)):
+            _check_renamed_table(cls, value, source, f"{dotted}.")
+        elif isinstance(value, Mapping) and dotted in RENAMED_SECTIONS:
+            _check_renamed_table(cls, value, source, f"{dotted}.")
+            _check_renamed_key(cls, dotted, source)
+        else:
+            _check_renamed_key(cls, dotted, source)
+
+
 def parse_overrides(cls: type, tokens: Sequence[str]) -> list[tuple[str, str]]:
     """Split CLI tokens into ``(dotted_key, value)`` pairs.
 
@@ -379,6 +458,7 @@ def parse_overrides(cls: type, tokens: Sequence[str]) -> list[tuple[str, str]]:
         if not token.startswith("--") or len(token) == 2:
             raise ConfigError(f"expected an override like --section.key value, got {token!r}")
         body = token[2:]
+        _check_renamed_key(cls, body.split("=", 1)[0].replace("-", "_"), f"--{body.split('=', 1)[0]}")
         if "=" in body:
             key, value = body.split("=", 1)
             i += 1
@@ -422,6 +502,7 @@ def _build(cls: type[T], values: Mapping[str, Any], path: str) -> T:
 def config_from_dict(cls: type[T], data: Mapping[str, Any], source: str = "dict") -> T:
     """Build ``cls`` from a nested dict (as TOML would give), with the same validation as files."""
     values: dict[str, Any] = {}
+    _check_renamed_table(cls, data, source)
     _merge_table(cls, data, values, "", source)
     return _build(cls, values, "")
 
@@ -459,10 +540,12 @@ def load_config(
                 table = tomllib.load(fh)
             except tomllib.TOMLDecodeError as err:
                 raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        _check_renamed_table(cls, table, str(path))
         _merge_table(cls, table, values, "", str(path))
     if isinstance(overrides, Mapping):
         pairs = list(overrides.items())
         for key, value in pairs:
+            _check_renamed_key(cls, key, f"override {key}")
             _apply_override(cls, key, value, values, f"override {key}")
     else:
         for key, value in parse_overrides(cls, overrides):

@@ -302,8 +302,8 @@ def _val_section(recipe: Recipe, target: float, every: int):
     return ValSection(
         every=every,
         task="addition",
-        task_args={"digits": recipe.eval_splits.get("4-digit", recipe.sft_digits[1])},
-        num_problems=recipe.val_problems,
+        task_args={"addition": {"digits": recipe.eval_splits.get("4-digit", recipe.sft_digits[1])}},
+        problems=recipe.val_problems,
         max_new_tokens=recipe.max_new_tokens,
         target_accuracy=target,
     )
@@ -326,17 +326,11 @@ def stage_sft(recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: 
 def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
     lo, hi = recipe.rl_digits
     cfg = grpo.Config(
-        run_dir=str(run_dir / "grpo"),
-        seed=config.seed,
-        device=config.device,
-        threads=config.threads,
-        max_steps=recipe.grpo_steps,
-        log_every=1,
-        progress=config.progress,
-        tensorboard=False,
         model=grpo.ModelSection(path=str(init), tokenizer=str(run_dir / "tokenizer")),
         data=grpo.DataSection(
-            task="addition", task_args={"min_digits": lo, "max_digits": hi}, train_problems=20000
+            task="addition",
+            task_args={"addition": {"min_digits": lo, "max_digits": hi}},
+            train_problems=20000,
         ),
         reward=grpo.RewardSection(names=["accuracy", "format"], weights=[1.0, 0.1]),
         rollout=grpo.RolloutSection(
@@ -346,7 +340,18 @@ def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
             max_new_tokens=recipe.max_new_tokens,
         ),
         loss=grpo.LossSection(loss_type="grpo", beta=0.0, mu=1),
-        optim=grpo.OptimSection(lr=recipe.grpo_lr, schedule="constant", grad_clip=1.0),
+        train=grpo.TrainSection(
+            steps=recipe.grpo_steps,
+            lr=recipe.grpo_lr,
+            schedule="constant",
+            grad_clip=1.0,
+            device=config.device,
+            seed=config.seed,
+            threads=config.threads,
+        ),
+        run=grpo.RunSection(
+            dir=str(run_dir / "grpo"), log_every=1, progress=config.progress, tensorboard=False
+        ),
         eval=grpo.EvalSection(
             every=recipe.grpo_eval_every,
             split="val",
@@ -355,8 +360,6 @@ def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
             max_new_tokens=recipe.max_new_tokens,
         ),
     )
-    if config.dollars_per_hour and hasattr(cfg, "dollars_per_hour"):
-        cfg.dollars_per_hour = config.dollars_per_hour
     return grpo.run(cfg)
 
 
@@ -461,7 +464,7 @@ def _eval_config(
         run=evaluate.RunSection(
             dir=str(out),
             device=config.device,
-            dtype="fp32",
+            dtype="float32",
             threads=config.threads,
             progress=config.progress,
             plots=rl,

@@ -67,7 +67,7 @@ from r1kit.train.loop import (
 )
 from r1kit.train.pretrain import build_model, start_stage, validation_hooks
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection
+from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection, check_task_args
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -121,6 +121,9 @@ class SampleSection:
     dedupe: bool = True
     out: str = "runs/distill/traces.jsonl"
     batch_prompts: int = 256
+
+    def __post_init__(self) -> None:
+        check_task_args(self.task_args, "sample.task_args", self.tasks)
 
 
 @dataclass

@@ -43,7 +43,7 @@ from r1kit.report import plot_budget, plot_scaling
 from r1kit.seeding import stable_seed
 from r1kit.train.log import RateProgress
 from r1kit.train.result import RunResult
-from r1kit.train.sections import DType, ModelDirSection, normalize_dtype
+from r1kit.train.sections import DType, ModelDirSection, check_task_args, normalize_dtype
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -72,6 +72,9 @@ class DataSection:
     seed: int = 0
     template: Literal["chat", "raw"] = "chat"
     system: str = ""
+
+    def __post_init__(self) -> None:
+        check_task_args(self.task_args, "data.task_args", self.tasks)
 
 
 @dataclass

@@ -227,8 +227,8 @@ def test_validators_match_the_old_path(setup):
         val = pretrain.ValSection(
             every=1,
             task="addition",
-            task_args={"digits": 1},
-            num_problems=6,
+            task_args={"addition": {"digits": 1}},
+            problems=6,
             max_new_tokens=10,
             prompt=prompt,
         )
@@ -236,8 +236,9 @@ def test_validators_match_the_old_path(setup):
         torch.manual_seed(5)
         assert validate(model, 0) == {"val_accuracy": expected[0], "val_length": pytest.approx(expected[1])}
         assert float(torch.rand(())) == 0.07241219282150269  # the old code's RNG state after a validation
-    val = sft.ValSection(every=1, num_problems=4, max_new_tokens=8)
-    validate = sft.greedy_validator(val, sft.SFTData(task="addition", task_args={"digits": 1}), tok, seed=2)
+    val = sft.ValSection(every=1, problems=4, max_new_tokens=8)
+    data = sft.SFTData(task="addition", task_args={"addition": {"digits": 1}})
+    validate = sft.greedy_validator(val, data, tok, seed=2)
     assert validate(model, 0) == {"val_accuracy": 1.0, "val_length": 7.25}
 
 

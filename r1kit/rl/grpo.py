@@ -27,7 +27,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,7 +53,7 @@ from r1kit.rl.rollout import (
     sample_groups,
 )
 from r1kit.seeding import stable_seed
-from r1kit.tasks import get_task
+from r1kit.tasks import get_task, task_kwargs
 from r1kit.train.checkpoint import latest_checkpoint
 from r1kit.train.log import plot_metrics
 from r1kit.train.loop import (
@@ -68,7 +68,7 @@ from r1kit.train.loop import (
     setup_distributed,
 )
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection
+from r1kit.train.sections import ModelDirSection, check_task_args
 
 PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length_mean")
 
@@ -85,7 +85,7 @@ class DataSection:
     """[data] the task, its prompts and the held-out split.
 
     task (str): task name for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", "jsonl:FILE", ...).
-    task_args (dict): keyword arguments of the task, e.g. {digits = 4}.
+    task_args (dict): keyword arguments of the task keyed by its name, e.g. {addition = {digits = 4}}.
     train_problems (int): size of the training pool drawn from the "train" split (cycled, reshuffled per epoch).
     template (str): "chat" (chat template + generation prompt, R1: starts in <think>) or "raw" (prompt as is).
     system (str): system message for the chat template; empty = none (R1's usage recommendation).
@@ -96,6 +96,9 @@ class DataSection:
     train_problems: int = 10000
     template: Literal["chat", "raw"] = "chat"
     system: str = ""
+
+    def __post_init__(self) -> None:
+        check_task_args(self.task_args, "data.task_args", [self.task])
 
 
 @dataclass
@@ -154,7 +157,6 @@ class LossSection:
     beta (float): k3 KL weight; a reference is loaded only if > 0 (DeepSeekMath 0.04, R1-Zero 0.001, DAPO 0).
     ref_reset_every (int): copy the policy into the reference every N steps (R1-Zero: 400); 0 = never.
     mu (int): optimiser steps per rollout batch (GRPO's mu); old_logp is fixed by the first.
-    micro_batch_size (int): completions per forward/backward on one rank (accumulation); 0 = all at once.
     """
 
     loss_type: Literal["grpo", "dr_grpo", "dapo", "gspo"] = "grpo"
@@ -164,31 +166,55 @@ class LossSection:
     beta: float = 0.001
     ref_reset_every: int = 0
     mu: int = 1
-    micro_batch_size: int = 0
 
 
 @dataclass
-class OptimSection:
-    """[optim] AdamW (`r1kit.train.loop.build_optimizer`) and its schedule.
+class TrainSection(TrainConfig):
+    """[train] the loop's `TrainConfig` (`r1kit.train.loop`), with GRPO's defaults where they differ:
+    100 steps, AdamW lr 3e-6 (R1-Zero; tiny CPU models: 1e-4, 3e-4 collapsed), weight decay 0,
+    beta2 0.99, no warm-up, a constant schedule.
 
-    lr (float): learning rate (R1-Zero: 3e-6; tiny CPU models: 1e-4, 3e-4 collapsed in EXPERIMENTS.md).
-    weight_decay (float): decoupled weight decay on matrices.
-    beta1 (float): AdamW beta1.
-    beta2 (float): AdamW beta2.
-    warmup_steps (int): linear warm-up optimiser steps.
-    schedule (str): "constant" or "cosine" (after the warm-up).
-    grad_clip (float): clip the global gradient norm; 0 = off.
-    moe_bias_gamma (float): aux-loss-free balancing speed after each optimiser step (0.001); 0 = off.
+    In GRPO a step is one rollout batch (`loss.mu` optimiser steps; the schedule spans steps x mu);
+    steps 0 = no limit (then max_seconds must be set). micro_batch_size counts completions per
+    forward/backward on one rank (0 = all at once). batch_size is rollout.prompts_per_step x
+    rollout.group_size (leave it 0), and the MTP head is not trained (mtp_* keep their defaults).
     """
 
+    steps: int = 100
+    batch_size: int = 0
     lr: float = 3e-6
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
     warmup_steps: int = 0
-    schedule: Literal["constant", "cosine"] = "constant"
-    grad_clip: float = 1.0
-    moe_bias_gamma: float = 0.001
+    schedule: Literal["cosine", "constant"] = "constant"
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+
+    def __post_init__(self) -> None:
+        check_positive(self.steps, "train.steps", allow_zero=True)
+        check_positive(self.batch_size, "train.batch_size", allow_zero=True)
+        if self.steps == 0 and self.max_seconds == 0:
+            raise ConfigError(
+                "set train.steps and/or train.max_seconds (both are 0: the run would never stop)"
+            )
+        steps, batch_size = self.steps, self.batch_size
+        self.steps, self.batch_size = max(steps, 1), max(batch_size, 1)  # the loop's checks of the rest
+        try:
+            super().__post_init__()
+        finally:
+            self.steps, self.batch_size = steps, batch_size
+        base = TrainConfig()
+        for name in ("mtp_weight", "mtp_weight_final", "mtp_switch"):
+            if getattr(self, name) != getattr(base, name):
+                raise ConfigError(f"train.{name} has no effect in GRPO (the MTP head is not trained)")
+
+
+@dataclass
+class RunSection(RunConfig):
+    """[run] the loop's `RunConfig` (`r1kit.train.loop`): run directory (config.toml, metrics.jsonl,
+    checkpoints/, model/, aha.png), resume, checkpoints, logging, progress, TensorBoard (on by default
+    here) and the aha.png plot (reward, held-out accuracy, completion length)."""
+
+    dir: str = "runs/grpo"
+    tensorboard: bool = True
 
 
 @dataclass
@@ -218,58 +244,25 @@ class EvalSection:
 
 @dataclass
 class Config:
-    """`r1kit grpo` configuration.
+    """`r1kit grpo` configuration: the policy ([model]), its task ([data]), [reward], [rollout], [loss],
+    the loop's [train] and [run] sections (GRPO's defaults: `TrainSection`, `RunSection`) and the
+    held-out [eval]. `train.seed` seeds the prompt order and the sampling streams."""
 
-    run_dir (str): run directory: config.toml, metrics.jsonl, checkpoints/, model/, aha.png.
-    resume (bool): continue from run_dir's latest checkpoint (without it, a run_dir with checkpoints is refused).
-    seed (int): seed of the prompt order and of the sampling streams.
-    device (str): "auto" (CUDA if available), "cpu", "cuda", "cuda:1".
-    precision (str): "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"; weights stay fp32.
-    strategy (str): "none", "ddp" or "fsdp2" (under torchrun "none" becomes "ddp"); with fsdp2 the
-        engine samples from a full copy of the policy gathered after every step.
-    threads (int): torch CPU threads; 0 = torch's default.
-    max_steps (int): steps (rollout batches) of the whole run; 0 = no limit (then max_seconds must be set).
-    max_seconds (float): wall-clock budget in seconds, evaluation included; 0 = none.
-    log_every (int): metrics row and progress update every N steps.
-    save_every (int): checkpoint every N steps (0 = only at the end).
-    keep_last (int): checkpoints kept on disk.
-    progress (bool): rich progress bar (rank 0).
-    tensorboard (bool): also write TensorBoard events when tensorboard is installed.
-    plot (bool): write aha.png (reward, held-out accuracy, completion length) at the end.
-    """
-
-    run_dir: str = "runs/grpo"
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    strategy: Literal["none", "ddp", "fsdp2"] = "none"
-    threads: int = 0
-    max_steps: int = 100
-    max_seconds: float = 0.0
-    log_every: int = 1
-    save_every: int = 0
-    keep_last: int = 2
-    progress: bool = True
-    tensorboard: bool = True
-    plot: bool = True
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     reward: RewardSection = field(default_factory=RewardSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    run: RunSection = field(default_factory=RunSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
     def __post_init__(self) -> None:
-        check_positive(self.max_steps, "max_steps", allow_zero=True)
-        check_positive(self.max_seconds, "max_seconds", allow_zero=True)
-        if self.max_steps == 0 and self.max_seconds == 0:
-            raise ConfigError("set max_steps and/or max_seconds (both are 0: the run would never stop)")
-        check_positive(self.log_every, "log_every")
-        check_positive(self.save_every, "save_every", allow_zero=True)
-        check_positive(self.keep_last, "keep_last")
         r = self.rollout
+        if self.train.batch_size and self.train.batch_size != r.prompts_per_step * r.group_size:
+            raise ConfigError(
+                "train.batch_size is rollout.prompts_per_step x rollout.group_size in GRPO; leave it 0"
+            )
         check_positive(r.prompts_per_step, "rollout.prompts_per_step")
         check_positive(r.group_size, "rollout.group_size")
         check_positive(r.temperature, "rollout.temperature", allow_zero=True)
@@ -293,9 +286,6 @@ class Config:
         check_positive(lo.eps_high, "loss.eps_high", allow_zero=True)
         check_positive(lo.mu, "loss.mu")
         check_positive(lo.ref_reset_every, "loss.ref_reset_every", allow_zero=True)
-        check_positive(lo.micro_batch_size, "loss.micro_batch_size", allow_zero=True)
-        check_positive(self.optim.lr, "optim.lr", allow_zero=True)
-        check_positive(self.optim.grad_clip, "optim.grad_clip", allow_zero=True)
         check_positive(self.eval.every, "eval.every", allow_zero=True)
         check_positive(self.eval.samples, "eval.samples", allow_zero=True)
         check_one_of(self.data.template, "data.template", ("chat", "raw"))
@@ -451,10 +441,11 @@ class GRPOTrainer(Stage):
 
     def __init__(self, config: Config):
         self.config = c = config
-        self.dist = setup_distributed(c.device)
-        self.device = resolve_device(c.device, self.dist)
-        set_threads(c.threads)
-        self.run_dir = Path(c.run_dir)
+        t = c.train
+        self.dist = setup_distributed(t.device)
+        self.device = resolve_device(t.device, self.dist)
+        set_threads(t.threads)
+        self.run_dir = Path(c.run.dir)
         world = self.dist.world_size
         if c.rollout.prompts_per_step % world:
             raise ConfigError(
@@ -475,12 +466,12 @@ class GRPOTrainer(Stage):
         if c.loss.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         # FSDP2 shards the policy in place: the engine samples from a full copy refreshed every step
-        sharded = self.dist.distributed and c.strategy == "fsdp2"
+        sharded = self.dist.distributed and t.strategy == "fsdp2"
         self.policy = copy.deepcopy(self.model) if sharded else self.model
 
-        self.task = get_task(c.data.task, **c.data.task_args)
-        train_problems = self.task.problems(split="train", n=c.data.train_problems, seed=c.seed)
-        self.prompts = PromptStream(train_problems, seed=c.seed, rank=self.dist.rank, world_size=world)
+        self.task = get_task(c.data.task, **task_kwargs(c.data.task_args, c.data.task))
+        train_problems = self.task.problems(split="train", n=c.data.train_problems, seed=t.seed)
+        self.prompts = PromptStream(train_problems, seed=t.seed, rank=self.dist.rank, world_size=world)
         self.eval_problems = (
             self.task.problems(split=c.eval.split, n=c.eval.problems, seed=c.eval.seed)
             if c.eval.every
@@ -492,14 +483,14 @@ class GRPOTrainer(Stage):
         self.loop = Trainer(
             self.model,
             self,
-            _train_section(c),
-            _run_section(c),
+            # the schedule spans train.steps x mu optimiser steps (at least one step with steps = 0)
+            replace(t, steps=max(t.steps, 1), batch_size=c.rollout.prompts_per_step * c.rollout.group_size),
+            c.run,
             dist=self.dist,
             device=self.device,
             tokenizer=self.tokenizer,
             config=c,
-            steps=c.max_steps,
-            max_seconds=c.max_seconds,
+            steps=t.steps,
             validate_every=c.eval.every,
             validate_at_start=True,
             validate_on_stop=True,
@@ -583,7 +574,7 @@ class GRPOTrainer(Stage):
             top_k=r.top_k,
             max_new_tokens=r.max_new_tokens,
             ignore_eos=r.ignore_eos,
-            seed=stable_seed(self.config.seed, self.step, self.dist.rank, round_),
+            seed=stable_seed(self.config.train.seed, self.step, self.dist.rank, round_),
         )
 
     def collect(self) -> tuple[Any, dict[str, float]]:
@@ -665,7 +656,7 @@ class GRPOTrainer(Stage):
     def _micro_batches(self, rollout, advantages_B: torch.Tensor, rows: list[int]) -> list:
         """Micro-batches of `rows`, sorted by length so little padding is computed."""
         c = self.config
-        size = c.loss.micro_batch_size or len(rows)
+        size = c.train.micro_batch_size or len(rows)
         order = sorted(rows, key=lambda i: len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids))
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         return [
@@ -827,7 +818,7 @@ class GRPOTrainer(Stage):
                 max_new_tokens=c.eval.max_new_tokens or c.rollout.max_new_tokens,
                 template=c.data.template,
                 system=c.data.system,
-                seed=stable_seed("eval", c.eval.seed, c.seed),
+                seed=stable_seed("eval", c.eval.seed, c.train.seed),
                 dist=self.dist,
                 device=self.device,
             )
@@ -856,7 +847,7 @@ class GRPOTrainer(Stage):
         """aha.png: reward, held-out accuracy and completion length over steps."""
         c = self.config
         keys = [k for k in PLOT_KEYS if k in _metric_keys(run_dir / "metrics.jsonl")]
-        if c.plot and keys:
+        if keys:
             plot_metrics(
                 run_dir / "metrics.jsonl",
                 run_dir / "aha.png",
@@ -867,13 +858,13 @@ class GRPOTrainer(Stage):
 
     # ------------------------------------------------------------------ the run
     def train(self) -> GRPOResult:
-        """Run until max_steps / max_seconds; returns the run's `RunResult`."""
+        """Run until train.steps / train.max_seconds; returns the run's `RunResult`."""
         checkpoints = self.run_dir / "checkpoints"
-        if self.config.resume:
+        if self.config.run.resume:
             self.resume()
         elif checkpoints.is_dir() and any(checkpoints.iterdir()):
             raise ConfigError(
-                f"{self.run_dir} already holds checkpoints; pass --resume true or pick another run_dir"
+                f"{self.run_dir} already holds checkpoints; pass --run.resume true or pick another --run.dir"
             )
         return self._finish(self.loop.run(step_fn=lambda: self.train_step()))
 
@@ -901,42 +892,6 @@ class GRPOTrainer(Stage):
             eval_history=eval_history(metrics_path),
             plot_path=plot if plot.is_file() else None,
         )
-
-
-def _train_section(c: Config) -> TrainConfig:
-    """GRPO's [optim] and top-level settings as the loop's [train] section (the schedule spans
-    max_steps x mu optimiser steps)."""
-    o = c.optim
-    return TrainConfig(
-        steps=max(c.max_steps, 1),
-        batch_size=c.rollout.prompts_per_step * c.rollout.group_size,
-        lr=o.lr,
-        warmup_steps=o.warmup_steps,
-        schedule=o.schedule,
-        weight_decay=o.weight_decay,
-        beta1=o.beta1,
-        beta2=o.beta2,
-        grad_clip=o.grad_clip,
-        device=c.device,
-        precision=c.precision,
-        strategy=c.strategy,
-        seed=c.seed,
-        threads=c.threads,
-        moe_bias_gamma=o.moe_bias_gamma,
-    )
-
-
-def _run_section(c: Config) -> RunConfig:
-    """GRPO's top-level run settings as the loop's [run] section."""
-    return RunConfig(
-        dir=c.run_dir,
-        resume=c.resume,
-        save_every=c.save_every,
-        keep_last=c.keep_last,
-        log_every=c.log_every,
-        progress=c.progress,
-        tensorboard=c.tensorboard,
-    )
 
 
 @dataclass
@@ -987,9 +942,10 @@ def run(config: Config) -> GRPOResult:
 
     The Python API needs no TOML: nested sections are plain dataclasses, e.g.
 
-        cfg = grpo.Config(run_dir="runs/grpo", max_seconds=240, model=grpo.ModelSection(path="runs/sft"),
+        cfg = grpo.Config(model=grpo.ModelSection(path="runs/sft"),
                           rollout=grpo.RolloutSection(prompts_per_step=16, group_size=8, max_new_tokens=96),
-                          loss=grpo.LossSection(beta=0.0), optim=grpo.OptimSection(lr=1e-4))
+                          loss=grpo.LossSection(beta=0.0), train=grpo.TrainSection(lr=1e-4, max_seconds=240),
+                          run=grpo.RunSection(dir="runs/grpo"))
         result = grpo.run(cfg)    # result.model_dir, result.eval_history, result.cost, ...
     """
     trainer = None

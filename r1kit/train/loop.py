@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from r1kit.loaders import resolve_device  # noqa: F401  (re-exported: stages took it from here)
 from r1kit.train.checkpoint import unwrap_model  # DDP / torch.compile wrappers -> the plain model
+from r1kit.train.sections import Precision, normalize_dtype
 
 IGNORE_INDEX = -100  # target id that carries no loss (padding, prompt and user tokens)
 
@@ -73,7 +74,10 @@ class TrainConfig:
     eps (float): AdamW epsilon.
     grad_clip (float): clip the global gradient norm to this; 0 = no clipping (the norm is logged).
     device (str): "auto" (the local CUDA device if any, else CPU), "cpu", "cuda", "cuda:1", "mps".
-    precision (str): "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32".
+    precision (str): autocast dtype of the matmuls, in the dtype vocabulary of `r1kit.train.sections`:
+        "auto" (bfloat16 on CUDA, float32 elsewhere), "bfloat16" or "float32" ("bf16", "fp32" accepted).
+    max_seconds (float): wall-clock budget of the whole run in seconds (resumed segments included; GRPO:
+        evaluation included); 0 = none. Whichever of steps and max_seconds comes first ends the run.
     compile (bool): torch.compile the model (worth it for long runs; the first steps are slow).
     strategy (str): "none", "ddp" or "fsdp2"; under torchrun "none" becomes "ddp".
     seed (int): seed of the model initialisation, data order and dropout.
@@ -99,7 +103,8 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     device: str = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
+    max_seconds: float = 0.0
     compile: bool = False
     strategy: Literal["none", "ddp", "fsdp2"] = "none"
     seed: int = 0
@@ -110,7 +115,7 @@ class TrainConfig:
     moe_bias_gamma: float = 0.001
 
     def __post_init__(self) -> None:
-        from r1kit.config import check_positive, check_range
+        from r1kit.config import ConfigError, check_positive, check_range
 
         check_positive(self.steps, "train.steps")
         check_positive(self.batch_size, "train.batch_size")
@@ -121,6 +126,12 @@ class TrainConfig:
         check_positive(self.grad_clip, "train.grad_clip", allow_zero=True)
         check_range(self.mtp_switch, "train.mtp_switch", 0.0, 1.0)
         check_positive(self.moe_bias_gamma, "train.moe_bias_gamma", allow_zero=True)
+        check_positive(self.max_seconds, "train.max_seconds", allow_zero=True)
+        self.precision = normalize_dtype(self.precision)
+        if self.precision == "float16":
+            raise ConfigError(
+                "train.precision must be 'auto', 'bfloat16' or 'float32' (float16 needs a loss scaler)"
+            )
 
 
 @dataclass
@@ -136,6 +147,7 @@ class RunConfig:
     log_every (int): write a metrics.jsonl row every N steps (and at the end and at an early stop).
     progress (bool): show the rich progress bar (rank 0 only).
     tensorboard (bool): also write TensorBoard events when tensorboard is installed.
+    plot (bool): draw the stage's plot at the end (loss.png; GRPO: aha.png).
     dollars_per_hour (float): price of one device-hour for the cost summary; 0 = the cost module's
         default for the device (SPEC §3 uses $2 per H800 GPU-hour).
     stop_after (int): end this invocation after optimiser step N with a checkpoint (0 = run to train.steps);
@@ -150,6 +162,7 @@ class RunConfig:
     log_every: int = 1
     progress: bool = True
     tensorboard: bool = False
+    plot: bool = True
     dollars_per_hour: float = 0.0
     stop_after: int = 0
 
@@ -226,11 +239,12 @@ def cleanup_distributed(dist: DistInfo | None = None) -> None:
 def autocast_for(
     device: torch.device, precision: str = "auto"
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts: bf16 on CUDA with "auto" (or "bf16" anywhere), else a no-op.
+    """A factory of autocast contexts: bf16 on CUDA with "auto" (or "bfloat16"/"bf16" anywhere), else a no-op.
 
     Weights and optimiser state stay fp32; only the matmuls run in bf16.
     """
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    precision = normalize_dtype(precision)
+    use_bf16 = precision == "bfloat16" or (precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -855,7 +869,8 @@ class Trainer:
         tokenizer: saved next to the model in checkpoints and in ``run_dir/model``.
         config: the stage's config, written to ``run_dir/config.toml``.
         steps: steps of the whole run; None = ``train.steps``, 0 = no limit (then ``max_seconds``).
-        max_seconds: wall-clock budget of the run (segments of a resumed run included); 0 = none.
+        max_seconds: wall-clock budget of the run (segments of a resumed run included); None =
+            ``train.max_seconds``, 0 = none.
         validate_every: run ``stage.validate`` every N steps and at the last step; 0 = never.
         validate_at_start: also validate before the first step of a fresh run (logged at step 0).
         validate_on_stop: also validate at the step where any stop rule ends the run.
@@ -874,7 +889,7 @@ class Trainer:
         tokenizer: Any = None,
         config: Any = None,
         steps: int | None = None,
-        max_seconds: float = 0.0,
+        max_seconds: float | None = None,
         validate_every: int = 0,
         validate_at_start: bool = False,
         validate_on_stop: bool = False,
@@ -891,7 +906,7 @@ class Trainer:
             console,
         )
         self.steps = train.steps if steps is None else steps
-        self.max_seconds = max_seconds
+        self.max_seconds = train.max_seconds if max_seconds is None else max_seconds
         self.validate_every, self.validate_at_start = validate_every, validate_at_start
         self.validate_on_stop = validate_on_stop
         self.run_dir = Path(run.dir)
@@ -1110,7 +1125,8 @@ class Trainer:
         exported = _ExportedModel(_plain_copy(self.core), self.tokenizer)  # FSDP2: a collective
         if self.dist.is_main:
             exported.save_pretrained(model_dir)
-            self.stage.plot(self.run_dir)
+            if self.run_config.plot:
+                self.stage.plot(self.run_dir)
         cost = self.meter.summary()
         if self.dist.is_main and self.run_config.progress:
             from rich.console import Console

@@ -9,7 +9,7 @@ existing model directory. The loop, checkpoints, resume, cost accounting and tor
     torchrun --nproc_per_node 2 -m r1kit.cli pretrain configs/pretrain_tiny.toml --train.strategy ddp
 
 Optional early stop on accuracy (``[val]``, :class:`ValSection`): every ``val.every`` steps the model
-greedily completes ``val.num_problems`` held-out problems (split ``val.split``) with
+greedily completes ``val.problems`` held-out problems (split ``val.split``) with
 ``r1kit.engine.Engine``, the task scores them, ``val_accuracy`` is logged, and training stops (with a
 checkpoint and the final model) the first time it reaches ``val.target_accuracy``.
 
@@ -35,7 +35,12 @@ from r1kit.train.loop import (
     prepare_run_dir,
     setup_distributed,
 )
-from r1kit.train.sections import ModelSection, TokenizerSection, ValSection  # shared with SFT, distill
+from r1kit.train.sections import (  # shared with SFT, distill
+    ModelSection,
+    TokenizerSection,
+    ValSection,
+    check_task_args,
+)
 
 
 @dataclass
@@ -47,7 +52,8 @@ class PretrainData:
     text_field (str): the JSONL field holding the text.
     task (str): task whose problems, with their worked solutions as plain text, form the corpus when files
         is empty ("addition", "multiplication", "countdown", ...; see r1kit.tasks.get_task).
-    task_args (dict): keyword arguments of the task, e.g. {min_digits = 1, max_digits = 4}.
+    task_args (dict): keyword arguments of the task keyed by its name, e.g.
+        {addition = {min_digits = 1, max_digits = 4}}.
     num_examples (int): problems drawn from the task's train split.
     seed (int): seed of that draw; -1 = train.seed.
     seq_len (int): tokens per training sequence (documents are packed, separated by EOS).
@@ -66,6 +72,7 @@ class PretrainData:
 
         check_positive(self.num_examples, "data.num_examples")
         check_positive(self.seq_len, "data.seq_len")
+        check_task_args(self.task_args, "data.task_args", [self.task])
 
 
 @dataclass
@@ -131,9 +138,9 @@ def corpus_texts(data: PretrainData, seed: int) -> list[str]:
 
     if data.files:
         return read_texts(data.files, data.text_field)
-    from r1kit.tasks import get_task
+    from r1kit.tasks import get_task, task_kwargs
 
-    task = get_task(data.task, **data.task_args)
+    task = get_task(data.task, **task_kwargs(data.task_args, data.task))
     draw_seed = seed if data.seed < 0 else data.seed
     return [problem_text(task, p) for p in task.problems(split="train", n=data.num_examples, seed=draw_seed)]
 
@@ -150,7 +157,7 @@ def greedy_validator(
 ):
     """``validate(model, step) -> {"val_accuracy", "val_length"}``: greedy decoding of held-out problems.
 
-    The problems (``val.num_problems`` of split ``val.split`` of ``val.task``, else ``task_name``) are
+    The problems (``val.problems`` of split ``val.split`` of ``val.task``, else ``task_name``) are
     drawn once; each validation completes them all in one batched generate call through the evaluation
     core (``r1kit.evaluate.evaluate_engine``: temperature 0, ``val.max_new_tokens``, stop at EOS) and
     averages ``task.score(text, problem)`` (partial credit counts). ``val_length`` is the mean completion
@@ -163,10 +170,11 @@ def greedy_validator(
     """
     from r1kit.engine import Engine
     from r1kit.evaluate import EvalParams, evaluate_engine, render_prompts
-    from r1kit.tasks import get_task
+    from r1kit.tasks import get_task, task_kwargs
 
-    task = get_task(val.task or task_name, **(val.task_args if val.task else task_args))
-    problems = task.problems(split=val.split, n=val.num_problems, seed=seed)
+    name = val.task or task_name
+    task = get_task(name, **task_kwargs(val.task_args if val.task else task_args, name))
+    problems = task.problems(split=val.split, n=val.problems, seed=seed)
     prompt_ids = render_prompts(tokenizer, problems, "chat" if prompt == "chat" else "text", system)
     # seed None as ever: the engine draws the (unused) greedy seed from torch's RNG, once per call
     params = EvalParams(k=0, greedy=True, max_new_tokens=val.max_new_tokens, seed=None)

@@ -8,7 +8,10 @@
 - :class:`ValSection` ``[val]``: greedy held-out accuracy with an optional early stop — pretrain, SFT,
   distillation.
 - :data:`DType` and :func:`normalize_dtype`: the one dtype vocabulary ("auto", "float32", "bfloat16",
-  "float16"; "fp32", "bf16", "fp16" accepted and normalised). `r1kit.loaders` maps it to torch dtypes.
+  "float16"; "fp32", "bf16", "fp16" accepted and normalised). `r1kit.loaders` maps it to torch dtypes;
+  ``[train] precision`` speaks it too (:data:`Precision`).
+- :func:`check_task_args`: the one ``task_args`` shape, keyed by task name in every stage
+  (``task_args = { addition = { min_digits = 1 } }``).
 
 Nothing heavy is imported here, so `r1kit eval --help` stays instant.
 """
@@ -26,8 +29,10 @@ __all__ = [
     "DType",
     "ModelDirSection",
     "ModelSection",
+    "Precision",
     "TokenizerSection",
     "ValSection",
+    "check_task_args",
     "normalize_dtype",
 ]
 
@@ -38,6 +43,8 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # A config field typed DType is checked when the config loads; normalize_dtype gives the long name.
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
+# [train] precision: the autocast dtype of the matmuls (weights stay float32); float16 would need a loss scaler.
+Precision = Literal["auto", "float32", "bfloat16", "fp32", "bf16"]
 
 
 def normalize_dtype(name: str) -> str:
@@ -50,6 +57,31 @@ def normalize_dtype(name: str) -> str:
         choices = ", ".join(["auto", *DTYPE_NAMES, *DTYPE_ALIASES])
         raise ConfigError(f"dtype must be one of {choices}; got {name!r}")
     return key
+
+
+# ----------------------------------------------------------------------------------------------
+# the task_args shape
+
+
+def _inline(value: Any) -> str:
+    """``value`` as a TOML inline value, for error messages."""
+    from r1kit.config import _toml_value
+
+    return _toml_value(value, "task_args")
+
+
+def check_task_args(task_args: dict[str, Any], name: str, tasks: list[str] | tuple[str, ...] = ()) -> None:
+    """Raise a one-line ConfigError unless ``task_args`` maps task names to tables of keyword arguments
+    (``{addition = {min_digits = 1}}``), the one shape every stage reads. A flat table
+    (``{min_digits = 1}``) gets the keyed form of the same arguments in the message (keyed by the
+    stage's task when it has one, else ``TASK``).
+    """
+    if any(not isinstance(v, dict) for v in task_args.values()):
+        task = tasks[0] if len(tasks) == 1 and tasks[0] else "TASK"
+        raise ConfigError(
+            f"{name} is keyed by task name: use task_args = {_inline({task: dict(task_args)})} "
+            f"(got {_inline(dict(task_args))})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,9 +135,10 @@ class ValSection:
 
     every (int): validate every N optimiser steps (and at the last step); 0 = never.
     task (str): task of the held-out problems ("" = data.task); its "val" split never overlaps "train".
-    task_args (dict): keyword arguments of that task ({} with task "" = data.task_args).
+    task_args (dict): keyword arguments of val.task keyed by its name, e.g. {addition = {digits = 4}}
+        (used only with val.task set; with task "" the problems take data.task_args).
     split (str): split the problems come from: "val" (default) or "test".
-    num_problems (int): held-out problems decoded per validation (a fixed set, the same every time).
+    problems (int): held-out problems decoded per validation (a fixed set, the same every time).
     max_new_tokens (int): completion cap of the greedy decode.
     target_accuracy (float): stop training (checkpoint + final model) the first time greedy accuracy
         reaches this; 0 = never stop early.
@@ -118,14 +151,15 @@ class ValSection:
     task: str = ""
     task_args: dict[str, Any] = field(default_factory=dict)
     split: str = "val"
-    num_problems: int = 64
+    problems: int = 64
     max_new_tokens: int = 96
     target_accuracy: float = 0.0
     prompt: str = "auto"
 
     def __post_init__(self) -> None:
         check_positive(self.every, "val.every", allow_zero=True)
-        check_positive(self.num_problems, "val.num_problems")
+        check_positive(self.problems, "val.problems")
+        check_task_args(self.task_args, "val.task_args", [self.task] if self.task else ())
         check_positive(self.max_new_tokens, "val.max_new_tokens")
         check_range(self.target_accuracy, "val.target_accuracy", 0.0, 1.0)
         if self.split not in ("train", "val", "test"):

@@ -6,7 +6,7 @@ outside assistant turns are ignored, so user/system/template tokens carry no los
 right-padded per micro-batch (padding is masked from attention and loss).
 
 Optional early stop on a validation metric ([val], :class:`r1kit.train.sections.ValSection`): every
-``val.every`` steps the model greedily decodes ``val.num_problems`` held-out problems of the task
+``val.every`` steps the model greedily decodes ``val.problems`` held-out problems of the task
 (split ``val.split``) with ``r1kit.engine.Engine`` and the task scores them; ``val_accuracy`` is logged
 and training stops (checkpoint + final model) after the first validation whose accuracy reaches
 ``val.target_accuracy`` (the R1 demo stops its cold start this way, not on a clock).
@@ -16,8 +16,8 @@ Python API (no TOML needed)::
     from r1kit.train import sft
     result = sft.run(sft.Config(
         model=sft.ModelSection(init="runs/pretrain/model"),
-        data=sft.SFTData(task="addition", task_args={"max_digits": 4}, num_examples=5000, seed=1),
-        val=sft.ValSection(every=50, num_problems=64, target_accuracy=0.3),
+        data=sft.SFTData(task="addition", task_args={"addition": {"max_digits": 4}}, num_examples=5000, seed=1),
+        val=sft.ValSection(every=50, problems=64, target_accuracy=0.3),
         train=sft.TrainConfig(steps=2000, batch_size=32),
         run=sft.RunConfig(dir="runs/sft"),
     ))
@@ -33,7 +33,7 @@ from typing import Any
 
 from r1kit.train.loop import RunConfig, TrainConfig, cleanup_distributed, fit, prepare_run_dir  # noqa: F401
 from r1kit.train.pretrain import build_model, load_tokenizer, start_stage, validation_hooks
-from r1kit.train.sections import ModelSection, TokenizerSection, ValSection
+from r1kit.train.sections import ModelSection, TokenizerSection, ValSection, check_task_args
 
 
 @dataclass
@@ -42,7 +42,8 @@ class SFTData:
 
     files (list[str]): JSONL files with one {"messages": [{"role", "content"}, ...]} per line; empty = use task.
     task (str): task whose train problems become conversations (user prompt, assistant worked solution).
-    task_args (dict): keyword arguments of the task, e.g. {min_digits = 1, max_digits = 4}.
+    task_args (dict): keyword arguments of the task keyed by its name, e.g.
+        {addition = {min_digits = 1, max_digits = 4}}.
     num_examples (int): problems drawn from the task's train split.
     seed (int): seed of that draw; -1 = train.seed.
     system (str): system prompt added to task conversations ("" = none, as R1 recommends).
@@ -56,6 +57,9 @@ class SFTData:
     seed: int = -1
     system: str = ""
     max_len: int = 256
+
+    def __post_init__(self) -> None:
+        check_task_args(self.task_args, "data.task_args", [self.task])
 
 
 @dataclass
@@ -79,9 +83,9 @@ def conversations(data: SFTData, seed: int) -> list[list[dict[str, str]]]:
 
     if data.files:
         return read_conversations(data.files)
-    from r1kit.tasks import get_task
+    from r1kit.tasks import get_task, task_kwargs
 
-    task = get_task(data.task, **data.task_args)
+    task = get_task(data.task, **task_kwargs(data.task_args, data.task))
     draw_seed = seed if data.seed < 0 else data.seed
     problems = task.problems(split="train", n=data.num_examples, seed=draw_seed)
     chats = [problem_messages(task, p) for p in problems]
@@ -92,7 +96,7 @@ def conversations(data: SFTData, seed: int) -> list[list[dict[str, str]]]:
 
 def greedy_validator(val: ValSection, data: SFTData, tokenizer: Any, seed: int = 0):
     """``validate(model, step) -> {"val_accuracy", "val_length"}`` for chat models: greedy decoding of
-    ``val.num_problems`` held-out problems (``val.task`` or ``data.task``) behind the chat template (and
+    ``val.problems`` held-out problems (``val.task`` or ``data.task``) behind the chat template (and
     ``data.system``), scored by the task. See :func:`r1kit.train.pretrain.greedy_validator`."""
     from r1kit.train import pretrain
 

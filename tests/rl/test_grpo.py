@@ -45,14 +45,14 @@ def moe_dir(tmp_path_factory):
 def tiny_config(model_dir, run_dir, *extra: str) -> grpo.Config:
     """A config that runs in a second or two per step on a CPU."""
     args = {
-        "run_dir": str(run_dir),
+        "run.dir": str(run_dir),
         "model.path": str(model_dir),
-        "device": "cpu",
-        "threads": "1",
-        "max_steps": "2",
-        "progress": "false",
-        "tensorboard": "false",
-        "data.task_args": "{digits = 2}",
+        "train.device": "cpu",
+        "train.threads": "1",
+        "train.steps": "2",
+        "run.progress": "false",
+        "run.tensorboard": "false",
+        "data.task_args": "{addition = {digits = 2}}",
         "data.train_problems": "64",
         "rollout.prompts_per_step": "4",
         "rollout.group_size": "4",
@@ -60,7 +60,7 @@ def tiny_config(model_dir, run_dir, *extra: str) -> grpo.Config:
         "reward.names": "accuracy,format",
         "reward.weights": "1.0,0.5",
         "loss.beta": "0",
-        "optim.lr": "1e-3",
+        "train.lr": "1e-3",
         "eval.every": "0",
     }
     tokens = [t for k, v in args.items() for t in (f"--{k}", v)]
@@ -83,7 +83,7 @@ def test_end_to_end_metrics_checkpoint_and_plot(dense_dir, tmp_path):
         "4",
         "--eval.samples",
         "2",
-        "--save_every",
+        "--run.save_every",
         "1",
     )
     result = grpo.run(cfg)
@@ -134,18 +134,13 @@ def test_end_to_end_metrics_checkpoint_and_plot(dense_dir, tmp_path):
 def test_python_api_config_equals_the_toml_one(dense_dir, tmp_path):
     """The demo builds the config from dataclasses, without TOML: the same Config as the CLI's."""
     direct = grpo.Config(
-        run_dir=str(tmp_path / "run"),
-        device="cpu",
-        threads=1,
-        max_steps=2,
-        progress=False,
-        tensorboard=False,
+        train=grpo.TrainSection(device="cpu", threads=1, steps=2, lr=1e-3),
+        run=grpo.RunSection(dir=str(tmp_path / "run"), progress=False, tensorboard=False),
         model=grpo.ModelSection(path=str(dense_dir)),
-        data=grpo.DataSection(task_args={"digits": 2}, train_problems=64),
+        data=grpo.DataSection(task_args={"addition": {"digits": 2}}, train_problems=64),
         reward=grpo.RewardSection(names=["accuracy", "format"], weights=[1.0, 0.5]),
         rollout=grpo.RolloutSection(prompts_per_step=4, group_size=4, max_new_tokens=12),
         loss=grpo.LossSection(beta=0.0),
-        optim=grpo.OptimSection(lr=1e-3),
         eval=grpo.EvalSection(every=0),
     )
     assert direct == tiny_config(dense_dir, tmp_path / "run")
@@ -217,11 +212,11 @@ def test_dynamic_sampling_cap_fills_with_dropped_groups(dense_dir, tmp_path):
 
 
 def test_resume_matches_an_uninterrupted_run(dense_dir, tmp_path):
-    straight = grpo.run(tiny_config(dense_dir, tmp_path / "a", "--max_steps", "3"))
-    grpo.run(tiny_config(dense_dir, tmp_path / "b", "--max_steps", "2", "--save_every", "1"))
-    with pytest.raises(ConfigError, match="resume"):
-        grpo.run(tiny_config(dense_dir, tmp_path / "b", "--max_steps", "3"))
-    resumed = grpo.run(tiny_config(dense_dir, tmp_path / "b", "--max_steps", "3", "--resume", "true"))
+    straight = grpo.run(tiny_config(dense_dir, tmp_path / "a", "--train.steps", "3"))
+    grpo.run(tiny_config(dense_dir, tmp_path / "b", "--train.steps", "2", "--run.save_every", "1"))
+    with pytest.raises(ConfigError, match="run.resume"):
+        grpo.run(tiny_config(dense_dir, tmp_path / "b", "--train.steps", "3"))
+    resumed = grpo.run(tiny_config(dense_dir, tmp_path / "b", "--train.steps", "3", "--run.resume", "true"))
     assert resumed.metrics["steps"] == straight.metrics["steps"] == 3
     assert [r["step"] for r in read_rows(tmp_path / "b")] == [1, 2, 3]
     a = {r["step"]: r["reward/mean"] for r in read_rows(tmp_path / "a")}
@@ -296,7 +291,7 @@ def test_dynamic_sampling_drops_zero_variance_groups(dense_dir, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step")
 def test_zero_advantage_rows_are_skipped_without_changing_the_gradient(dense_dir, tmp_path):
-    cfg = tiny_config(dense_dir, tmp_path / "run", *_reward_args(), "--optim.grad_clip", "0")
+    cfg = tiny_config(dense_dir, tmp_path / "run", *_reward_args(), "--train.grad_clip", "0")
     trainer = grpo.GRPOTrainer(cfg)
     rollout, _ = trainer.collect()
     G = cfg.rollout.group_size
@@ -378,7 +373,7 @@ def test_batch_masks_forced_padding_and_overlong(dense_dir):
 
 
 def test_moe_policy_updates_routing_bias(moe_dir, tmp_path):
-    trainer = grpo.GRPOTrainer(tiny_config(moe_dir, tmp_path / "run", "--optim.moe_bias_gamma", "0.01"))
+    trainer = grpo.GRPOTrainer(tiny_config(moe_dir, tmp_path / "run", "--train.moe_bias_gamma", "0.01"))
     gates = [m.gate for m in trainer.model.moe_layers()]
     assert gates and all(float(g.e_score_correction_bias.abs().sum()) == 0 for g in gates)
     mtp_before = [p.detach().clone() for p in trainer.model.mtp.parameters()]
@@ -394,7 +389,7 @@ def test_config_is_validated_and_documented(capsys):
     with pytest.raises(ConfigError, match="weight"):
         load_config(grpo.Config, None, ["--reward.names", "accuracy,format", "--reward.weights", "1.0"])
     with pytest.raises(ConfigError, match="never stop"):
-        load_config(grpo.Config, None, ["--max_steps", "0"])
+        load_config(grpo.Config, None, ["--train.steps", "0"])
     with pytest.raises(ConfigError, match="loss_type"):
         load_config(grpo.Config, None, ["--loss.loss_type", "ppo"])
     assert cli_main(["grpo", "--help"]) == 0
@@ -407,7 +402,7 @@ def test_example_config_loads():
 
     path = Path(__file__).resolve().parents[2] / "configs" / "grpo_tiny.toml"
     cfg = load_config(grpo.Config, path, [])
-    assert cfg.rollout.group_size == 8 and cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.rollout.group_size == 8 and cfg.train.lr == pytest.approx(1e-4)
 
 
 @pytest.mark.slow
@@ -427,15 +422,15 @@ def test_grpo_lifts_held_out_pass_at_1_after_sft(tmp_path):
         grpo.Config,
         root / "grpo_tiny.toml",
         [
-            "--run_dir",
+            "--run.dir",
             str(tmp_path / "grpo"),
             "--model.path",
             str(tmp_path / "sft"),
-            "--max_seconds",
+            "--train.max_seconds",
             "180",
             "--eval.every",
             "50",
-            "--progress",
+            "--run.progress",
             "false",
         ],
     )
@@ -452,16 +447,25 @@ def test_torchrun_two_ranks_moe(moe_dir, tmp_path):
     import sys
 
     run_dir = tmp_path / "run"
-    args = ["--run_dir", str(run_dir), "--model.path", str(moe_dir), "--device", "cpu", "--threads", "1"]
+    args = [
+        "--run.dir",
+        str(run_dir),
+        "--model.path",
+        str(moe_dir),
+        "--train.device",
+        "cpu",
+        "--train.threads",
+        "1",
+    ]
     args += [
-        "--max_steps",
+        "--train.steps",
         "2",
-        "--progress",
+        "--run.progress",
         "false",
-        "--tensorboard",
+        "--run.tensorboard",
         "false",
         "--data.task_args",
-        "{digits = 2}",
+        "{addition = {digits = 2}}",
     ]
     args += ["--data.train_problems", "64", "--rollout.prompts_per_step", "4", "--rollout.group_size", "4"]
     args += [
@@ -469,7 +473,7 @@ def test_torchrun_two_ranks_moe(moe_dir, tmp_path):
         "12",
         "--loss.beta",
         "0.01",
-        "--optim.lr",
+        "--train.lr",
         "1e-3",
         "--eval.every",
         "2",
@@ -501,7 +505,7 @@ def test_step_flops_count_only_what_ran(dense_dir, tmp_path):
 
     assert grpo.step_flops(60.0, 30, 12, 1, False) == 60.0 * (10 + 12)
     assert grpo.step_flops(60.0, 30, 12, 2, True) == pytest.approx(60.0 * (10 + 12 * (2 + 1 / 3)))
-    cfg = tiny_config(dense_dir, tmp_path / "run", *_reward_args(), "--max_steps", "1")
+    cfg = tiny_config(dense_dir, tmp_path / "run", *_reward_args(), "--train.steps", "1")
     trainer = grpo.GRPOTrainer(cfg)
     G = cfg.rollout.group_size
     captured = {}

@@ -57,15 +57,15 @@ def logits_config(teacher: Path, traces: Path, run_dir: Path, steps: int = 4, **
 def grpo_config(policy: Path, run_dir: Path, *extra: str) -> grpo.Config:
     """GRPO with a KL term, mu = 2 and accumulation over micro-batches of 3 completions."""
     args = {
-        "run_dir": str(run_dir),
+        "run.dir": str(run_dir),
         "model.path": str(policy),
-        "device": "cpu",
-        "threads": "1",
-        "max_steps": "3",
-        "progress": "false",
-        "tensorboard": "false",
-        "plot": "false",
-        "data.task_args": "{digits = 2}",
+        "train.device": "cpu",
+        "train.threads": "1",
+        "train.steps": "3",
+        "run.progress": "false",
+        "run.tensorboard": "false",
+        "run.plot": "false",
+        "data.task_args": "{addition = {digits = 2}}",
         "data.train_problems": "64",
         "rollout.prompts_per_step": "4",
         "rollout.group_size": "4",
@@ -74,8 +74,8 @@ def grpo_config(policy: Path, run_dir: Path, *extra: str) -> grpo.Config:
         "reward.weights": "1.0",
         "loss.beta": "0.02",
         "loss.mu": "2",
-        "loss.micro_batch_size": "3",
-        "optim.lr": "1e-3",
+        "train.micro_batch_size": "3",
+        "train.lr": "1e-3",
         "eval.every": "0",
     }
     tokens = [t for k, v in args.items() for t in (f"--{k}", v)]
@@ -127,7 +127,7 @@ def stage_worker(rank: int, world_size: int, port: int, root: str) -> None:
         for stage, strategy in STAGE_CASES:
             run_dir = base / "two" / f"{stage}-{strategy}"
             if stage == "grpo":
-                grpo.run(grpo_config(base / "policy", run_dir, "--strategy", strategy, *GRPO_EVAL))
+                grpo.run(grpo_config(base / "policy", run_dir, "--train.strategy", strategy, *GRPO_EVAL))
             else:
                 cfg = logits_config(base / "teacher", base / "traces.jsonl", run_dir)
                 cfg.train.strategy = strategy

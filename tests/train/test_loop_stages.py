@@ -109,10 +109,10 @@ def test_grpo_resumes_exactly_with_reference_and_mu(tmp_path: Path):
     comes back from the loop's checkpoint: sampled completions, rewards and losses all match."""
     policy = make_policy_dir(tmp_path / "policy")
     extra = ("--loss.ref_reset_every", "2", "--rollout.dynamic_sampling", "true")
-    grpo.run(grpo_config(policy, tmp_path / "straight", *extra, "--max_steps", "3"))
-    grpo.run(grpo_config(policy, tmp_path / "split", *extra, "--max_steps", "2"))
+    grpo.run(grpo_config(policy, tmp_path / "straight", *extra, "--train.steps", "3"))
+    grpo.run(grpo_config(policy, tmp_path / "split", *extra, "--train.steps", "2"))
     resumed = grpo.run(
-        grpo_config(policy, tmp_path / "split", *extra, "--max_steps", "3", "--resume", "true")
+        grpo_config(policy, tmp_path / "split", *extra, "--train.steps", "3", "--run.resume", "true")
     )
     assert resumed.metrics["steps"] == 3
     straight, split = _trajectory(tmp_path / "straight"), _trajectory(tmp_path / "split")

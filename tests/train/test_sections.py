@@ -33,7 +33,7 @@ def test_field_names_and_defaults_unchanged():
         "task": "",
         "task_args": {},
         "split": "val",
-        "num_problems": 64,
+        "problems": 64,
         "max_new_tokens": 96,
         "target_accuracy": 0.0,
         "prompt": "auto",

@@ -71,9 +71,15 @@ def _config(run_dir: Path, steps: int, every: int, target: float = 0.0, **data) 
         model=ModelSection(preset="tiny-llama", overrides=dict(TINY_LLAMA)),
         tokenizer=TokenizerSection(vocab_size=300),
         data=sft.SFTData(
-            **{"task": "addition", "task_args": {"max_digits": 2}, "num_examples": 200, "max_len": 48, **data}
+            **{
+                "task": "addition",
+                "task_args": {"addition": {"max_digits": 2}},
+                "num_examples": 200,
+                "max_len": 48,
+                **data,
+            }
         ),
-        val=sft.ValSection(every=every, num_problems=8, max_new_tokens=24, target_accuracy=target),
+        val=sft.ValSection(every=every, problems=8, max_new_tokens=24, target_accuracy=target),
         train=TrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=1, device="cpu"),
         run=RunConfig(dir=str(run_dir), progress=False),
     )
@@ -100,7 +106,7 @@ def _check_validation(model_dir: Path, val: sft.ValSection, row: dict, prompt_of
     model = Transformer.from_pretrained(model_dir).eval()
     tok = Tokenizer.from_pretrained(model_dir)
     task = get_task("addition", max_digits=2)
-    problems = task.problems(split=val.split, n=val.num_problems, seed=0)
+    problems = task.problems(split=val.split, n=val.problems, seed=0)
     outs = [_manual_greedy(model, prompt_of(tok, p), tok.eos_id, val.max_new_tokens) for p in problems]
     texts = [tok.decode([t for t in out if t != tok.eos_id]) for out in outs]
     assert row["val_length"] == pytest.approx(sum(map(len, outs)) / len(outs))
@@ -132,7 +138,7 @@ def test_pretrain_validates_on_text_prompts_and_stops_on_accuracy(tmp_path: Path
     from tiny_runs import pretrain_config
 
     cfg = pretrain_config(tmp_path / "pt", steps=4)
-    cfg = replace(cfg, val=sft.ValSection(every=2, num_problems=6, max_new_tokens=16))
+    cfg = replace(cfg, val=sft.ValSection(every=2, problems=6, max_new_tokens=16))
     result = pretrain.run(cfg)
     rows = read_metrics(tmp_path / "pt")
     assert [r["step"] for r in rows if "val_accuracy" in r] == [2, 4]
@@ -174,7 +180,7 @@ def test_sft_data_from_a_task_or_a_chat_jsonl(tmp_path: Path):
     from r1kit.tasks import get_task
 
     data = sft.SFTData(
-        task="addition", task_args={"max_digits": 2}, num_examples=5, seed=7, system="be brief"
+        task="addition", task_args={"addition": {"max_digits": 2}}, num_examples=5, seed=7, system="be brief"
     )
     chats = sft.conversations(data, seed=0)
     task = get_task("addition", max_digits=2)

@@ -28,7 +28,7 @@ def pretrain_config(run_dir, steps: int = 6, moe: bool = False, **train) -> pret
         ),
         tokenizer=pretrain.TokenizerSection(vocab_size=300),
         data=pretrain.PretrainData(
-            task="addition", task_args={"max_digits": 3}, num_examples=300, seq_len=32
+            task="addition", task_args={"addition": {"max_digits": 3}}, num_examples=300, seq_len=32
         ),
         train=TrainConfig(
             **{
