@@ -597,7 +597,7 @@ def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
         data=sft.SFTData(
             files=files,
             task=task,
-            task_args=task_kwargs(config.sample.task_args, task),
+            task_args={task: task_kwargs(config.sample.task_args, task)},
             system=config.sample.system,
             max_len=config.distill.max_len,
         ),

@@ -164,6 +164,8 @@ def greedy_validator(
     length in tokens.
 
     Args:
+        task_name, task_args: the stage's task and its ``task_args`` (keyed by task name, as every stage's
+            config), used when ``val.task`` is empty.
         prompt: "chat" (the chat template with the generation prompt) or "text" (BOS + system + prompt +
             newline, the layout of :func:`r1kit.train.data.problem_text` documents).
         system: system prompt put before each problem ("" = none).
