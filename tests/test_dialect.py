@@ -277,3 +277,16 @@ def test_demo_grpo_stage_passes_the_old_values(monkeypatch, tmp_path):
     assert cfg.data.task_args == {
         "addition": {"min_digits": recipe.rl_digits[0], "max_digits": recipe.rl_digits[1]}
     }
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_saved_config_loads_back_equal(stage, tmp_path):
+    from r1kit.config import save_config
+
+    cfg = load_config(
+        STAGES[stage].Config,
+        CONFIGS / f"{stage}_tiny.toml",
+        ["--train.precision", "bf16"] * (stage != "eval"),
+    )
+    path = save_config(cfg, tmp_path / "config.toml")
+    assert load_config(STAGES[stage].Config, path) == cfg
