@@ -676,12 +676,13 @@ def _field_docs(cls: type) -> dict[str, str]:
     """Per-field help: ``metadata["help"]``, else ``name (type): text`` / ``name: text`` lines of the
     class docstring (the DeepSeek-V3 ``ModelArgs`` convention)."""
     docs: dict[str, str] = {}
-    doc = cls.__doc__ or ""
     pattern = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
-    for line in doc.splitlines():
-        m = pattern.match(line)
-        if m:
-            docs.setdefault(m.group(1), m.group(2).strip())
+    # a subclass's docstring first, then its bases' (a stage's defaults for a shared section keep its help)
+    for klass in (k for k in cls.__mro__ if dataclasses.is_dataclass(k)):
+        for line in (klass.__dict__.get("__doc__") or "").splitlines():
+            m = pattern.match(line)
+            if m:
+                docs.setdefault(m.group(1), m.group(2).strip())
     for f in dataclasses.fields(cls):
         if "help" in f.metadata:
             docs[f.name] = str(f.metadata["help"])

@@ -290,3 +290,12 @@ def test_a_saved_config_loads_back_equal(stage, tmp_path):
     )
     path = save_config(cfg, tmp_path / "config.toml")
     assert load_config(STAGES[stage].Config, path) == cfg
+
+
+def test_grpo_help_lists_the_shared_sections_with_their_help(capsys):
+    assert cli_main(["grpo", "--help"]) == 0
+    lines = {line.split(" = ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert "peak AdamW learning rate" in lines["--train.lr"] and "3e-06" in lines["--train.lr"]
+    assert "AdamW beta2" in lines["--train.beta2"]  # help inherited from the loop's TrainConfig
+    assert "run directory" in lines["--run.dir"] and '"runs/grpo"' in lines["--run.dir"]
+    assert "--run_dir" not in lines and "--optim.lr" not in lines and "--max_steps" not in lines

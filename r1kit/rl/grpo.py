@@ -174,10 +174,14 @@ class TrainSection(TrainConfig):
     100 steps, AdamW lr 3e-6 (R1-Zero; tiny CPU models: 1e-4, 3e-4 collapsed), weight decay 0,
     beta2 0.99, no warm-up, a constant schedule.
 
-    In GRPO a step is one rollout batch (`loss.mu` optimiser steps; the schedule spans steps x mu);
-    steps 0 = no limit (then max_seconds must be set). micro_batch_size counts completions per
-    forward/backward on one rank (0 = all at once). batch_size is rollout.prompts_per_step x
-    rollout.group_size (leave it 0), and the MTP head is not trained (mtp_* keep their defaults).
+    The other keys and their help are TrainConfig's; the MTP head is not trained (mtp_* keep their defaults).
+
+    steps (int): GRPO steps (rollout batches, `loss.mu` optimiser steps each; the schedule spans
+        steps x mu) of the whole run; 0 = no limit (then max_seconds must be set).
+    batch_size (int): leave 0: GRPO's batch is rollout.prompts_per_step x rollout.group_size completions.
+    micro_batch_size (int): completions per forward/backward on one rank (accumulation); 0 = all at once.
+    lr (float): peak AdamW learning rate (R1-Zero: 3e-6; tiny CPU models: 1e-4, 3e-4 collapsed).
+    max_seconds (float): wall-clock budget in seconds, evaluation included; 0 = none.
     """
 
     steps: int = 100
