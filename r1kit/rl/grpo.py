@@ -295,6 +295,12 @@ class Config:
         check_positive(lo.ref_reset_every, "loss.ref_reset_every", allow_zero=True)
         check_positive(lo.micro_batch_size, "loss.micro_batch_size", allow_zero=True)
         check_positive(self.optim.lr, "optim.lr", allow_zero=True)
+        from r1kit.config import check_beta
+
+        check_positive(self.optim.weight_decay, "optim.weight_decay", allow_zero=True)
+        check_beta(self.optim.beta1, "optim.beta1")
+        check_beta(self.optim.beta2, "optim.beta2")
+        check_positive(self.threads, "threads", allow_zero=True)
         check_positive(self.optim.grad_clip, "optim.grad_clip", allow_zero=True)
         check_positive(self.eval.every, "eval.every", allow_zero=True)
         check_positive(self.eval.samples, "eval.samples", allow_zero=True)

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from r1kit.config import UserError
 from r1kit.loaders import resolve_device  # noqa: F401  (re-exported: stages took it from here)
 from r1kit.train.checkpoint import unwrap_model  # DDP / torch.compile wrappers -> the plain model
 
@@ -110,7 +111,7 @@ class TrainConfig:
     moe_bias_gamma: float = 0.001
 
     def __post_init__(self) -> None:
-        from r1kit.config import check_positive, check_range
+        from r1kit.config import check_beta, check_positive, check_range
 
         check_positive(self.steps, "train.steps")
         check_positive(self.batch_size, "train.batch_size")
@@ -121,6 +122,13 @@ class TrainConfig:
         check_positive(self.grad_clip, "train.grad_clip", allow_zero=True)
         check_range(self.mtp_switch, "train.mtp_switch", 0.0, 1.0)
         check_positive(self.moe_bias_gamma, "train.moe_bias_gamma", allow_zero=True)
+        check_positive(self.weight_decay, "train.weight_decay", allow_zero=True)
+        check_beta(self.beta1, "train.beta1")
+        check_beta(self.beta2, "train.beta2")
+        check_positive(self.eps, "train.eps")
+        check_positive(self.threads, "train.threads", allow_zero=True)
+        check_range(self.mtp_weight, "train.mtp_weight", 0.0, None)
+        check_range(self.mtp_weight_final, "train.mtp_weight_final", 0.0, None)
 
 
 @dataclass
@@ -392,8 +400,11 @@ def build_scheduler(
 # one optimiser step
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss (or the gradient norm) of a step was NaN or infinite; the step was not applied.
+
+    A :class:`r1kit.config.UserError`: ``r1kit`` prints its one line (what to resume from, with what)
+    and exits with status 2.
 
     Attributes: step (the 1-based step that failed), value (the offending number), what ("loss" or
     "gradient norm"), checkpoint (the last good checkpoint, or None).
@@ -405,7 +416,7 @@ class NonFiniteLossError(RuntimeError):
             f"the last good checkpoint is {checkpoint}; resume with --run.resume true (maybe with a lower "
             f"--train.lr)"
             if checkpoint
-            else "no checkpoint had been saved yet"
+            else "no checkpoint had been saved yet; start again with a lower learning rate"
         )
         super().__init__(
             f"training stopped at step {step}: the {what} is {value} (not finite). The update was not applied "
