@@ -319,11 +319,24 @@ def check_rewards(names: list[str], task: Any, key: str) -> None:
             raise ConfigError(f"{key}: {err}") from None
 
 
+def check_splits(splits: Iterable[str], key: str) -> None:
+    """Every split is one the tasks have (train, val, test)."""
+    from r1kit.tasks import SPLITS
+
+    for split in splits:
+        if split not in SPLITS:
+            raise ConfigError(
+                f"{key}: {split!r} is not a split{_did_you_mean(split, SPLITS) or ';'} splits: {', '.join(SPLITS)}"
+            )
+
+
 def check_files(paths: Iterable[str], key: str) -> None:
-    """Every path is a readable regular file."""
+    """Every path is a readable regular file (a device or a FIFO would block or never end)."""
     for path in map(Path, paths):
         if path.is_dir():
             raise ConfigError(f"{key}: {path} is a directory; list the files themselves")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{key}: {path} is not a regular file (a device or a FIFO); give a file")
         if not path.is_file():
             raise ConfigError(f"{key}: {path} does not exist; check the path (relative to {Path.cwd()})")
         if not os.access(path, os.R_OK):
@@ -483,6 +496,7 @@ def _eval(config: Any) -> None:
     check_model_dir(config.model.path, "model.path")
     check_tokenizer_dir(config.model.tokenizer, "model.tokenizer")
     check_named_tasks(config.data.tasks, config.data.task_args, "data.tasks", "data.task_args")
+    check_splits(config.data.splits, "data.splits")
     check_output_path(config.run.dir, "run.dir", directory=True)
 
 
@@ -491,6 +505,7 @@ def _sample(config: Any) -> None:
     check_model_dir(config.teacher.path, "teacher.path")
     check_tokenizer_dir(config.teacher.tokenizer, "teacher.tokenizer")
     check_named_tasks(config.sample.tasks, config.sample.task_args, "sample.tasks", "sample.task_args")
+    check_splits([config.sample.split], "sample.split")
     check_output_path(config.sample.out, "sample.out", directory=False)
 
 

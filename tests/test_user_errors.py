@@ -142,6 +142,8 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         r"micro_batch_size 3; use one of 1, 2, 4",
         None,
     ),
+    ("steps-zero", [*PRETRAIN, "--train.steps", "0"], r"train.steps must be > 0, got 0", None),
+    ("config-binary", ["pretrain", "@F/binary.jsonl"], r"config file .*binary.jsonl cannot be read", None),
     # models, presets, tokenizers
     (
         "unknown-preset",
@@ -220,6 +222,18 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     ("init-a-file", [*SFT, "--model.init", "@F/afile"], r"model.init: .*afile is a file", None),
     ("init-truncated", [*SFT, "--model.init", "@F/trunc_model"], r"model.safetensors is truncated", None),
     ("init-garbage-config", [*SFT, "--model.init", "@F/garbage_cfg"], r"config.json is not valid JSON", None),
+    (
+        "override-family",
+        [*PRETRAIN, "--model.overrides", "{family = 'gpt'}"],
+        r"model.overrides: unknown family 'gpt'; supported: llama",
+        None,
+    ),
+    (
+        "override-mtp",
+        [*PRETRAIN, "--model.overrides", "{num_mtp_layers = 2}"],
+        r"num_mtp_layers must be 0 or 1",
+        None,
+    ),
     # devices
     pytest.param(
         *(
@@ -261,6 +275,48 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         None,
     ),
     ("task-args-not-table", [*PRETRAIN, "--data.task_args", "5"], r"data.task_args .*expected a table", None),
+    (
+        "task-digits",
+        [*PRETRAIN, "--data.task_args", "{max_digits = 100000}"],
+        r"digit range must satisfy",
+        None,
+    ),
+    (
+        "gym-unknown",
+        [*PRETRAIN, "--data.task", "gym:nope_dataset", "--data.task_args", "{}"],
+        r"unknown reasoning-gym dataset 'nope_dataset'; available: ",
+        None,
+    ),
+    (
+        "jsonl-task-missing",
+        [*PRETRAIN, "--data.task", "jsonl:@F/nope.jsonl", "--data.task_args", "{}"],
+        r"data.task = 'jsonl:.*nope.jsonl: no such file",
+        None,
+    ),
+    (
+        "math-task-bad-line",
+        [*PRETRAIN, "--data.task", "math:@F/bad.jsonl", "--data.task_args", "{}"],
+        r"bad.jsonl:3: invalid JSON",
+        None,
+    ),
+    (
+        "val-unknown-task",
+        [*PRETRAIN, "--val.every", "1", "--val.task", "nope"],
+        r"val.task: unknown task 'nope'",
+        None,
+    ),
+    (
+        "val-split",
+        [*PRETRAIN, "--val.every", "1", "--val.split", "nope"],
+        r"val.split must be 'train', 'val' or 'test'",
+        None,
+    ),
+    (
+        "data-file-is-fifo",
+        [*PRETRAIN, "--data.files", '["@F/fifo"]'],
+        r"fifo is not a regular file \(a device or a FIFO\)",
+        None,
+    ),
     # data files
     (
         "data-file-missing",
@@ -428,6 +484,30 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         r"data.task_args has 'max_digits'.*e.g. \{addition = \{max_digits",
         None,
     ),
+    (
+        "eval-split",
+        [*EVAL, "--data.splits", '["nope"]'],
+        r"data.splits: 'nope' is not a split; splits: train, val, test",
+        None,
+    ),
+    (
+        "eval-ks",
+        [*EVAL, "--sampling.ks", "[100]"],
+        r"sampling.ks: every k must be in 1..sampling.k = 8",
+        None,
+    ),
+    (
+        "eval-dtype",
+        [*EVAL, "--run.dtype", "fp16"],
+        r"run.dtype .*'fp16' is not allowed; expected one of",
+        None,
+    ),
+    (
+        "eval-tokenizer-missing",
+        [*EVAL, "--model.tokenizer", "@F/nope"],
+        r"model.tokenizer: no tokenizer.json in",
+        None,
+    ),
     ("eval-temperature", [*EVAL, "--sampling.temperature", "-1"], r"sampling.temperature must be >= 0", None),
     ("eval-out-is-file", [*EVAL, "--run.dir", "@F/afile"], r"run.dir: .*afile is a file", None),
     (
@@ -442,6 +522,7 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         r"sample.out: .* is a directory; give a file path",
         None,
     ),
+    ("sample-split", [*SAMPLE, "--sample.split", "dev"], r"sample.split: 'dev' is not a split", None),
     (
         "sample-unknown-task",
         [*SAMPLE, "--sample.tasks", '["nope"]'],
@@ -512,6 +593,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (files / "traces.jsonl").write_text(good, encoding="utf-8")
     (files / "bad.toml").write_text("x = [\n", encoding="utf-8")
     (files / "afile").write_text("", encoding="utf-8")
+    os.mkfifo(files / "fifo")  # reading it would block forever: it must be refused unopened
     for name in ("trunc_model", "garbage_cfg", "garbage_tok"):
         shutil.copytree(root / "run" / "model", files / name)
     _truncate("model.safetensors")(files / "trunc_model")
@@ -564,7 +646,7 @@ def test_user_error_is_one_line_and_changes_nothing(
 def test_cases_cover_every_stage():
     ids = [case.id for case in CASES]
     stages = {case.values[1][0] for case in CASES}
-    assert len(ids) == len(set(ids)) and len(ids) >= 80
+    assert len(ids) == len(set(ids)) and len(ids) >= 100
     assert stages == {"pretrain", "sft", "grpo", "eval", "sample", "distill"}
 
 

@@ -39,7 +39,7 @@ def _open_data_file(path: Path, key: str):
         hint = f" (it holds {', '.join(found)})" if found else ""
         raise ConfigError(f"{key}: {path} is a directory{hint}; list the files themselves")
     if not path.is_file():
-        what = "does not exist" if not path.exists() else "is not a regular file"
+        what = "does not exist" if not path.exists() else "is not a regular file (a device or a FIFO)"
         raise ConfigError(f"{key}: {path} {what}; check the path (relative paths start at {Path.cwd()})")
     try:
         return path.open(encoding="utf-8")
