@@ -327,6 +327,13 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+def convert_value(value: Any, tp: Any, key: str, source: str = "") -> Any:
+    """Convert ``value`` to type annotation ``tp`` with the config rules (finite floats, int64 ints,
+    Literal choices, ...); :class:`ConfigError` naming ``key`` otherwise. For tables typed
+    ``dict[str, Any]`` whose fields are another dataclass's (e.g. ``model.overrides``)."""
+    return _convert(value, tp, key, source)
+
+
 # ----------------------------------------------------------------------------------------------
 # merging TOML tables and overrides into a nested dict of converted values
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from r1kit.config import ConfigError, _convert
+from r1kit.config import ConfigError, convert_value
 
 
 def _did_you_mean(name: str, valid: Iterable[str]) -> str:
@@ -105,7 +105,7 @@ def check_model_preset(preset: str, overrides: Mapping[str, Any], key: str, voca
                 f"{key}.overrides: {name!r} is not a model field{_did_you_mean(name, fields) or ';'} "
                 f"fields: {', '.join(fields)}"
             )
-        values[name] = _convert(value, hints[name], f"{key}.overrides.{name}", "")
+        values[name] = convert_value(value, hints[name], f"{key}.overrides.{name}")
         number = values[name]
         if isinstance(number, int) and not isinstance(number, bool):
             low = 1 if name in _POSITIVE_SIZES else 0

@@ -441,6 +441,19 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         r"training stopped at step \d: the .* is (nan|inf).*lower learning rate",
         None,
     ),
+    # demo (--quick: were a check to let one through, it would run minutes, not a quarter of an hour)
+    (
+        "demo-bogus-device",
+        ["demo", "--quick", "true", "--device", "tpu"],
+        r"device = 'tpu' is not a device",
+        None,
+    ),
+    (
+        "demo-run-dir-is-file",
+        ["demo", "--quick", "true", "--run_dir", "@F/afile"],
+        r"run_dir: .*afile is a file",
+        None,
+    ),
     # grpo
     ("grpo-model-missing", [*GRPO, "--model.path", "@F/nope"], r"model.path: .*nope does not exist", None),
     (
@@ -647,7 +660,7 @@ def test_cases_cover_every_stage():
     ids = [case.id for case in CASES]
     stages = {case.values[1][0] for case in CASES}
     assert len(ids) == len(set(ids)) and len(ids) >= 100
-    assert stages == {"pretrain", "sft", "grpo", "eval", "sample", "distill"}
+    assert stages == {"pretrain", "sft", "grpo", "eval", "sample", "distill", "demo"}
 
 
 def test_resume_skips_a_checkpoint_a_kill_left_without_weights(world: Path, tmp_path: Path):
