@@ -511,8 +511,8 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     ),
     (
         "eval-dtype",
-        [*EVAL, "--run.dtype", "fp16"],
-        r"run.dtype .*'fp16' is not allowed; expected one of",
+        [*EVAL, "--run.dtype", "fp8"],
+        r"run.dtype .*'fp8' is not allowed; expected one of",
         None,
     ),
     (
