@@ -1,4 +1,5 @@
-"""`r1kit grpo`: RL with verifiable rewards (GRPO, Dr. GRPO, DAPO, GSPO; SPEC §1-2).
+"""`r1kit grpo`: RL with verifiable rewards (GRPO, Dr. GRPO, DAPO, GSPO; arXiv 2402.03300, 2503.20783,
+2503.14476, 2507.18071; DeepSeek-R1, arXiv 2501.12948).
 
 One step:
 
@@ -171,7 +172,7 @@ class LossSection:
 class OptimSection:
     """[optim] AdamW (`r1kit.train.loop.build_optimizer`) and its schedule.
 
-    lr (float): learning rate (R1-Zero: 3e-6; tiny CPU models: 1e-4, 3e-4 collapsed in EXPERIMENTS.md).
+    lr (float): learning rate (R1-Zero: 3e-6; tiny CPU models: 1e-4, 3e-4 collapsed in docs/LOG.md).
     weight_decay (float): decoupled weight decay on matrices.
     beta1 (float): AdamW beta1.
     beta2 (float): AdamW beta2.
@@ -193,7 +194,7 @@ class OptimSection:
 
 @dataclass
 class EvalSection:
-    """[eval] held-out evaluation during training (SPEC §2 protocol).
+    """[eval] held-out evaluation during training (DeepSeek-R1 protocol, arXiv 2501.12948).
 
     every (int): evaluate every N steps (and before the first and after the last); 0 = never.
     split (str): held-out split of the task ("val" or "test").

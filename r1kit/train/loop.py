@@ -22,7 +22,8 @@ The pieces it is made of (usable on their own):
   last one, clipping, the NaN/inf guard (raises :class:`NonFiniteLossError` before the optimiser
   touches the weights), optimiser and scheduler step.
 - :func:`lm_loss`, :func:`mtp_weight_at`: next-token cross-entropy normalised by the *global* count of
-  target tokens (so 2 ranks x batch b == 1 rank x batch 2b), plus the MTP term (SPEC §3).
+  target tokens (so 2 ranks x batch b == 1 rank x batch 2b), plus the MTP term
+  (DeepSeek-V3, arXiv 2412.19437).
 - :func:`moe_balance_step`: the auxiliary-loss-free bias update after each optimiser step, with the
   expert load summed over ranks, returning load-balance metrics.
 - :func:`save_training_state` / :func:`restore_training_state`: checkpoints through
@@ -79,12 +80,13 @@ class TrainConfig:
     strategy (str): "none", "ddp" or "fsdp2"; under torchrun "none" becomes "ddp".
     seed (int): seed of the model initialisation, data order and dropout.
     threads (int): torch CPU threads; 0 = leave torch's default.
-    mtp_weight (float): weight lambda of the multi-token-prediction loss at the start (SPEC §3: 0.3).
-    mtp_weight_final (float): lambda after mtp_switch (SPEC §3: 0.1).
+    mtp_weight (float): weight lambda of the multi-token-prediction loss at the start
+        (DeepSeek-V3, arXiv 2412.19437: 0.3).
+    mtp_weight_final (float): lambda after mtp_switch (DeepSeek-V3, arXiv 2412.19437: 0.1).
     mtp_switch (float): fraction of the steps after which lambda drops to mtp_weight_final
         (DeepSeek-V3: the first 10T of 14.8T tokens, about 0.7).
-    moe_bias_gamma (float): bias update speed of auxiliary-loss-free balancing (SPEC §3: 0.001);
-        0 disables it.
+    moe_bias_gamma (float): bias update speed of auxiliary-loss-free balancing
+        (DeepSeek-V3, arXiv 2412.19437: 0.001); 0 disables it.
     """
 
     steps: int = 200
@@ -145,7 +147,7 @@ class RunConfig:
     progress (bool): show the rich progress bar (rank 0 only).
     tensorboard (bool): also write TensorBoard events when tensorboard is installed.
     dollars_per_hour (float): price of one device-hour for the cost summary; 0 = the cost module's
-        default for the device (SPEC §3 uses $2 per H800 GPU-hour).
+        default for the device (DeepSeek-V3, arXiv 2412.19437, uses $2 per H800 GPU-hour).
     stop_after (int): end this invocation after optimiser step N with a checkpoint (0 = run to train.steps);
         the schedule still spans train.steps, so a later --run.resume true continues the same run
         (time-sliced or preemptible jobs).
@@ -522,7 +524,7 @@ def train_step(
 
 def mtp_weight_at(step: int, total_steps: int, train: TrainConfig) -> float:
     """The MTP loss weight lambda at 0-based ``step``: mtp_weight, then mtp_weight_final after
-    ``mtp_switch`` x total_steps (SPEC §3: 0.3 then 0.1)."""
+    ``mtp_switch`` x total_steps (DeepSeek-V3, arXiv 2412.19437: 0.3 then 0.1)."""
     return train.mtp_weight if step < train.mtp_switch * total_steps else train.mtp_weight_final
 
 
@@ -591,7 +593,8 @@ def lm_loss(
 
 
 def moe_balance_step(model: torch.nn.Module, gamma: float, dist: DistInfo | None = None) -> dict[str, float]:
-    """Auxiliary-loss-free balancing after an optimiser step (SPEC §3), with load metrics.
+    """Auxiliary-loss-free balancing after an optimiser step (DeepSeek-V3, arXiv 2412.19437), with load
+    metrics.
 
     Sums each expert's token count over ranks (so every rank applies the same bias update), then
     calls ``model.update_moe_bias(gamma, load)``, which moves each expert's bias by gamma against
