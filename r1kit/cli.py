@@ -1,7 +1,10 @@
 """The `r1kit` command line: argument parsing only.
 
 `r1kit STAGE [CONFIG.toml] [--section.key value ...]` loads the stage's config dataclass
-from the TOML file plus overrides and calls the stage's `run(config)`. Stages live in their
+from the TOML file plus overrides, checks it against the machine and the filesystem
+(`r1kit.preflight`) and calls the stage's `run(config)`. A user error (`r1kit.config.UserError`:
+a bad key or value, a missing file, a device that is not there, a diverged run) prints one line and
+exits with status 2; a traceback means a bug. Stages live in their
 own modules and are imported only when called, so `r1kit --help` stays instant.
 """
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"r1kit: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     module = importlib.import_module(STAGES[stage][0])
-    from r1kit.config import ConfigError, describe_config, load_config
+    from r1kit.config import UserError, describe_config, load_config
 
     if "-h" in rest or "--help" in rest:
         print(f"usage: r1kit {stage} [CONFIG.toml] [--section.key value ...]\n")
@@ -69,12 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         path, rest = rest[0], rest[1:]
     try:
         config = load_config(module.Config, path, rest)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"r1kit {stage}: {err}", file=sys.stderr)
+        from r1kit.preflight import preflight
+
+        preflight(stage, config)  # paths, devices, tasks, run directory: before anything is written
+        getattr(module, RUN_FUNCTIONS.get(stage, "run"))(config)
+    except UserError as err:  # a mistake of the user's: one line, no traceback (those are for bugs)
+        print(f"r1kit {stage}: {one_line(err)}", file=sys.stderr)
         return 2
-    run = getattr(module, RUN_FUNCTIONS.get(stage, "run"))
-    run(config)
     return 0
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -51,27 +51,55 @@ _FALSE = {"false", "0", "no", "off", "n"}
 _NONE = {"none", "null"}
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key, its source and the fix."""
+class UserError(Exception):
+    """A mistake of the user's (a config, a path, a file's contents, a device, a diverged run), not a bug.
+
+    The message is one line that says what is wrong and what to type instead; ``r1kit`` prints it
+    without a traceback and exits with status 2. Every user error r1kit raises is one of these.
+    """
+
+
+class ConfigError(UserError, ValueError):
+    """A config file, override or a file/directory it names is invalid; the message names the key,
+    its source and the fix."""
+
+
+# the largest int a config may hold: counts and sizes end up in int64 tensors and C loops
+MAX_INT = 2**63 - 1
 
 
 # ----------------------------------------------------------------------------------------------
 # validation helpers for stage configs' __post_init__
 
 
+def _check_finite(value: float, name: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+
+
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``value > 0`` (``>= 0`` with ``allow_zero``)."""
+    """Raise :class:`ConfigError` unless ``value > 0`` (``>= 0`` with ``allow_zero``); NaN and inf fail."""
+    _check_finite(value, name)
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
 
 
 def check_range(value: float, name: str, low: float | None = None, high: float | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``low <= value <= high`` (a ``None`` bound is open)."""
+    """Raise :class:`ConfigError` unless ``low <= value <= high`` (a ``None`` bound is open); NaN and
+    inf fail."""
+    _check_finite(value, name)
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else repr(low)
         hi = "inf" if high is None else repr(high)
         raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+
+
+def check_beta(value: float, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``0 <= value < 1`` (an Adam moment decay)."""
+    _check_finite(value, name)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
 
 
 def check_one_of(value: Any, name: str, choices: Iterable[Any]) -> None:
@@ -145,6 +173,22 @@ def _split_items(value: Any, key: str, source: str) -> list[Any]:
             return list(parsed)
         return [] if not text else [item.strip() for item in text.split(",")]
     raise ConfigError(f"{key}{_where(source)}: expected a list, got {value!r}")
+
+
+def _bounded_int(value: int, key: str, source: str) -> int:
+    if abs(value) > MAX_INT:
+        raise ConfigError(f"{key}{_where(source)}: {value} is out of range (|value| <= 2**63 - 1)")
+    return value
+
+
+def _int_of_float(value: float, key: str, source: str) -> int:
+    """An int written as a float ("1e6"): only where the float is exact (|x| <= 2**53)."""
+    if abs(value) > 2**53:
+        raise ConfigError(
+            f"{key}{_where(source)}: {value!r} is too large to be an exact integer; write the digits, "
+            f"or a smaller number"
+        )
+    return int(value)
 
 
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -221,34 +265,40 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, bool):
             raise bad()
         if isinstance(value, int):
-            return value
+            return _bounded_int(value, key, source)
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            return _int_of_float(value, key, source)
         if isinstance(value, str):
             text = value.strip().replace("_", "")
             try:
-                return int(text)
+                as_int = int(text)
             except ValueError:
-                pass
+                as_int = None
+            if as_int is not None:
+                return _bounded_int(as_int, key, source)
             try:  # "1e6" is a convenient way to write a token budget
                 as_float = float(text)
             except ValueError:
                 raise bad() from None
             if math.isfinite(as_float) and as_float.is_integer():
-                return int(as_float)
+                return _int_of_float(as_float, key, source)
         raise bad()
 
     if tp is float:
         if isinstance(value, bool):
             raise bad()
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value.strip().replace("_", ""))
+                number = float(value.strip().replace("_", ""))
             except ValueError:
                 raise bad() from None
-        raise bad()
+        else:
+            raise bad()
+        if not math.isfinite(number):  # nan and inf pass every `x < 0` check; no setting means them
+            raise ConfigError(f"{key}{_where(source)}: expected a finite number, got {value!r}")
+        return number
 
     if tp is str:
         if isinstance(value, str):
@@ -275,6 +325,13 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         except (TypeError, ValueError):
             raise bad() from None
     return value
+
+
+def convert_value(value: Any, tp: Any, key: str, source: str = "") -> Any:
+    """Convert ``value`` to type annotation ``tp`` with the config rules (finite floats, int64 ints,
+    Literal choices, ...); :class:`ConfigError` naming ``key`` otherwise. For tables typed
+    ``dict[str, Any]`` whose fields are another dataclass's (e.g. ``model.overrides``)."""
+    return _convert(value, tp, key, source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,6 +564,26 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], source: str = "dict"
     return _build(cls, values, "")
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The table of a TOML config file; ConfigError (with the files one could mean) when it is not one."""
+    if path.is_dir():
+        found = sorted(str(p) for p in path.glob("*.toml"))[:6]
+        hint = f"; e.g. {', '.join(found)}" if found else ""
+        raise ConfigError(f"config {path} is a directory: give a TOML file{hint}")
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        near = sorted(str(p) for p in path.parent.glob("*.toml"))[:6] if path.parent.is_dir() else []
+        hint = f"; TOML files in {path.parent}: {', '.join(near)}" if near else ""
+        raise ConfigError(f"config file {path} {what}{hint}")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from None
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -524,8 +601,8 @@ def load_config(
 
     Returns:
         An instance of ``cls``. Raises :class:`ConfigError` on unknown sections/keys, wrong
-        types or values rejected by a ``__post_init__``; :class:`FileNotFoundError` if ``path``
-        does not exist.
+        types, non-finite floats, ints beyond int64, values rejected by a ``__post_init__``, and
+        when ``path`` is missing, a directory or not TOML.
     """
     if not _is_dataclass_type(cls):
         raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
@@ -535,11 +612,7 @@ def load_config(
         _merge_table(cls, base_dict, values, "", "base config")
     if path is not None:
         path = Path(path)
-        with path.open("rb") as fh:
-            try:
-                table = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as err:
-                raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        table = _read_toml(path)
         _check_renamed_table(cls, table, str(path))
         _merge_table(cls, table, values, "", str(path))
     if isinstance(overrides, Mapping):

@@ -1,6 +1,6 @@
 """`r1kit demo`: the DeepSeek-R1 recipe end to end on a laptop CPU, with a report card.
 
-The stages (SPEC §2, at toy scale, no downloads):
+The stages (DeepSeek-R1, arXiv 2501.12948, at toy scale, no downloads):
 
 1. **tokenizer**: a byte-level BPE vocabulary trained on the task's text (digits stay single tokens);
 2. **pretrain**: a tiny DeepSeek-V3-style model (MLA + DeepSeekMoE with auxiliary-loss-free balancing

@@ -1,4 +1,5 @@
-"""`r1kit sample` and `r1kit distill`: rejection sampling and distillation (SPEC §2, R1 stages 3 and distill).
+"""`r1kit sample` and `r1kit distill`: rejection sampling and distillation (DeepSeek-R1, arXiv 2501.12948, R1
+stages 3 and distill).
 
 Rejection sampling (`run_sample`): a teacher samples k completions per prompt; only verified-correct
 ones are kept (`task.score == 1`, and by default a well-formed `reasoning</think>answer` that ended

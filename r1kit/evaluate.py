@@ -1,4 +1,6 @@
-"""`r1kit eval`: pass@k, maj@k, best-of-N, greedy accuracy and test-time-scaling curves (SPEC §2, §4).
+"""`r1kit eval`: pass@k, maj@k, best-of-N, greedy accuracy and test-time-scaling curves
+(DeepSeek-R1, arXiv 2501.12948; Chen et al. 2021, arXiv 2107.03374; self-consistency, arXiv 2203.11171;
+Cobbe et al. 2021, arXiv 2110.14168).
 
 R1's protocol: k samples per problem at temperature 0.6 and top-p 0.95, the prompt rendered with the
 chat template and its generation prompt (the response starts inside `<think>`), pass@1 = mean
@@ -79,7 +81,8 @@ class DataSection:
 
 @dataclass
 class SamplingSection:
-    """[sampling] the k samples per problem (SPEC §2 protocol) and the metrics computed from them.
+    """[sampling] the k samples per problem (DeepSeek-R1 protocol, arXiv 2501.12948) and the metrics computed
+    from them.
 
     k (int): samples per problem (n of pass@k); 0 = greedy only.
     temperature (float): sampling temperature (R1: 0.6).
@@ -288,7 +291,8 @@ def completion_lengths(token_ids: Sequence[int], tokenizer: Any) -> tuple[int, i
 
 
 def extract_answer(completion: str) -> str:
-    """The normalised final answer of a completion: the text after `</think>` (SPEC §5), through
+    """The normalised final answer of a completion: the text after `</think>` (vLLM's `deepseek_r1` reasoning
+    parser, docs.vllm.ai/en/latest/features/reasoning_outputs/), through
     `normalize_answer` (last \\boxed{}, thousands separators, integer form). "" when there is none."""
     from r1kit.tasks.base import final_answer
 

@@ -1,9 +1,10 @@
-"""Test-time-scaling metrics (SPEC §4): pass@k, majority vote (cons@k / maj@k), best-of-N.
+"""Test-time-scaling metrics (Chen et al. 2021, arXiv 2107.03374; self-consistency, arXiv 2203.11171;
+Cobbe et al. 2021, arXiv 2110.14168): pass@k, majority vote (cons@k / maj@k), best-of-N.
 
 Pure functions over plain Python values (numpy only for the vectorised pass@k); nothing here
 imports torch, so evaluation and reporting code can use them cheaply.
 
-R1's evaluation protocol (SPEC §2): k samples per question at temperature 0.6, pass@1 = mean
+R1's evaluation protocol (arXiv 2501.12948): k samples per question at temperature 0.6, pass@1 = mean
 correctness over the k samples (`pass_at_k(n, c, 1) == c / n`), cons@k = majority vote.
 """
 
@@ -27,7 +28,7 @@ def _check_counts(n: int, c: int, k: int) -> None:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021; SPEC §4).
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021; arXiv 2107.03374).
 
     Estimates the probability that at least one of k samples drawn without replacement from the
     n is correct: 1 - C(n-c, k) / C(n, k), computed as the stable product
@@ -132,7 +133,7 @@ def _votes(answers: Sequence[str | None], normalize: Callable[[str], str] | None
 def majority_vote(
     answers: Sequence[str | None], normalize: Callable[[str], str] | None = normalize_answer
 ) -> tuple[str | None, int]:
-    """Most frequent normalised final answer (self-consistency; SPEC §4).
+    """Most frequent normalised final answer (self-consistency; arXiv 2203.11171).
 
     Args:
         answers: final answers, one per sample; None or empty (after normalising) does not vote.
@@ -187,7 +188,8 @@ def maj_at_k(
 
 
 def best_of_n(samples: Sequence[object], scores: Sequence[float]) -> int:
-    """Best-of-N selection (SPEC §4): index of the highest-scoring sample under a verifier or reward.
+    """Best-of-N selection (Cobbe et al. 2021, arXiv 2110.14168): index of the highest-scoring sample under a
+    verifier or reward.
 
     Args:
         samples: the N candidates (only their count is used; kept so calls read naturally).

@@ -1,4 +1,5 @@
-"""Rule-based rewards (SPEC §1-2): accuracy, format, overlong punishment, language consistency.
+"""Rule-based rewards (DAPO, arXiv 2503.14476; DeepSeek-R1, arXiv 2501.12948): accuracy, format, overlong
+punishment, language consistency.
 
 A reward is a function `(completion: str, problem: Problem) -> float`, where the completion is the
 model output after the generation prompt ("reasoning\\n</think>\\nanswer"). Rewards compose with
@@ -55,7 +56,8 @@ def format_reward(completion: str, problem: Problem | None = None) -> float:
 
 
 def overlong_penalty(length: int, max_length: int, cache_length: int) -> float:
-    """DAPO soft overlong punishment (SPEC §1): 0 up to L_max - L_cache, linear to -1 at L_max, -1 beyond."""
+    """DAPO soft overlong punishment (arXiv 2503.14476): 0 up to L_max - L_cache, linear to -1 at L_max, -1
+    beyond."""
     limit = max_length - cache_length
     if length <= limit:
         return 0.0

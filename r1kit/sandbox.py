@@ -302,12 +302,43 @@ _sandboxes: dict[bytes, Sandbox] = {}
 _sandboxes_lock = threading.Lock()
 
 
+# The limits a user can set, as environment variables (read when a sandbox is first created):
+# name -> (Sandbox argument, unit multiplier, smallest allowed value)
+LIMIT_VARIABLES = {
+    "R1KIT_SANDBOX_TIMEOUT_S": ("timeout", 1.0, 0.05),
+    "R1KIT_SANDBOX_MEMORY_MB": ("memory", float(1 << 20), 64.0),
+    "R1KIT_SANDBOX_WORKERS": ("workers", 1.0, 1.0),
+}
+
+
+def sandbox_limits(environ: Any = None) -> dict[str, Any]:
+    """The Sandbox keyword arguments set by the R1KIT_SANDBOX_* variables of `environ` (default
+    os.environ); a value that is not a number at least the variable's minimum is a `UserError`."""
+    from r1kit.config import UserError
+
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, (arg, unit, low) in LIMIT_VARIABLES.items():
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= low):
+            raise UserError(f"{name}={raw!r}: expected a number >= {low:g} (unset it for the default)")
+        out[arg] = value * unit if arg == "timeout" else int(value * unit)
+    return out
+
+
 def get_sandbox(preload: tuple[str, ...], setup: tuple = ()) -> Sandbox:
-    """The process-wide Sandbox for (preload, setup), created on first use."""
+    """The process-wide Sandbox for (preload, setup), created on first use with the limits of the
+    R1KIT_SANDBOX_* environment variables (`sandbox_limits`)."""
     key = pickle.dumps((preload, setup))
     with _sandboxes_lock:
         if key not in _sandboxes:
-            _sandboxes[key] = Sandbox(preload, setup)
+            _sandboxes[key] = Sandbox(preload, setup, **sandbox_limits())
         return _sandboxes[key]
 
 

@@ -7,7 +7,7 @@ It reads and writes the Hugging Face layout (tokenizer.json + tokenizer_config.j
 directory saved here loads in `transformers.AutoTokenizer` and a model directory from the Hub
 (Llama, Qwen, DeepSeek) loads here.
 
-r1kit's own chat format is R1-style (SPEC §2): the assistant turn is
+r1kit's own chat format is R1-style (arXiv 2501.12948): the assistant turn is
 `<think>\\n{reasoning}\\n</think>\\n{answer}<eos>` and the generation prompt ends with
 `<think>\\n`, so a completion reads `reasoning\\n</think>\\nanswer`.
 """
@@ -39,7 +39,8 @@ THINK_TOKENS = (THINK_START, THINK_END)
 # How a problem's prompt becomes model input (Tokenizer.render_prompt).
 PROMPT_TEMPLATES = ("chat", "raw", "text")
 
-# R1-style template (SPEC §2, §5). The assistant content may hold "<think>...</think>answer" (an SFT
+# R1-style template (arXiv 2501.12948; DeepSeek API guide, api-docs.deepseek.com/guides/reasoning_model). The
+# assistant content may hold "<think>...</think>answer" (an SFT
 # target) or just the answer; `reasoning_content` is ignored, as the DeepSeek API drops it when sent back.
 R1_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -87,7 +88,8 @@ class TemplateLimitError(ValueError):
 def split_reasoning(text: str) -> tuple[str, str]:
     """Split a completion into (reasoning, answer), both stripped.
 
-    Follows the vLLM/SGLang convention (SPEC §5): text before the first `</think>` is reasoning, even
+    Follows the vLLM/SGLang convention (docs.vllm.ai/en/latest/features/reasoning_outputs/): text before the
+    first `</think>` is reasoning, even
     without an opening `<think>` (the generation prompt already holds it); a leading `<think>` is
     removed. Without `</think>` the whole text is reasoning and the answer is "" (no answer yet).
     """

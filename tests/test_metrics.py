@@ -1,4 +1,5 @@
-"""Test-time-scaling metrics (SPEC §4): pass@k, majority vote, best-of-N, answer normalisation."""
+"""Test-time-scaling metrics (Chen et al. 2021, arXiv 2107.03374; self-consistency, arXiv 2203.11171;
+Cobbe et al. 2021, arXiv 2110.14168): pass@k, majority vote, best-of-N, answer normalisation."""
 
 import math
 

@@ -1,6 +1,7 @@
 """ModelConfig: one documented dataclass for every family r1kit runs, and its Hugging Face mapping.
 
-The HF ``config.json`` is the interchange format (SPEC §3). ``from_hf_dict`` / ``to_hf_dict`` are the only
+The HF ``config.json`` is the interchange format (Hugging Face transformers' `DeepseekV3Config`).
+``from_hf_dict`` / ``to_hf_dict`` are the only
 places that know HF key names; the rest of r1kit reads ``ModelConfig`` fields.
 """
 

@@ -214,7 +214,8 @@ class MoE(nn.Module):
 
     @torch.no_grad()
     def update_bias(self, gamma: float, load: torch.Tensor | None = None) -> None:
-        """Aux-loss-free balancing (SPEC §3): b_i -= gamma * sign(load_i - mean(load)); resets the counter.
+        """Aux-loss-free balancing (DeepSeek-V3, arXiv 2412.19437): b_i -= gamma * sign(load_i - mean(load));
+        resets the counter.
 
         ``load`` (E,) overrides the local counter, e.g. after an all-reduce across data-parallel ranks.
         """

@@ -243,7 +243,8 @@ class Transformer(nn.Module):
         return torch.stack([m.tokens_per_expert.clone() for m in layers])
 
     def update_moe_bias(self, gamma: float = 1e-3, load: torch.Tensor | None = None) -> None:
-        """Aux-loss-free balancing step on every MoE layer (SPEC §3); resets the load counters.
+        """Aux-loss-free balancing step on every MoE layer (DeepSeek-V3, arXiv 2412.19437); resets the load
+        counters.
 
         b_i -= gamma * sign(load_i - mean(load)). ``load`` (n_moe_layers, E) replaces the local counts, e.g.
         ``expert_load()`` all-reduced across data-parallel ranks.

@@ -1,4 +1,5 @@
-"""`r1kit grpo`: RL with verifiable rewards (GRPO, Dr. GRPO, DAPO, GSPO; SPEC §1-2).
+"""`r1kit grpo`: RL with verifiable rewards (GRPO, Dr. GRPO, DAPO, GSPO; arXiv 2402.03300, 2503.20783,
+2503.14476, 2507.18071; DeepSeek-R1, arXiv 2501.12948).
 
 One step:
 
@@ -223,7 +224,7 @@ class RunSection(RunConfig):
 
 @dataclass
 class EvalSection:
-    """[eval] held-out evaluation during training (SPEC §2 protocol).
+    """[eval] held-out evaluation during training (DeepSeek-R1 protocol, arXiv 2501.12948).
 
     every (int): evaluate every N steps (and before the first and after the last); 0 = never.
     split (str): held-out split of the task ("val" or "test").

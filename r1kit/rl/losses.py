@@ -1,4 +1,5 @@
-"""Policy-gradient losses for RL with verifiable rewards (SPEC §1), as pure tensor functions.
+"""Policy-gradient losses for RL with verifiable rewards (DeepSeekMath, arXiv 2402.03300), as pure tensor
+functions.
 
 Everything here maps tensors to tensors: no model, no optimiser, no state. The GRPO stage
 (`r1kit/rl/grpo.py`) computes per-token log-probs with `token_logprobs`, advantages with
@@ -34,7 +35,8 @@ _LOGIT_ROWS_PER_CHUNK = 1024
 def group_advantages(
     rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
 ) -> torch.Tensor:
-    """Outcome-supervision advantages, one per completion (SPEC §1, GRPO / Dr. GRPO).
+    """Outcome-supervision advantages, one per completion (GRPO, arXiv 2402.03300;
+    Dr. GRPO, arXiv 2503.20783).
 
     Args:
         rewards: (B,) float, B = n_groups * group_size; rows [g*G, (g+1)*G) are group g.
@@ -99,7 +101,8 @@ def policy_loss(
     beta: float = 0.0,
     max_completion_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped policy-gradient loss for one batch of completions (SPEC §1; table in module doc).
+    """Clipped policy-gradient loss for one batch of completions (DeepSeekMath, arXiv 2402.03300; table in
+    module doc).
 
     Args:
         logp: (B, T) log-probs of the sampled tokens under the current policy (with grad).
@@ -125,7 +128,8 @@ def policy_loss(
             Shares are over counted tokens, or over non-empty sequences for gspo.
 
     Sequences with no counted token add nothing to the numerator; grpo, dr_grpo and gspo still
-    divide by B (the (1/G) sum_i of SPEC §1), dapo by the token count (clamped to at least 1).
+    divide by B (the (1/G) sum_i of DeepSeekMath, arXiv 2402.03300), dapo by the token count (clamped to at
+    least 1).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
@@ -164,7 +168,7 @@ def policy_loss(
         # GSPO (arXiv 2507.18071, eq. 5-7): s_i = (pi(y_i)/pi_old(y_i))^(1/|y_i|), the exp of the mean
         # token log-ratio, clipped per sequence. Autograd through exp(mean) gives the paper's gradient
         # (eq. 10): s_i * A_i * (1/|y_i|) * sum_t grad log pi(y_i,t), zero when the clip is active.
-        # SPEC §1 states the same ratio; the paper has no KL term, ours is optional (beta = 0 default).
+        # The paper has no KL term, ours is optional (beta = 0 default).
         seq_log_ratio_B = log_ratio_BT.sum(dim=1) / ntok_B.clamp(min=1)
         ratio_B = torch.exp(seq_log_ratio_B)
         clipped_B = torch.clamp(ratio_B, 1 - eps_low, 1 + eps_high)

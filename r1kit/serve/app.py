@@ -285,7 +285,8 @@ class ServeState:
         messages = []
         for m in body.messages:
             role = "system" if m.role == "developer" else m.role
-            # only role and content reach the template: `reasoning_content` is not fed back (SPEC section 5)
+            # only role and content reach the template: `reasoning_content` is not fed back (DeepSeek API
+            # guide, api-docs.deepseek.com/guides/reasoning_model)
             messages.append({"role": role, "content": m.text()})
         try:
             # message text is encoded as text: a typed "<|eos|>" never becomes the control token

@@ -46,7 +46,7 @@ class GenerationParams:
         max_tokens: cap on generated tokens per choice, thinking included.
         stop: strings that end a choice; matched in the answer only when `split_reasoning`.
         seed: makes sampling reproducible; None = server-chosen.
-        thinking_budget: budget forcing (SPEC section 4): end thinking after this many tokens.
+        thinking_budget: budget forcing (s1, arXiv 2501.19393): end thinking after this many tokens.
         min_thinking_tokens: budget forcing: suppress `</think>` (and append "Wait") before this many.
         split_reasoning: chat mode: split the output on `</think>` into reasoning and answer.
         starts_in_reasoning: the prompt already opened `<think>` (R1 templates), so output

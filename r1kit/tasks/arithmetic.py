@@ -1,6 +1,6 @@
 """Addition and multiplication with column-by-column worked solutions a tiny model can learn.
 
-Addition of 347 and 589 (EXPERIMENTS.md): prompt "347+589", reasoning
+Addition of 347 and 589 (docs/LOG.md): prompt "347+589", reasoning
 "7+9+0=16,4+8+1=13,3+5+1=09" (per column, least significant first: digit + digit + carry-in =
 carry-out digit), answer "936". Multiplication by one digit: "347*8" -> "7*8+0=56,4*8+5=37,3*8+3=27"
 -> "2776"; longer multipliers add one line per partial product, then column additions.

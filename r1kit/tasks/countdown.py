@@ -4,7 +4,7 @@ Prompt "Make 46 from 3 7 25"; the worked solution is a search trace, one attempt
 chain of steps "25-7=18,18*3=54 no", ending with the attempt that hits the target ("... =46 ok");
 the answer is the expression, e.g. "(25-7)*3-8". The number of failed attempts before the success
 varies (0..max_failed), so longer searches are part of the data: the task where reasoning length
-can pay off (EXPERIMENTS.md). Scoring parses the answer with `safe_math.evaluate_arithmetic` (an
+can pay off (docs/LOG.md). Scoring parses the answer with `safe_math.evaluate_arithmetic` (an
 AST walker, never eval) and checks the numbers used and the value.
 """
 

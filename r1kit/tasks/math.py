@@ -13,7 +13,7 @@ from r1kit.safe_math import math_equal
 from r1kit.tasks.base import Problem
 from r1kit.tasks.jsonl import JsonlTask
 
-# DeepSeek-R1's usage recommendation for maths prompts (SPEC §2).
+# DeepSeek-R1's usage recommendation for maths prompts (arXiv 2501.12948).
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 

@@ -9,21 +9,34 @@ Layout of a run directory::
         step_00000300/
         latest                       # text file: "step_00000300"
 
-A checkpoint is written into ``checkpoints/.tmp-step_XXXXXXXX-PID/``, every file is fsynced, and the
-directory is renamed into place; only then is ``latest`` replaced (write-temp + ``os.replace``) and
-old checkpoints pruned. A crash at any point leaves the previous checkpoint and pointer intact;
-stale temp directories are ignored by :func:`latest_checkpoint` and removed by the next save.
+A checkpoint is written into ``checkpoints/.tmp-step_XXXXXXXX-PID/``, every file is fsynced, a
+``manifest.json`` (every file and its size) is written last, and the directory is renamed into place;
+only then is ``latest`` replaced (write-temp + ``os.replace``) and old checkpoints pruned (each is
+renamed to ``.old-...`` before it is deleted). A crash at any point leaves the previous checkpoint and
+pointer intact; stale temp directories are ignored by :func:`latest_checkpoint` and removed by the
+next save.
+
+A checkpoint is *complete* (:func:`checkpoint_problem` returns None) only when every file it needs is
+present and loadable: the files of its manifest at their recorded sizes, ``trainer_state.pt`` a whole
+zip archive, the weights (``model.safetensors`` or every shard of its index) with a valid safetensors
+header that the file size covers, and the JSON files parseable. :func:`list_checkpoints` and
+:func:`latest_checkpoint` only return complete checkpoints, so a resume picks the newest complete one
+(a kill in the middle of a prune or a truncated copy is skipped).
 
 Only one process (rank 0) should save into a run directory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+import struct
 import time
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +45,8 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
 MODEL_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -196,32 +211,158 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of ``run_dir`` (those with a trainer state), oldest step first."""
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (header length, JSON header, data end vs file size)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100 * 2**20):
+                return f"{path.name} is truncated or not safetensors (header of {n} bytes, file of {size})"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as err:
+        return f"{path.name} is not a safetensors file ({type(err).__name__})"
+    if not isinstance(header, dict):
+        return f"{path.name} is not a safetensors file"
+    ends = [
+        t["data_offsets"][1]
+        for name, t in header.items()
+        if name != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets") or ()) == 2
+    ]
+    if 8 + n + max(ends, default=0) > size:
+        return f"{path.name} is truncated ({size} bytes, its header needs {8 + n + max(ends)})"
+    return None
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{path.name} is not valid JSON ({type(err).__name__})"
+    return None
+
+
+def model_files_problem(directory: str | Path) -> str | None:
+    """Why the model files of ``directory`` cannot be loaded, or None: ``model.safetensors`` (or the
+    index and every shard it names) with a whole safetensors layout, and a parseable ``config.json``
+    (and ``tokenizer.json``) when present. Cheap: reads headers, never the tensors."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    weights = directory / MODEL_FILE
+    index = directory / INDEX_FILE
+    if weights.is_file():
+        shards = [weights]
+    elif index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            return f"{INDEX_FILE} is not a valid shard index ({type(err).__name__})"
+        shards = [directory / name for name in names]
+        missing = [p.name for p in shards if not p.is_file()]
+        if missing:
+            return f"weight shard {missing[0]} is missing"
+    else:
+        return f"no {MODEL_FILE} (or {INDEX_FILE})"
+    for shard in shards:
+        problem = _safetensors_problem(shard)
+        if problem:
+            return problem
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (directory / name).exists():
+            problem = _json_problem(directory / name)
+            if problem:
+                return problem
+    return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why checkpoint directory ``path`` is not complete, or None when every file it needs is present
+    and loadable (see the module docstring). Reads file sizes and headers only."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path.name} is not a directory"
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            sizes = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            listed = {str(name): int(size) for name, size in sizes.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            return f"{MANIFEST} is not valid ({type(err).__name__})"
+        for name, size in listed.items():
+            file = path / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if file.stat().st_size != size:
+                return f"{name} is truncated or changed ({file.stat().st_size} bytes, {size} were written)"
+    state = path / STATE_FILE
+    if not state.is_file():
+        return f"{STATE_FILE} is missing"
+    try:
+        with zipfile.ZipFile(state) as archive:  # torch.save's format; the directory sits at the end
+            archive.infolist()
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"{STATE_FILE} is truncated or not a torch checkpoint ({type(err).__name__})"
+    return model_files_problem(path)
+
+
+def _step_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
         m = _STEP_DIR.match(child.name)
-        if m and child.is_dir() and (child / STATE_FILE).is_file():
+        if m and child.is_dir():
             found.append((int(m.group(1)), child))
-    return [path for _, path in sorted(found)]
+    return sorted(found)
+
+
+def all_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Every ``step_*`` directory of ``run_dir``, complete or not, oldest step first."""
+    return [path for _, path in _step_dirs(run_dir)]
+
+
+_RESUME_HINT = "delete that step directory to resume from the one before, or start a new run directory"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of ``run_dir`` (:func:`checkpoint_problem` is None), oldest step first."""
+    return [path for _, path in _step_dirs(run_dir) if checkpoint_problem(path) is None]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``latest`` points to, else the highest complete step, else None.
+    """The checkpoint ``latest`` points to when it is complete, else the highest complete step, else None.
 
-    Temp directories of interrupted saves are never returned.
+    Temp directories of interrupted saves and incomplete checkpoints are never returned; skipping an
+    incomplete checkpoint newer than the one returned raises a warning naming what is wrong with it.
     """
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
     if pointer.is_file():
         name = pointer.read_text(encoding="utf-8").strip()
         candidate = root / name
-        if _STEP_DIR.match(name) and (candidate / STATE_FILE).is_file():
-            return candidate
+        if _STEP_DIR.match(name) and candidate.is_dir() and checkpoint_problem(candidate) is None:
+            newest = all_checkpoints(run_dir)
+            if newest and newest[-1] == candidate:
+                return candidate
     complete = list_checkpoints(run_dir)
+    newest = all_checkpoints(run_dir)
+    if newest and (not complete or newest[-1] != complete[-1]):
+        broken = newest[-1]
+        using = f"using {complete[-1].name}" if complete else "no complete checkpoint is left"
+        warnings.warn(
+            f"checkpoint {broken} is incomplete ({checkpoint_problem(broken)}); {using}", stacklevel=2
+        )
     return complete[-1] if complete else None
 
 
@@ -293,6 +434,7 @@ def save_checkpoint(
             "extra": _plain(dict(extra or {})),
         }
         torch.save(state, tmp / STATE_FILE)
+        _write_manifest(tmp)
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -310,8 +452,29 @@ def save_checkpoint(
     if keep_last:
         complete = [p for p in list_checkpoints(run_dir) if p != final]
         for stale in complete[: max(0, len(complete) - (keep_last - 1))]:
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_checkpoint(root, stale)
     return final
+
+
+def _write_manifest(directory: Path) -> None:
+    """Record every file of a checkpoint being written and its size (the completeness check reads it)."""
+    files = {
+        str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+    text = json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=1)
+    (directory / MANIFEST).write_text(text + "\n", encoding="utf-8")
+
+
+def _remove_checkpoint(root: Path, path: Path) -> None:
+    """Delete a checkpoint so that a kill midway never leaves a ``step_*`` directory missing files:
+    rename it to ``.old-...`` (atomic) first; the next save clears what is left."""
+    old = root / f".old-{path.name}-{os.getpid()}"
+    try:
+        os.rename(path, old)
+    except OSError:
+        return
+    _fsync_dir(root)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(
@@ -340,28 +503,51 @@ def load_checkpoint(
 
     Returns:
         ``extra`` as saved, plus ``"step"`` if it was not there. Raises FileNotFoundError when ``path``
-        holds no checkpoint.
+        holds no checkpoint, and :class:`r1kit.config.ConfigError` (one line) when the checkpoint is
+        incomplete, unreadable or of a different model.
     """
     import torch
 
+    from r1kit.config import ConfigError
+
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
+    is_checkpoint = (path / STATE_FILE).is_file() or (path / MANIFEST).is_file() or _STEP_DIR.match(path.name)
+    if not is_checkpoint:
         found = latest_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"no checkpoint in {path} (looked for {STATE_FILE} and {CHECKPOINTS}/)")
         path = found
-    state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
-    if model is not None:
-        if load_model_fn is not None:
-            load_model_fn(model, path)
-        else:
-            _load_model(model, path, strict)
-    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
-        if obj is None:
-            continue
-        if state.get(key) is None:
-            raise ValueError(f"{path} has no {key} state to restore")
-        obj.load_state_dict(state[key])
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ConfigError(f"checkpoint {path} is incomplete: {problem}; {_RESUME_HINT}")
+    try:
+        state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(
+            f"checkpoint {path}: {STATE_FILE} cannot be read ({_first_line(err)}); {_RESUME_HINT}"
+        ) from None
+    if not isinstance(state, dict) or "step" not in state or "rng" not in state:
+        raise ConfigError(f"checkpoint {path}: {STATE_FILE} is not an r1kit trainer state; {_RESUME_HINT}")
+    try:
+        if model is not None:
+            if load_model_fn is not None:
+                load_model_fn(model, path)
+            else:
+                _load_model(model, path, strict)
+        for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
+            if obj is None:
+                continue
+            if state.get(key) is None:
+                raise ConfigError(f"checkpoint {path} has no {key} state to restore")
+            obj.load_state_dict(state[key])
+    except (ValueError, KeyError, RuntimeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        # a checkpoint of another model (the config changed since it was written) or damaged tensors
+        raise ConfigError(
+            f"checkpoint {path} does not fit this run ({_first_line(err)}); resume with the run's own "
+            f"settings (its config.toml), or start a new run directory"
+        ) from None
     if restore_rng:
         set_rng_state(state["rng"])
     extra = dict(state.get("extra") or {})

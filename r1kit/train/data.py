@@ -27,41 +27,118 @@ from r1kit.train.loop import IGNORE_INDEX
 # reading sources
 
 
-def read_texts(paths: Iterable[str | Path], text_field: str = "text") -> list[str]:
-    """Documents from files: a ``.jsonl`` file gives one document per line (its ``text_field``; a
-    line with ``messages`` is rendered as "content" lines joined by newlines); any other file is one
-    document."""
-    docs: list[str] = []
-    for path in map(Path, paths):
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    if text_field in row:
-                        docs.append(str(row[text_field]))
-                    elif "messages" in row:
-                        docs.append("\n".join(str(m.get("content", "")) for m in row["messages"]))
-                    else:
-                        raise ValueError(f"{path}:{n}: no {text_field!r} (or 'messages') field")
-        else:
-            docs.append(path.read_text(encoding="utf-8"))
-    return docs
+ROLES = ("system", "user", "assistant")
 
 
-def read_conversations(paths: Iterable[str | Path]) -> list[list[dict[str, str]]]:
-    """Chat conversations from JSONL files with one ``{"messages": [{"role", "content"}, ...]}`` per line."""
-    chats: list[list[dict[str, str]]] = []
-    for path in map(Path, paths):
-        with path.open(encoding="utf-8") as fh:
+def _open_data_file(path: Path, key: str):
+    """``path`` opened for reading text; ConfigError naming ``key`` when it is missing or not a file."""
+    from r1kit.config import ConfigError
+
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".jsonl", ".txt"))[:5]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise ConfigError(f"{key}: {path} is a directory{hint}; list the files themselves")
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a regular file (a device or a FIFO)"
+        raise ConfigError(f"{key}: {path} {what}; check the path (relative paths start at {Path.cwd()})")
+    try:
+        return path.open(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot read {path}: {err.strerror or err}") from None
+
+
+def _jsonl_rows(path: Path, key: str) -> Iterable[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a bad line is a ConfigError
+    naming the file and the line."""
+    from r1kit.config import ConfigError
+
+    with _open_data_file(path, key) as fh:
+        try:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                row = json.loads(line)
-                if "messages" not in row:
-                    raise ValueError(f"{path}:{n}: expected a 'messages' field")
-                chats.append(list(row["messages"]))
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ConfigError(
+                        f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}); every line of a "
+                        f".jsonl file must be one JSON object"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                yield n, row
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: is not UTF-8 text (a binary file?)") from None
+
+
+def check_messages(messages: Any, where: str, require_assistant: bool = True) -> list[dict[str, str]]:
+    """A conversation as ``[{"role", "content"}, ...]`` with roles system/user/assistant and string
+    contents (and, with ``require_assistant``, an assistant turn); ConfigError naming ``where``
+    (``file:line``) otherwise."""
+    from r1kit.config import ConfigError
+
+    example = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(f"{where}: 'messages' must be a non-empty list of turns, like {example}")
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            raise ConfigError(f"{where}: turn {i} must be an object with a string 'content', like {example}")
+        if turn.get("role") not in ROLES:
+            raise ConfigError(
+                f"{where}: turn {i} has role {turn.get('role')!r}; roles are {', '.join(ROLES)}"
+            )
+    if require_assistant and not any(turn["role"] == "assistant" for turn in messages):
+        raise ConfigError(f"{where}: no assistant turn (nothing to train on)")
+    return [{"role": turn["role"], "content": turn["content"]} for turn in messages]
+
+
+def read_texts(paths: Iterable[str | Path], text_field: str = "text", key: str = "data.files") -> list[str]:
+    """Documents from files: a ``.jsonl`` file gives one document per line (its ``text_field``; a
+    line with ``messages`` is rendered as "content" lines joined by newlines); any other file is one
+    document. A missing file or a bad line is a :class:`r1kit.config.ConfigError` naming ``key``, the
+    file and the line."""
+    from r1kit.config import ConfigError
+
+    docs: list[str] = []
+    for path in map(Path, paths):
+        if path.suffix == ".jsonl":
+            for n, row in _jsonl_rows(path, key):
+                if text_field in row:
+                    docs.append(str(row[text_field]))
+                elif "messages" in row:
+                    messages = check_messages(row["messages"], f"{path}:{n}", require_assistant=False)
+                    docs.append("\n".join(m["content"] for m in messages))
+                else:
+                    raise ConfigError(
+                        f"{path}:{n}: no {text_field!r} (or 'messages') field; set data.text_field to the "
+                        f"field that holds the text (this line has {', '.join(map(repr, row)) or 'none'})"
+                    )
+        else:
+            with _open_data_file(path, key) as fh:
+                try:
+                    docs.append(fh.read())
+                except UnicodeDecodeError:
+                    raise ConfigError(f"{path}: is not UTF-8 text (a binary file?)") from None
+    return docs
+
+
+def read_conversations(paths: Iterable[str | Path], key: str = "data.files") -> list[list[dict[str, str]]]:
+    """Chat conversations from JSONL files with one ``{"messages": [{"role", "content"}, ...]}`` per line.
+
+    A missing file, a line that is not JSON or a malformed conversation is a
+    :class:`r1kit.config.ConfigError` naming the file and the line.
+    """
+    from r1kit.config import ConfigError
+
+    chats: list[list[dict[str, str]]] = []
+    for path in map(Path, paths):
+        for n, row in _jsonl_rows(path, key):
+            if "messages" not in row:
+                raise ConfigError(
+                    f"{path}:{n}: expected a 'messages' field (a chat conversation), this line has "
+                    f"{', '.join(map(repr, row)) or 'no fields'}"
+                )
+            chats.append(check_messages(row["messages"], f"{path}:{n}"))
     return chats
 
 
@@ -106,8 +183,11 @@ class PackedWindows:
 
     def __init__(self, stream: torch.Tensor, seq_len: int):
         if stream.numel() < seq_len + 1:
-            raise ValueError(
-                f"token stream of {stream.numel()} tokens is shorter than seq_len + 1 = {seq_len + 1}"
+            from r1kit.config import ConfigError
+
+            raise ConfigError(
+                f"the corpus has {stream.numel()} tokens, fewer than data.seq_len + 1 = {seq_len + 1}; "
+                f"lower --data.seq_len or give more data"
             )
         self.stream = stream
         self.seq_len = seq_len
@@ -151,7 +231,12 @@ class ChatExamples:
             if (example["targets"] != IGNORE_INDEX).any():
                 self.examples.append(example)
         if not self.examples:
-            raise ValueError("no conversation has an assistant token within max_len")
+            from r1kit.config import ConfigError
+
+            raise ConfigError(
+                f"no conversation has an assistant token within the first {max_len} tokens; raise "
+                f"--data.max_len (or distill.max_len)"
+            )
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -217,17 +302,23 @@ class BatchStream:
         pad_id: int = 0,
         shuffle: bool = True,
     ):
+        from r1kit.config import ConfigError
+
         if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is not a multiple of the world size {world_size}")
+            raise ConfigError(
+                f"train.batch_size {batch_size} is not a multiple of the {world_size} ranks; use a multiple "
+                f"of {world_size}"
+            )
         per_rank = batch_size // world_size
         micro = micro_batch_size or per_rank
         if per_rank % micro:
-            raise ValueError(
-                f"the per-rank batch {per_rank} (batch_size {batch_size} / {world_size} ranks) is not a multiple "
-                f"of micro_batch_size {micro}"
+            divisors = [d for d in range(1, per_rank + 1) if per_rank % d == 0][-4:]
+            raise ConfigError(
+                f"the per-rank batch {per_rank} (train.batch_size {batch_size} / {world_size} ranks) is not a "
+                f"multiple of train.micro_batch_size {micro}; use one of {', '.join(map(str, divisors))}"
             )
         if len(dataset) == 0:
-            raise ValueError("empty dataset")
+            raise ConfigError("the training data is empty: check data.files / data.num_examples")
         self.dataset = dataset
         self.batch_size = batch_size
         self.per_rank = per_rank
@@ -286,8 +377,11 @@ class BatchStream:
             state.get("seed", self.seed) != self.seed
             or state.get("batch_size", self.batch_size) != self.batch_size
         ):
-            raise ValueError(
-                f"cannot resume the data stream: saved seed/batch_size {state.get('seed')}/{state.get('batch_size')} "
-                f"differ from {self.seed}/{self.batch_size}"
+            from r1kit.config import ConfigError
+
+            raise ConfigError(
+                f"cannot resume the data stream: the checkpoint's train.seed/train.batch_size "
+                f"{state.get('seed')}/{state.get('batch_size')} differ from {self.seed}/{self.batch_size}; "
+                f"resume with the run's own values"
             )
         self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None

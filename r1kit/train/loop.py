@@ -22,7 +22,8 @@ The pieces it is made of (usable on their own):
   last one, clipping, the NaN/inf guard (raises :class:`NonFiniteLossError` before the optimiser
   touches the weights), optimiser and scheduler step.
 - :func:`lm_loss`, :func:`mtp_weight_at`: next-token cross-entropy normalised by the *global* count of
-  target tokens (so 2 ranks x batch b == 1 rank x batch 2b), plus the MTP term (SPEC §3).
+  target tokens (so 2 ranks x batch b == 1 rank x batch 2b), plus the MTP term
+  (DeepSeek-V3, arXiv 2412.19437).
 - :func:`moe_balance_step`: the auxiliary-loss-free bias update after each optimiser step, with the
   expert load summed over ranks, returning load-balance metrics.
 - :func:`save_training_state` / :func:`restore_training_state`: checkpoints through
@@ -44,6 +45,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from r1kit.config import UserError
 from r1kit.loaders import resolve_device  # noqa: F401  (re-exported: stages took it from here)
 from r1kit.train.checkpoint import unwrap_model  # DDP / torch.compile wrappers -> the plain model
 from r1kit.train.sections import Precision, normalize_dtype
@@ -82,12 +84,13 @@ class TrainConfig:
     strategy (str): "none", "ddp" or "fsdp2"; under torchrun "none" becomes "ddp".
     seed (int): seed of the model initialisation, data order and dropout.
     threads (int): torch CPU threads; 0 = leave torch's default.
-    mtp_weight (float): weight lambda of the multi-token-prediction loss at the start (SPEC §3: 0.3).
-    mtp_weight_final (float): lambda after mtp_switch (SPEC §3: 0.1).
+    mtp_weight (float): weight lambda of the multi-token-prediction loss at the start
+        (DeepSeek-V3, arXiv 2412.19437: 0.3).
+    mtp_weight_final (float): lambda after mtp_switch (DeepSeek-V3, arXiv 2412.19437: 0.1).
     mtp_switch (float): fraction of the steps after which lambda drops to mtp_weight_final
         (DeepSeek-V3: the first 10T of 14.8T tokens, about 0.7).
-    moe_bias_gamma (float): bias update speed of auxiliary-loss-free balancing (SPEC §3: 0.001);
-        0 disables it.
+    moe_bias_gamma (float): bias update speed of auxiliary-loss-free balancing
+        (DeepSeek-V3, arXiv 2412.19437: 0.001); 0 disables it.
     """
 
     steps: int = 200
@@ -115,7 +118,7 @@ class TrainConfig:
     moe_bias_gamma: float = 0.001
 
     def __post_init__(self) -> None:
-        from r1kit.config import ConfigError, check_positive, check_range
+        from r1kit.config import ConfigError, check_beta, check_positive, check_range
 
         check_positive(self.steps, "train.steps")
         check_positive(self.batch_size, "train.batch_size")
@@ -126,6 +129,13 @@ class TrainConfig:
         check_positive(self.grad_clip, "train.grad_clip", allow_zero=True)
         check_range(self.mtp_switch, "train.mtp_switch", 0.0, 1.0)
         check_positive(self.moe_bias_gamma, "train.moe_bias_gamma", allow_zero=True)
+        check_positive(self.weight_decay, "train.weight_decay", allow_zero=True)
+        check_beta(self.beta1, "train.beta1")
+        check_beta(self.beta2, "train.beta2")
+        check_positive(self.eps, "train.eps")
+        check_positive(self.threads, "train.threads", allow_zero=True)
+        check_range(self.mtp_weight, "train.mtp_weight", 0.0, None)
+        check_range(self.mtp_weight_final, "train.mtp_weight_final", 0.0, None)
         check_positive(self.max_seconds, "train.max_seconds", allow_zero=True)
         self.precision = normalize_dtype(self.precision)
         if self.precision == "float16":
@@ -149,7 +159,7 @@ class RunConfig:
     tensorboard (bool): also write TensorBoard events when tensorboard is installed.
     plot (bool): draw the stage's plot at the end (loss.png; GRPO: aha.png).
     dollars_per_hour (float): price of one device-hour for the cost summary; 0 = the cost module's
-        default for the device (SPEC §3 uses $2 per H800 GPU-hour).
+        default for the device (DeepSeek-V3, arXiv 2412.19437, uses $2 per H800 GPU-hour).
     stop_after (int): end this invocation after optimiser step N with a checkpoint (0 = run to train.steps);
         the schedule still spans train.steps, so a later --run.resume true continues the same run
         (time-sliced or preemptible jobs).
@@ -406,8 +416,11 @@ def build_scheduler(
 # one optimiser step
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss (or the gradient norm) of a step was NaN or infinite; the step was not applied.
+
+    A :class:`r1kit.config.UserError`: ``r1kit`` prints its one line (what to resume from, with what)
+    and exits with status 2.
 
     Attributes: step (the 1-based step that failed), value (the offending number), what ("loss" or
     "gradient norm"), checkpoint (the last good checkpoint, or None).
@@ -419,7 +432,7 @@ class NonFiniteLossError(RuntimeError):
             f"the last good checkpoint is {checkpoint}; resume with --run.resume true (maybe with a lower "
             f"--train.lr)"
             if checkpoint
-            else "no checkpoint had been saved yet"
+            else "no checkpoint had been saved yet; start again with a lower learning rate"
         )
         super().__init__(
             f"training stopped at step {step}: the {what} is {value} (not finite). The update was not applied "
@@ -525,7 +538,7 @@ def train_step(
 
 def mtp_weight_at(step: int, total_steps: int, train: TrainConfig) -> float:
     """The MTP loss weight lambda at 0-based ``step``: mtp_weight, then mtp_weight_final after
-    ``mtp_switch`` x total_steps (SPEC §3: 0.3 then 0.1)."""
+    ``mtp_switch`` x total_steps (DeepSeek-V3, arXiv 2412.19437: 0.3 then 0.1)."""
     return train.mtp_weight if step < train.mtp_switch * total_steps else train.mtp_weight_final
 
 
@@ -594,7 +607,8 @@ def lm_loss(
 
 
 def moe_balance_step(model: torch.nn.Module, gamma: float, dist: DistInfo | None = None) -> dict[str, float]:
-    """Auxiliary-loss-free balancing after an optimiser step (SPEC §3), with load metrics.
+    """Auxiliary-loss-free balancing after an optimiser step (DeepSeek-V3, arXiv 2412.19437), with load
+    metrics.
 
     Sums each expert's token count over ranks (so every rank applies the same bias update), then
     calls ``model.update_moe_bias(gamma, load)``, which moves each expert's bias by gamma against

@@ -15,7 +15,8 @@ def test_gradients_reach_every_parameter(family):
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
         loss = (loss * mask[:, 1:].flatten()).mean()
         mtp_loss = F.cross_entropy(mtp[:, :-1].flatten(0, 1), ids[:, 2:].flatten(), reduction="none")
-        loss = loss + 0.3 * (mtp_loss * mask[:, 2:].flatten()).mean()  # SPEC §3: MTP weight lambda 0.3
+        # DeepSeek-V3 (arXiv 2412.19437): MTP weight lambda 0.3
+        loss = loss + 0.3 * (mtp_loss * mask[:, 2:].flatten()).mean()
     else:
         logits = model(ids, attention_mask=mask, positions=positions)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")

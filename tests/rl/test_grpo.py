@@ -408,7 +408,7 @@ def test_example_config_loads():
 @pytest.mark.slow
 def test_grpo_lifts_held_out_pass_at_1_after_sft(tmp_path):
     """Learning test (a few CPU minutes): SFT a tiny model on addition until greedy accuracy reaches
-    ~30 %, then GRPO with the EXPERIMENTS.md recipe; held-out pass@1 must rise by a clear margin."""
+    ~30 %, then GRPO with the recipe in docs/LOG.md; held-out pass@1 must rise by a clear margin."""
     from pathlib import Path
 
     from r1kit.train import sft

@@ -1,4 +1,5 @@
-"""Policy-gradient losses (SPEC §1): hand-computed values, gradients, masking and clipping."""
+"""Policy-gradient losses (DeepSeekMath, arXiv 2402.03300): hand-computed values, gradients, masking and
+clipping."""
 
 import math
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -228,3 +229,113 @@ def test_compiled_or_wrapped_model_is_unwrapped(tmp_path):
     load_checkpoint(tmp_path, model=Wrapper(fresh), restore_rng=False)
     assert torch.equal(fresh.weight, model.weight)
     assert ck.unwrap_model(Wrapper(model)) is model
+
+
+# ----------------------------------------------------------------------------------------------
+# completeness: a listed checkpoint has every file it needs, whole
+
+
+def three_checkpoints(tmp_path):
+    model, opt, sched = make()
+    for step in (1, 2, 3):
+        train(model, opt, sched, 1)
+        save_checkpoint(tmp_path, step, model=model, optimizer=opt, scheduler=sched, extra={"at": step})
+    return tmp_path / "checkpoints"
+
+
+def test_manifest_lists_every_file_with_its_size(tmp_path):
+    root = three_checkpoints(tmp_path)
+    import json
+
+    manifest = json.loads((root / "step_00000003" / ck.MANIFEST).read_text())["files"]
+    assert set(manifest) == {ck.MODEL_FILE, ck.STATE_FILE}
+    assert manifest[ck.STATE_FILE] == (root / "step_00000003" / ck.STATE_FILE).stat().st_size
+    assert ck.checkpoint_problem(root / "step_00000003") is None
+
+
+def test_partial_checkpoint_is_skipped_and_resume_takes_the_newest_complete(tmp_path):
+    """A kill in the middle of deleting a checkpoint left its trainer state but not its weights."""
+    root = three_checkpoints(tmp_path)
+    (root / "step_00000003" / ck.MODEL_FILE).unlink()
+    assert ck.checkpoint_problem(root / "step_00000003") == "model.safetensors is missing"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000002"]
+    assert [p.name for p in ck.all_checkpoints(tmp_path)][-1] == "step_00000003"
+    with pytest.warns(UserWarning, match="step_00000003 is incomplete .*; using step_00000002"):
+        assert latest_checkpoint(tmp_path).name == "step_00000002"  # although `latest` names step 3
+    model, opt, sched = make(seed=1)
+    with pytest.warns(UserWarning):
+        assert load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched)["at"] == 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda d: (d / ck.STATE_FILE).write_bytes(b"garbage"), r"trainer_state.pt is truncated or changed"),
+        (lambda d: (d / ck.STATE_FILE).unlink(), r"trainer_state.pt is missing"),
+        (
+            lambda d: os.truncate(d / ck.MODEL_FILE, 100),
+            r"model.safetensors is truncated or changed \(100 bytes",
+        ),
+        (lambda d: (d / ck.MANIFEST).write_text("{"), r"manifest.json is not valid"),
+    ],
+)
+def test_damaged_checkpoint_is_incomplete_and_loading_it_is_one_line(tmp_path, damage, problem):
+    from r1kit.config import ConfigError
+
+    root = three_checkpoints(tmp_path)
+    damage(root / "step_00000003")
+    assert re.search(problem, ck.checkpoint_problem(root / "step_00000003"))
+    with pytest.raises(ConfigError, match=problem) as err:
+        load_checkpoint(root / "step_00000003", model=make()[0])
+    assert "\n" not in str(err.value)
+    with pytest.warns(UserWarning):
+        assert load_checkpoint(tmp_path, restore_rng=False)["at"] == 2
+
+
+def test_damage_the_manifest_does_not_see_is_found_by_the_format_checks(tmp_path):
+    """Checkpoints without a manifest (older ones) or damage of the same size are still caught."""
+    root = three_checkpoints(tmp_path)
+    ckpt = root / "step_00000003"
+    (ckpt / ck.MANIFEST).unlink()
+    assert ck.checkpoint_problem(ckpt) is None
+    size = (ckpt / ck.STATE_FILE).stat().st_size
+    (ckpt / ck.STATE_FILE).write_bytes(b"\0" * size)
+    assert "trainer_state.pt is truncated or not a torch checkpoint" in ck.checkpoint_problem(ckpt)
+    (ckpt / ck.STATE_FILE).unlink()
+    (ckpt / ck.STATE_FILE).write_bytes((root / "step_00000002" / ck.STATE_FILE).read_bytes())
+    weights = ckpt / ck.MODEL_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert "model.safetensors is truncated" in ck.checkpoint_problem(ckpt)
+
+
+def test_checkpoint_of_another_model_is_one_line(tmp_path):
+    from r1kit.config import ConfigError
+
+    model, _, _ = make()
+    save_checkpoint(tmp_path, 1, model=model)
+    with pytest.raises(ConfigError, match=r"does not fit this run .*its config.toml"):
+        load_checkpoint(tmp_path, model=nn.Linear(3, 3), restore_rng=False)
+
+
+def test_a_kill_while_pruning_never_leaves_a_listed_checkpoint_without_files(tmp_path, monkeypatch):
+    """Pruning renames a checkpoint away before deleting it: killed midway, no step_* dir is torn."""
+    root = three_checkpoints(tmp_path)
+    real_rmtree = ck.shutil.rmtree
+
+    def killed_rmtree(path, *args, **kwargs):
+        path = Path(path)
+        if path.name.startswith(".old-step_"):
+            (path / ck.MODEL_FILE).unlink()  # the first file went, then the process died
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(ck.shutil, "rmtree", killed_rmtree)
+    model, _, _ = make()
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 4, model=model, keep_last=2)
+    monkeypatch.setattr(ck.shutil, "rmtree", real_rmtree)
+    for path in ck.all_checkpoints(tmp_path):
+        assert ck.checkpoint_problem(path) is None, path
+    assert latest_checkpoint(tmp_path).name == "step_00000004"
+    save_checkpoint(tmp_path, 5, model=model, keep_last=2)  # the next save clears the leftovers
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000004", "step_00000005"]

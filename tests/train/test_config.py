@@ -204,8 +204,10 @@ def test_wrong_type_in_file(tmp_path):
 def test_invalid_toml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(RunConfig, write(tmp_path, "[optim\n"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match=r"nope.toml does not exist; TOML files in .*run.toml"):
         load_config(RunConfig, tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=r"is a directory: give a TOML file; e.g. .*run.toml"):
+        load_config(RunConfig, tmp_path)
 
 
 def test_base_preset_then_file_then_overrides(tmp_path):
