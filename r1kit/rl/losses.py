@@ -141,7 +141,6 @@ def policy_loss(
     # Select before any nonlinearity: masked positions become exact zeros and receive zero gradient,
     # so garbage there (even inf / NaN) cannot leak into the loss or through 0 * NaN in backward.
     log_ratio_BT = torch.where(mask_BT, logp - old_logp.detach(), zeros_BT)
-    ntok_total = mask_f_BT.sum()
 
     kl_BT = None
     if beta > 0:
@@ -166,16 +165,7 @@ def policy_loss(
             max_completion_length=max_completion_length,
         )
 
-    metrics = {
-        "loss": loss.item(),
-        "ratio_mean": ratio_mean.item(),
-        "clip_frac_low": low.item(),
-        "clip_frac_high": high.item(),
-        "clip_frac": (low + high).item(),
-    }
-    if kl_BT is not None:
-        metrics["kl"] = (kl_BT.detach().sum() / ntok_total.clamp(min=1)).item()
-    return loss, metrics
+    return loss, _loss_metrics(loss, ratio_mean, low, high, kl_BT, mask_f_BT.sum())
 
 
 def _check_policy_loss_args(
@@ -302,6 +292,27 @@ def _token_level_loss(
         high = ((ratio_BT > 1 + eps_high) & (adv_B1 > 0) & mask_BT).sum() / n
         ratio_mean = (ratio_BT * mask_f_BT).sum() / n
     return loss, ratio_mean, low, high
+
+
+def _loss_metrics(
+    loss: torch.Tensor,
+    ratio_mean: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    kl_BT: torch.Tensor | None,
+    ntok_total: torch.Tensor,
+) -> dict[str, float]:
+    """`policy_loss`'s metrics as python floats ("kl" = mean k3 over the ntok_total counted tokens)."""
+    metrics = {
+        "loss": loss.item(),
+        "ratio_mean": ratio_mean.item(),
+        "clip_frac_low": low.item(),
+        "clip_frac_high": high.item(),
+        "clip_frac": (low + high).item(),
+    }
+    if kl_BT is not None:
+        metrics["kl"] = (kl_BT.detach().sum() / ntok_total.clamp(min=1)).item()
+    return metrics
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
