@@ -540,14 +540,7 @@ async def _collect_chat(stream: RequestStream, meta: _ResponseMeta, request: Req
         }
         for i in range(meta.n_choices)
     ]
-    return {
-        "id": meta.id,
-        "object": "chat.completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-        "usage": meta.usage(reasoning=True),
-    }
+    return {**_envelope(meta, "chat.completion", choices), "usage": meta.usage(reasoning=True)}
 
 
 async def _collect_completion(stream: RequestStream, meta: _ResponseMeta, request: Request) -> dict:
@@ -564,14 +557,7 @@ async def _collect_completion(stream: RequestStream, meta: _ResponseMeta, reques
         {"index": i, "text": text[i], "logprobs": None, "finish_reason": finish[i] or "stop"}
         for i in range(meta.n_choices)
     ]
-    return {
-        "id": meta.id,
-        "object": "text_completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-        "usage": meta.usage(reasoning=False),
-    }
+    return {**_envelope(meta, "text_completion", choices), "usage": meta.usage(reasoning=False)}
 
 
 def _sse(chunks: AsyncIterator[dict], stream: RequestStream) -> StreamingResponse:
@@ -604,12 +590,9 @@ def _merged(events: list) -> list:
     return out
 
 
-def _chunk(meta: _ResponseMeta, obj: str, choices: list, include_usage: bool) -> dict:
-    """One streamed chunk; `"usage": null` on every chunk when the client asked for usage."""
-    out = {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": choices}
-    if include_usage:
-        out["usage"] = None
-    return out
+def _envelope(meta: _ResponseMeta, obj: str, choices: list) -> dict:
+    """The keys every response body and streamed chunk starts with, in OpenAI's order."""
+    return {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": choices}
 
 
 async def _stream_chunks(
@@ -623,7 +606,10 @@ async def _stream_chunks(
 
     def chunk(index: int, value: dict | str, finish_reason: str | None = None) -> dict:
         choice = {"index": index, field: value, "logprobs": None, "finish_reason": finish_reason}
-        return _chunk(meta, obj, [choice], include_usage)
+        out = _envelope(meta, obj, [choice])
+        if include_usage:  # `"usage": null` on every chunk when the client asked for usage
+            out["usage"] = None
+        return out
 
     if chat:
         for i in range(meta.n_choices):
@@ -643,6 +629,4 @@ async def _stream_chunks(
                 yield APIError(500, event.message, type="server_error", code="generation_failed").body()
                 return
     if include_usage:
-        final = _chunk(meta, obj, [], include_usage=True)
-        final["usage"] = meta.usage(reasoning=chat)
-        yield final
+        yield {**_envelope(meta, obj, []), "usage": meta.usage(reasoning=chat)}
