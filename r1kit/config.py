@@ -191,139 +191,166 @@ def _int_of_float(value: float, key: str, source: str) -> int:
     return int(value)
 
 
+def _conversion_error(value: Any, tp: Any, key: str, source: str, expected: str | None = None) -> ConfigError:
+    """The ConfigError for ``value`` that is not a ``tp`` (``expected`` overrides the type's name)."""
+    return ConfigError(
+        f"{key}{_where(source)}: expected {expected or _type_name(tp)}, got {value!r} "
+        f"({type(value).__name__})"
+    )
+
+
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     """Convert ``value`` (from TOML or a CLI string) to type ``tp``; raise ConfigError otherwise."""
-
-    def bad(expected: str | None = None) -> ConfigError:
-        return ConfigError(
-            f"{key}{_where(source)}: expected {expected or _type_name(tp)}, got {value!r} "
-            f"({type(value).__name__})"
-        )
-
     if tp is Any:
         return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-
     if origin in (Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in _NONE)):
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, key, source)
-            except ConfigError:
-                continue
-        raise bad()
-
+        return _convert_union(value, tp, args, key, source)
     if origin is Literal:
-        for choice in args:
-            try:
-                converted = _convert(value, type(choice), key, source)
-            except ConfigError:
-                continue
-            if converted == choice:
-                return choice
-        raise ConfigError(
-            f"{key}{_where(source)}: {value!r} is not allowed; expected one of "
-            f"{', '.join(repr(a) for a in args)}{_did_you_mean(str(value), map(str, args))}"
-        )
-
+        return _convert_literal(value, args, key, source)
     if origin in (list, tuple, set, frozenset) or tp in (list, tuple):
-        items = _split_items(value, key, source)
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(items) != len(args):
-                raise bad(f"{len(args)} items ({_type_name(tp)})")
-            return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(items, args)))
-        item_tp = args[0] if args else Any
-        converted = [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(items)]
-        container = {tuple: tuple, set: set, frozenset: frozenset}.get(origin or tp, list)
-        return container(converted)
-
+        return _convert_collection(value, tp, origin, args, key, source)
     if origin is dict or tp is dict:
-        if isinstance(value, str):
-            try:
-                value = _parse_toml_value(value)
-            except tomllib.TOMLDecodeError as err:
-                raise ConfigError(
-                    f"{key}{_where(source)}: cannot parse {value!r} as a table: {err}"
-                ) from None
-        if not isinstance(value, Mapping):
-            raise bad("a table")
-        key_tp, val_tp = args if args else (Any, Any)
-        return {
-            _convert(k, key_tp, key, source): _convert(v, val_tp, f"{key}.{k}", source)
-            for k, v in value.items()
-        }
-
+        return _convert_table(value, tp, args, key, source)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad("a bool (true/false, 1/0, yes/no)")
-
+        return _convert_bool(value, tp, key, source)
     if tp is int:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, int):
-            return _bounded_int(value, key, source)
-        if isinstance(value, float) and value.is_integer():
-            return _int_of_float(value, key, source)
-        if isinstance(value, str):
-            text = value.strip().replace("_", "")
-            try:
-                as_int = int(text)
-            except ValueError:
-                as_int = None
-            if as_int is not None:
-                return _bounded_int(as_int, key, source)
-            try:  # "1e6" is a convenient way to write a token budget
-                as_float = float(text)
-            except ValueError:
-                raise bad() from None
-            if math.isfinite(as_float) and as_float.is_integer():
-                return _int_of_float(as_float, key, source)
-        raise bad()
-
+        return _convert_int(value, tp, key, source)
     if tp is float:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, (int, float)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip().replace("_", ""))
-            except ValueError:
-                raise bad() from None
-        else:
-            raise bad()
-        if not math.isfinite(number):  # nan and inf pass every `x < 0` check; no setting means them
-            raise ConfigError(f"{key}{_where(source)}: expected a finite number, got {value!r}")
-        return number
+        return _convert_float(value, tp, key, source)
+    return _convert_other(value, tp, key, source)
 
+
+def _convert_union(value: Any, tp: Any, args: tuple, key: str, source: str) -> Any:
+    """``X | None`` and other unions: None (or a "none" string) where allowed, else the first member that fits."""
+    if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in _NONE)):
+        return None
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, arg, key, source)
+        except ConfigError:
+            continue
+    raise _conversion_error(value, tp, key, source)
+
+
+def _convert_literal(value: Any, args: tuple, key: str, source: str) -> Any:
+    """``Literal[...]``: the choice that ``value`` converts to, else an error listing the choices."""
+    for choice in args:
+        try:
+            converted = _convert(value, type(choice), key, source)
+        except ConfigError:
+            continue
+        if converted == choice:
+            return choice
+    raise ConfigError(
+        f"{key}{_where(source)}: {value!r} is not allowed; expected one of "
+        f"{', '.join(repr(a) for a in args)}{_did_you_mean(str(value), map(str, args))}"
+    )
+
+
+def _convert_collection(value: Any, tp: Any, origin: Any, args: tuple, key: str, source: str) -> Any:
+    """list / tuple / set / frozenset, from a TOML array or a comma-separated string; items converted."""
+    items = _split_items(value, key, source)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(items) != len(args):
+            raise _conversion_error(value, tp, key, source, f"{len(args)} items ({_type_name(tp)})")
+        return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(items, args)))
+    item_tp = args[0] if args else Any
+    converted = [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(items)]
+    container = {tuple: tuple, set: set, frozenset: frozenset}.get(origin or tp, list)
+    return container(converted)
+
+
+def _convert_table(value: Any, tp: Any, args: tuple, key: str, source: str) -> dict:
+    """dict, from a TOML table or an inline-table string; keys and values converted."""
+    if isinstance(value, str):
+        try:
+            value = _parse_toml_value(value)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{key}{_where(source)}: cannot parse {value!r} as a table: {err}") from None
+    if not isinstance(value, Mapping):
+        raise _conversion_error(value, tp, key, source, "a table")
+    key_tp, val_tp = args if args else (Any, Any)
+    return {
+        _convert(k, key_tp, key, source): _convert(v, val_tp, f"{key}.{k}", source) for k, v in value.items()
+    }
+
+
+def _convert_bool(value: Any, tp: Any, key: str, source: str) -> bool:
+    """bool, from a bool or one of the true/false words (true/false, 1/0, yes/no, ...)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _conversion_error(value, tp, key, source, "a bool (true/false, 1/0, yes/no)")
+
+
+def _convert_int(value: Any, tp: Any, key: str, source: str) -> int:
+    """int, from an int, an integral float, or a string such as "1_000" or "1e6" (never from a bool)."""
+    if isinstance(value, bool):
+        raise _conversion_error(value, tp, key, source)
+    if isinstance(value, int):
+        return _bounded_int(value, key, source)
+    if isinstance(value, float) and value.is_integer():
+        return _int_of_float(value, key, source)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            as_int = int(text)
+        except ValueError:
+            as_int = None
+        if as_int is not None:
+            return _bounded_int(as_int, key, source)
+        try:  # "1e6" is a convenient way to write a token budget
+            as_float = float(text)
+        except ValueError:
+            raise _conversion_error(value, tp, key, source) from None
+        if math.isfinite(as_float) and as_float.is_integer():
+            return _int_of_float(as_float, key, source)
+    raise _conversion_error(value, tp, key, source)
+
+
+def _convert_float(value: Any, tp: Any, key: str, source: str) -> float:
+    """A finite float, from an int, a float or a numeric string (never from a bool)."""
+    if isinstance(value, bool):
+        raise _conversion_error(value, tp, key, source)
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip().replace("_", ""))
+        except ValueError:
+            raise _conversion_error(value, tp, key, source) from None
+    else:
+        raise _conversion_error(value, tp, key, source)
+    if not math.isfinite(number):  # nan and inf pass every `x < 0` check; no setting means them
+        raise ConfigError(f"{key}{_where(source)}: expected a finite number, got {value!r}")
+    return number
+
+
+def _convert_other(value: Any, tp: Any, key: str, source: str) -> Any:
+    """str, Path, nested dataclasses (already built) and other simple types constructible from their value."""
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, Path):
             return str(value)
-        raise bad()
-
+        raise _conversion_error(value, tp, key, source)
     if isinstance(tp, type) and issubclass(tp, Path):
         if isinstance(value, (str, Path)):
             return tp(value)
-        raise bad("a path")
-
+        raise _conversion_error(value, tp, key, source, "a path")
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
             return value
-        raise bad(f"a [{key}] table")
-
+        raise _conversion_error(value, tp, key, source, f"a [{key}] table")
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
         try:  # enums and other simple types constructible from their TOML value
             return tp(value)
         except (TypeError, ValueError):
-            raise bad() from None
+            raise _conversion_error(value, tp, key, source) from None
     return value
 
 

@@ -804,15 +804,7 @@ def evaluate(
         and timing.
     """
     s = sampling or SamplingSection()
-    if isinstance(model, (str, Path)):
-        from r1kit.loaders import load_model
-
-        tok_dir = str(tokenizer) if isinstance(tokenizer, (str, Path)) else ""
-        model, loaded, _ = load_model(str(model), tok_dir, device, dtype)
-        if tokenizer is None or isinstance(tokenizer, (str, Path)):
-            tokenizer = loaded
-    elif tokenizer is None:
-        raise ValueError("evaluate: give a tokenizer with a model object, or pass a model directory")
+    model, tokenizer = _resolve_model(model, tokenizer, device, dtype)
     if isinstance(task, str):
         from r1kit.tasks import get_task
 
@@ -839,25 +831,54 @@ def evaluate(
             console=console,
         )
         if budget is not None and (budget.caps or budget.waits):
-            t0 = time.perf_counter()
-            subset = problems[: budget.problems] if budget.problems else problems
-            result.budget = budget_curve(
-                model,
-                tokenizer,
-                task,
-                subset,
-                budget,
-                max_new_tokens=s.max_new_tokens,
-                seed=s.seed,
-                template=template,
-                system=system,
-                batch_problems=s.batch_problems,
-            )
-            result.timing["budget_seconds"] = time.perf_counter() - t0
-            result.timing["budget_generated_tokens"] = float(
-                sum(p["generated_tokens"] for p in result.budget)
-            )
+            _add_budget_curve(result, model, tokenizer, task, problems, budget, s, template, system)
     return result
+
+
+def _resolve_model(model: Any, tokenizer: Any, device: str, dtype: str) -> tuple[Any, Any]:
+    """`evaluate`'s (model, tokenizer): a model directory is loaded (with the tokenizer next to it
+    unless one is given); a model object needs a tokenizer."""
+    if isinstance(model, (str, Path)):
+        from r1kit.loaders import load_model
+
+        tok_dir = str(tokenizer) if isinstance(tokenizer, (str, Path)) else ""
+        model, loaded, _ = load_model(str(model), tok_dir, device, dtype)
+        if tokenizer is None or isinstance(tokenizer, (str, Path)):
+            tokenizer = loaded
+    elif tokenizer is None:
+        raise ValueError("evaluate: give a tokenizer with a model object, or pass a model directory")
+    return model, tokenizer
+
+
+def _add_budget_curve(
+    result: EvalResult,
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    problems: Sequence[Any],
+    budget: BudgetSection,
+    s: SamplingSection,
+    template: str,
+    system: str,
+) -> None:
+    """Run `evaluate`'s budget curve (on `budget.problems` of the problems, if set) into `result.budget`,
+    with its seconds and generated tokens in `result.timing`."""
+    t0 = time.perf_counter()
+    subset = problems[: budget.problems] if budget.problems else problems
+    result.budget = budget_curve(
+        model,
+        tokenizer,
+        task,
+        subset,
+        budget,
+        max_new_tokens=s.max_new_tokens,
+        seed=s.seed,
+        template=template,
+        system=system,
+        batch_problems=s.batch_problems,
+    )
+    result.timing["budget_seconds"] = time.perf_counter() - t0
+    result.timing["budget_generated_tokens"] = float(sum(p["generated_tokens"] for p in result.budget))
 
 
 def budget_arms(

@@ -137,9 +137,17 @@ def _guard_integer_args(function):
 @lru_cache(maxsize=32)
 def _compile_template(template: str):
     """Compile a chat template in the same sandboxed Jinja environment transformers uses, bounded."""
-    import jinja2
+    env = _template_environment()
+    ast = env.parse(template)
+    _bound_template_ast(ast)
+    return env.template_class.from_code(env, env.compile(ast), env.make_globals(None), None)
+
+
+def _template_environment():
+    """A fresh bounded sandbox with transformers' template filters and globals."""
     import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template_dict, namespace, generation = _template_helper_classes()
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -151,6 +159,48 @@ def _compile_template(template: str):
 
     def strftime_now(fmt):
         return datetime.now().strftime(fmt)
+
+    env = _bounded_sandbox_class()(
+        trim_blocks=True, lstrip_blocks=True, extensions=[generation, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    for name, function in list(env.filters.items()):  # filters are not calls: guard their arguments too
+        env.filters[name] = _guard_integer_args(function)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    env.globals["dict"] = template_dict()
+    env.globals["namespace"] = namespace
+    env.globals["r1kit_bounded_iter"] = _bounded_iter
+    # every `{% for %}` iterates through `_bounded_iter`, so even a loop with an empty body (which
+    # runs as plain Python bytecode, calling nothing) checks the render's deadline
+    env.globals["r1kit_bounded_concat"] = _bounded_concat
+    return env
+
+
+def _bound_template_ast(ast) -> None:
+    """Rewrite a parsed template in place: loops iterate through `_bounded_iter`, `~` goes through
+    `_bounded_concat`."""
+    import jinja2.nodes
+
+    for loop in ast.find_all(jinja2.nodes.For):
+        loop.iter = jinja2.nodes.Call(
+            jinja2.nodes.Name("r1kit_bounded_iter", "load"), [loop.iter], [], None, None, lineno=loop.lineno
+        )
+    # `a ~ b` concatenates in C: a doubling `{% set s = s ~ s %}` would reach gigabytes in 30 steps
+    for concat in ast.find_all(jinja2.nodes.Concat):
+        concat.nodes = [
+            jinja2.nodes.Call(
+                jinja2.nodes.Name("r1kit_bounded_concat", "load"), list(concat.nodes), [], None, None
+            )
+        ]
+
+
+@lru_cache(maxsize=1)
+def _template_helper_classes():
+    """(dict, namespace, generation extension) classes for the template environment, defined once
+    jinja2 is imported."""
+    import jinja2
+    import jinja2.ext
 
     class _TemplateDict:
         """`dict(...)` inside templates, without the type's attributes."""
@@ -193,6 +243,14 @@ def _compile_template(template: str):
         def _render(self, caller):
             return caller()
 
+    return _TemplateDict, _Namespace, _Generation
+
+
+@lru_cache(maxsize=1)
+def _bounded_sandbox_class():
+    """transformers' ImmutableSandboxedEnvironment, bounded; defined once jinja2 is imported."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     class _BoundedSandbox(ImmutableSandboxedEnvironment):
         """The sandbox, plus no huge repeats (`'x' * 10**9`), powers or integer arguments (`ljust(10**9)`):
         one C call that allocates gigabytes cannot be interrupted by the render's deadline."""
@@ -216,33 +274,7 @@ def _compile_template(template: str):
             _check_integer_args((*args, *kwargs.values()))
             return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
 
-    env = _BoundedSandbox(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = tojson
-    for name, function in list(env.filters.items()):  # filters are not calls: guard their arguments too
-        env.filters[name] = _guard_integer_args(function)
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    env.globals["dict"] = _TemplateDict()
-    env.globals["namespace"] = _Namespace
-    env.globals["r1kit_bounded_iter"] = _bounded_iter
-    # every `{% for %}` iterates through `_bounded_iter`, so even a loop with an empty body (which
-    # runs as plain Python bytecode, calling nothing) checks the render's deadline
-    env.globals["r1kit_bounded_concat"] = _bounded_concat
-    ast = env.parse(template)
-    for loop in ast.find_all(jinja2.nodes.For):
-        loop.iter = jinja2.nodes.Call(
-            jinja2.nodes.Name("r1kit_bounded_iter", "load"), [loop.iter], [], None, None, lineno=loop.lineno
-        )
-    # `a ~ b` concatenates in C: a doubling `{% set s = s ~ s %}` would reach gigabytes in 30 steps
-    for concat in ast.find_all(jinja2.nodes.Concat):
-        concat.nodes = [
-            jinja2.nodes.Call(
-                jinja2.nodes.Name("r1kit_bounded_concat", "load"), list(concat.nodes), [], None, None
-            )
-        ]
-    return env.template_class.from_code(env, env.compile(ast), env.make_globals(None), None)
+    return _BoundedSandbox
 
 
 _RENDER = threading.local()  # .deadline: time.monotonic() by which the current render must end

@@ -131,6 +131,56 @@ def policy_loss(
     divide by B (the (1/G) sum_i of DeepSeekMath, arXiv 2402.03300), dapo by the token count (clamped to at
     least 1).
     """
+    _check_policy_loss_args(
+        logp, old_logp, ref_logp, advantages, mask, loss_type, eps_low, eps_high, beta, max_completion_length
+    )
+    mask_BT = mask.bool()
+    mask_f_BT = mask_BT.to(logp.dtype)
+    adv_B = advantages.detach().to(logp.dtype)
+    zeros_BT = torch.zeros_like(logp)
+    # Select before any nonlinearity: masked positions become exact zeros and receive zero gradient,
+    # so garbage there (even inf / NaN) cannot leak into the loss or through 0 * NaN in backward.
+    log_ratio_BT = torch.where(mask_BT, logp - old_logp.detach(), zeros_BT)
+
+    kl_BT = None
+    if beta > 0:
+        # Both inputs zeroed at masked positions, so d = 0 there and no NaN reaches expm1's backward.
+        kl_BT = k3_kl(torch.where(mask_BT, logp, zeros_BT), torch.where(mask_BT, ref_logp.detach(), zeros_BT))
+
+    if loss_type == "gspo":
+        loss, ratio_mean, low, high = _gspo_loss(
+            log_ratio_BT, adv_B, mask_f_BT, kl_BT, eps_low=eps_low, eps_high=eps_high, beta=beta
+        )
+    else:
+        loss, ratio_mean, low, high = _token_level_loss(
+            log_ratio_BT,
+            adv_B,
+            mask_BT,
+            mask_f_BT,
+            kl_BT,
+            loss_type=loss_type,
+            eps_low=eps_low,
+            eps_high=eps_high,
+            beta=beta,
+            max_completion_length=max_completion_length,
+        )
+
+    return loss, _loss_metrics(loss, ratio_mean, low, high, kl_BT, mask_f_BT.sum())
+
+
+def _check_policy_loss_args(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+    max_completion_length: int | None,
+) -> None:
+    """Raise ValueError for `policy_loss` arguments that do not fit together (shapes, loss_type, eps)."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
     if logp.dim() != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
@@ -148,60 +198,111 @@ def policy_loss(
     if eps_low < 0 or eps_high < 0:
         raise ValueError(f"eps_low and eps_high must be >= 0, got {eps_low}, {eps_high}")
 
-    mask_BT = mask.bool()
-    mask_f_BT = mask_BT.to(logp.dtype)
-    adv_B = advantages.detach().to(logp.dtype)
-    zeros_BT = torch.zeros_like(logp)
-    # Select before any nonlinearity: masked positions become exact zeros and receive zero gradient,
-    # so garbage there (even inf / NaN) cannot leak into the loss or through 0 * NaN in backward.
-    log_ratio_BT = torch.where(mask_BT, logp - old_logp.detach(), zeros_BT)
+
+def _gspo_loss(
+    log_ratio_BT: torch.Tensor,
+    adv_B: torch.Tensor,
+    mask_f_BT: torch.Tensor,
+    kl_BT: torch.Tensor | None,
+    *,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequence-level part of `policy_loss` for loss_type "gspo".
+
+    Args:
+        log_ratio_BT: (B, T) logp - old_logp, exact 0 at masked positions.
+        adv_B: (B,) detached advantages in logp's dtype.
+        mask_f_BT: (B, T) the mask as floats in logp's dtype.
+        kl_BT: (B, T) k3 KL, 0 at masked positions, or None when beta == 0.
+
+    Returns:
+        (loss, ratio_mean, clip_frac_low, clip_frac_high) as 0-d tensors; the last three are
+        detached shares over non-empty sequences.
+
+    GSPO (arXiv 2507.18071, eq. 5-7): s_i = (pi(y_i)/pi_old(y_i))^(1/|y_i|), the exp of the mean
+    token log-ratio, clipped per sequence. Autograd through exp(mean) gives the paper's gradient
+    (eq. 10): s_i * A_i * (1/|y_i|) * sum_t grad log pi(y_i,t), zero when the clip is active.
+    The paper has no KL term, ours is optional (beta = 0 default).
+    """
+    B = log_ratio_BT.shape[0]
     ntok_B = mask_f_BT.sum(dim=1)
     has_tok_B = ntok_B > 0
+    seq_log_ratio_B = log_ratio_BT.sum(dim=1) / ntok_B.clamp(min=1)
+    ratio_B = torch.exp(seq_log_ratio_B)
+    clipped_B = torch.clamp(ratio_B, 1 - eps_low, 1 + eps_high)
+    seq_loss_B = -torch.minimum(ratio_B * adv_B, clipped_B * adv_B)
+    if kl_BT is not None:
+        seq_loss_B = seq_loss_B + beta * kl_BT.sum(dim=1) / ntok_B.clamp(min=1)
+    seq_loss_B = torch.where(has_tok_B, seq_loss_B, torch.zeros_like(seq_loss_B))
+    loss = seq_loss_B.sum() / B
+    with torch.no_grad():
+        n_seq = has_tok_B.sum().clamp(min=1).to(mask_f_BT.dtype)
+        low = ((ratio_B < 1 - eps_low) & (adv_B < 0) & has_tok_B).sum() / n_seq
+        high = ((ratio_B > 1 + eps_high) & (adv_B > 0) & has_tok_B).sum() / n_seq
+        ratio_mean = torch.where(has_tok_B, ratio_B, torch.zeros_like(ratio_B)).sum() / n_seq
+    return loss, ratio_mean, low, high
+
+
+def _token_level_loss(
+    log_ratio_BT: torch.Tensor,
+    adv_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    mask_f_BT: torch.Tensor,
+    kl_BT: torch.Tensor | None,
+    *,
+    loss_type: str,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+    max_completion_length: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token part of `policy_loss` for loss_type "grpo", "dr_grpo" and "dapo".
+
+    Args:
+        log_ratio_BT: (B, T) logp - old_logp, exact 0 at masked positions.
+        adv_B: (B,) detached advantages in logp's dtype.
+        mask_BT: (B, T) bool mask of counted tokens; mask_f_BT: the same as floats in logp's dtype.
+        kl_BT: (B, T) k3 KL, 0 at masked positions, or None when beta == 0.
+
+    Returns:
+        (loss, ratio_mean, clip_frac_low, clip_frac_high) as 0-d tensors; the last three are
+        detached shares over counted tokens. The normaliser of the loss is the module table's.
+    """
+    B = log_ratio_BT.shape[0]
+    ntok_B = mask_f_BT.sum(dim=1)
     ntok_total = mask_f_BT.sum()
+    ratio_BT = torch.exp(log_ratio_BT)
+    clipped_BT = torch.clamp(ratio_BT, 1 - eps_low, 1 + eps_high)
+    adv_B1 = adv_B[:, None]
+    tok_loss_BT = -torch.minimum(ratio_BT * adv_B1, clipped_BT * adv_B1)
+    if kl_BT is not None:
+        tok_loss_BT = tok_loss_BT + beta * kl_BT
+    tok_loss_BT = torch.where(mask_BT, tok_loss_BT, torch.zeros_like(tok_loss_BT))
+    if loss_type == "grpo":
+        loss = (tok_loss_BT.sum(dim=1) / ntok_B.clamp(min=1)).sum() / B
+    elif loss_type == "dr_grpo":
+        loss = tok_loss_BT.sum() / (B * max_completion_length)
+    else:  # dapo
+        loss = tok_loss_BT.sum() / ntok_total.clamp(min=1)
+    with torch.no_grad():
+        n = ntok_total.clamp(min=1)
+        low = ((ratio_BT < 1 - eps_low) & (adv_B1 < 0) & mask_BT).sum() / n
+        high = ((ratio_BT > 1 + eps_high) & (adv_B1 > 0) & mask_BT).sum() / n
+        ratio_mean = (ratio_BT * mask_f_BT).sum() / n
+    return loss, ratio_mean, low, high
 
-    kl_BT = None
-    if beta > 0:
-        # Both inputs zeroed at masked positions, so d = 0 there and no NaN reaches expm1's backward.
-        kl_BT = k3_kl(torch.where(mask_BT, logp, zeros_BT), torch.where(mask_BT, ref_logp.detach(), zeros_BT))
 
-    if loss_type == "gspo":
-        # GSPO (arXiv 2507.18071, eq. 5-7): s_i = (pi(y_i)/pi_old(y_i))^(1/|y_i|), the exp of the mean
-        # token log-ratio, clipped per sequence. Autograd through exp(mean) gives the paper's gradient
-        # (eq. 10): s_i * A_i * (1/|y_i|) * sum_t grad log pi(y_i,t), zero when the clip is active.
-        # The paper has no KL term, ours is optional (beta = 0 default).
-        seq_log_ratio_B = log_ratio_BT.sum(dim=1) / ntok_B.clamp(min=1)
-        ratio_B = torch.exp(seq_log_ratio_B)
-        clipped_B = torch.clamp(ratio_B, 1 - eps_low, 1 + eps_high)
-        seq_loss_B = -torch.minimum(ratio_B * adv_B, clipped_B * adv_B)
-        if kl_BT is not None:
-            seq_loss_B = seq_loss_B + beta * kl_BT.sum(dim=1) / ntok_B.clamp(min=1)
-        seq_loss_B = torch.where(has_tok_B, seq_loss_B, torch.zeros_like(seq_loss_B))
-        loss = seq_loss_B.sum() / B
-        with torch.no_grad():
-            n_seq = has_tok_B.sum().clamp(min=1).to(logp.dtype)
-            low = ((ratio_B < 1 - eps_low) & (adv_B < 0) & has_tok_B).sum() / n_seq
-            high = ((ratio_B > 1 + eps_high) & (adv_B > 0) & has_tok_B).sum() / n_seq
-            ratio_mean = torch.where(has_tok_B, ratio_B, torch.zeros_like(ratio_B)).sum() / n_seq
-    else:
-        ratio_BT = torch.exp(log_ratio_BT)
-        clipped_BT = torch.clamp(ratio_BT, 1 - eps_low, 1 + eps_high)
-        adv_B1 = adv_B[:, None]
-        tok_loss_BT = -torch.minimum(ratio_BT * adv_B1, clipped_BT * adv_B1)
-        if kl_BT is not None:
-            tok_loss_BT = tok_loss_BT + beta * kl_BT
-        tok_loss_BT = torch.where(mask_BT, tok_loss_BT, zeros_BT)
-        if loss_type == "grpo":
-            loss = (tok_loss_BT.sum(dim=1) / ntok_B.clamp(min=1)).sum() / B
-        elif loss_type == "dr_grpo":
-            loss = tok_loss_BT.sum() / (B * max_completion_length)
-        else:  # dapo
-            loss = tok_loss_BT.sum() / ntok_total.clamp(min=1)
-        with torch.no_grad():
-            n = ntok_total.clamp(min=1)
-            low = ((ratio_BT < 1 - eps_low) & (adv_B1 < 0) & mask_BT).sum() / n
-            high = ((ratio_BT > 1 + eps_high) & (adv_B1 > 0) & mask_BT).sum() / n
-            ratio_mean = (ratio_BT * mask_f_BT).sum() / n
-
+def _loss_metrics(
+    loss: torch.Tensor,
+    ratio_mean: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    kl_BT: torch.Tensor | None,
+    ntok_total: torch.Tensor,
+) -> dict[str, float]:
+    """`policy_loss`'s metrics as python floats ("kl" = mean k3 over the ntok_total counted tokens)."""
     metrics = {
         "loss": loss.item(),
         "ratio_mean": ratio_mean.item(),
@@ -211,7 +312,7 @@ def policy_loss(
     }
     if kl_BT is not None:
         metrics["kl"] = (kl_BT.detach().sum() / ntok_total.clamp(min=1)).item()
-    return loss, metrics
+    return metrics
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -366,7 +366,15 @@ def create_app(
     app.state.serve = state
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes)
     _add_error_handlers(app)
+    _add_info_routes(app, state)
+    _add_generation_routes(app, state)
+    return app
+
+
+def _add_info_routes(app: FastAPI, state: ServeState) -> None:
+    """`/` (the chat page), `/health` and `/v1/models`."""
     index_html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    batcher = state.batcher
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -400,6 +408,11 @@ def create_app(
             )
         return _model_card(state)
 
+
+def _add_generation_routes(app: FastAPI, state: ServeState) -> None:
+    """`/v1/chat/completions` and `/v1/completions`, streamed (SSE) or collected."""
+    batcher = state.batcher
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.check_common(body)
@@ -409,7 +422,7 @@ def create_app(
         stream = batcher.submit([prompt_ids], params, body.n, loop=asyncio.get_running_loop())
         meta = _ResponseMeta("chatcmpl", state.model_name, [len(prompt_ids)], body.n)
         if body.stream:
-            return _sse(_chat_chunks(stream, meta, body.include_usage()), stream)
+            return _sse(_stream_chunks(stream, meta, body.include_usage(), chat=True), stream)
         return await _collect_chat(stream, meta, request)
 
     @app.post("/v1/completions")
@@ -423,10 +436,8 @@ def create_app(
         stream = batcher.submit(prompts, params, body.n, loop=asyncio.get_running_loop())
         meta = _ResponseMeta("cmpl", state.model_name, [len(p) for p in prompts], body.n)
         if body.stream:
-            return _sse(_completion_chunks(stream, meta, body.include_usage()), stream)
+            return _sse(_stream_chunks(stream, meta, body.include_usage(), chat=False), stream)
         return await _collect_completion(stream, meta, request)
-
-    return app
 
 
 def _model_card(state: ServeState) -> dict:
@@ -529,14 +540,7 @@ async def _collect_chat(stream: RequestStream, meta: _ResponseMeta, request: Req
         }
         for i in range(meta.n_choices)
     ]
-    return {
-        "id": meta.id,
-        "object": "chat.completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-        "usage": meta.usage(reasoning=True),
-    }
+    return {**_envelope(meta, "chat.completion", choices), "usage": meta.usage(reasoning=True)}
 
 
 async def _collect_completion(stream: RequestStream, meta: _ResponseMeta, request: Request) -> dict:
@@ -553,14 +557,7 @@ async def _collect_completion(stream: RequestStream, meta: _ResponseMeta, reques
         {"index": i, "text": text[i], "logprobs": None, "finish_reason": finish[i] or "stop"}
         for i in range(meta.n_choices)
     ]
-    return {
-        "id": meta.id,
-        "object": "text_completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-        "usage": meta.usage(reasoning=False),
-    }
+    return {**_envelope(meta, "text_completion", choices), "usage": meta.usage(reasoning=False)}
 
 
 def _sse(chunks: AsyncIterator[dict], stream: RequestStream) -> StreamingResponse:
@@ -593,76 +590,43 @@ def _merged(events: list) -> list:
     return out
 
 
-async def _chat_chunks(
-    stream: RequestStream, meta: _ResponseMeta, include_usage: bool
+def _envelope(meta: _ResponseMeta, obj: str, choices: list) -> dict:
+    """The keys every response body and streamed chunk starts with, in OpenAI's order."""
+    return {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": choices}
+
+
+async def _stream_chunks(
+    stream: RequestStream, meta: _ResponseMeta, include_usage: bool, *, chat: bool
 ) -> AsyncIterator[dict]:
-    def chunk(index: int, delta: dict, finish_reason: str | None = None) -> dict:
-        out = {
-            "id": meta.id,
-            "object": "chat.completion.chunk",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
-        if include_usage:
+    """The chunks of a streamed response: `chat.completion.chunk`s (each choice opens with a role
+    delta; reasoning goes to `reasoning_content`) or `text_completion`s; then, if asked for, one
+    chunk with no choices and the usage. A generation failure ends the stream with an error body."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    field = "delta" if chat else "text"
+
+    def chunk(index: int, value: dict | str, finish_reason: str | None = None) -> dict:
+        choice = {"index": index, field: value, "logprobs": None, "finish_reason": finish_reason}
+        out = _envelope(meta, obj, [choice])
+        if include_usage:  # `"usage": null` on every chunk when the client asked for usage
             out["usage"] = None
         return out
 
-    for i in range(meta.n_choices):
-        yield chunk(i, {"role": "assistant", "content": ""})
+    if chat:
+        for i in range(meta.n_choices):
+            yield chunk(i, {"role": "assistant", "content": ""})
     async for events in stream:
         for event in _merged(events):
             if isinstance(event, Delta):
-                key = "reasoning_content" if event.kind == "reasoning" else "content"
-                yield chunk(event.index, {key: event.text})
+                if chat:
+                    key = "reasoning_content" if event.kind == "reasoning" else "content"
+                    yield chunk(event.index, {key: event.text})
+                else:
+                    yield chunk(event.index, event.text)
             elif isinstance(event, Finish):
                 meta.count(event)
-                yield chunk(event.index, {}, event.reason)
+                yield chunk(event.index, {} if chat else "", event.reason)
             elif isinstance(event, Failure):
                 yield APIError(500, event.message, type="server_error", code="generation_failed").body()
                 return
     if include_usage:
-        yield {
-            "id": meta.id,
-            "object": "chat.completion.chunk",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [],
-            "usage": meta.usage(reasoning=True),
-        }
-
-
-async def _completion_chunks(
-    stream: RequestStream, meta: _ResponseMeta, include_usage: bool
-) -> AsyncIterator[dict]:
-    def chunk(index: int, text: str, finish_reason: str | None = None) -> dict:
-        out = {
-            "id": meta.id,
-            "object": "text_completion",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        }
-        if include_usage:
-            out["usage"] = None
-        return out
-
-    async for events in stream:
-        for event in _merged(events):
-            if isinstance(event, Delta):
-                yield chunk(event.index, event.text)
-            elif isinstance(event, Finish):
-                meta.count(event)
-                yield chunk(event.index, "", event.reason)
-            elif isinstance(event, Failure):
-                yield APIError(500, event.message, type="server_error", code="generation_failed").body()
-                return
-    if include_usage:
-        yield {
-            "id": meta.id,
-            "object": "text_completion",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [],
-            "usage": meta.usage(reasoning=False),
-        }
+        yield {**_envelope(meta, obj, []), "usage": meta.usage(reasoning=chat)}
