@@ -27,6 +27,7 @@ Both commands read the same config file, so a pipeline is
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import time
@@ -54,19 +55,17 @@ from r1kit.tasks import get_task, task_kwargs
 from r1kit.tokenizer import Tokenizer, format_assistant, split_reasoning
 from r1kit.train import sft
 from r1kit.train.cost import CostMeter
-from r1kit.train.data import BatchStream, ChatExamples, read_conversations
+from r1kit.train.data import ChatExamples, read_conversations
 from r1kit.train.log import plot_metrics
 from r1kit.train.loop import (
     IGNORE_INDEX,
     LMStage,
     RunConfig,
     TrainConfig,
-    Trainer,
     cleanup_distributed,
     prepare_run_dir,
-    run_result,
 )
-from r1kit.train.pretrain import build_model, start_stage, validation_hooks
+from r1kit.train.pretrain import build_model, fit_stage, start_stage
 from r1kit.train.result import RunResult
 from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection, check_task_args
 
@@ -651,9 +650,11 @@ class LogitStage(LMStage):
         stream: Any,
         student: torch.nn.Module,
         train: TrainConfig,
+        *,
+        name: str = "distill",
         **kwargs: Any,
     ):
-        super().__init__(stream, student, train, name="distill", **kwargs)
+        super().__init__(stream, student, train, name=name, **kwargs)
         self.teacher, self.temperature, self.alpha = teacher, section.temperature, section.alpha
         self.use_mtp = False  # the student's MTP head (if any) gets no loss here
         # student forward + backward, plus the teacher's forward (a third of its training FLOPs)
@@ -697,51 +698,22 @@ def _run_logits(config: Config, files: list[str], console: Any = None):
         student = build_model(config.student, tokenizer, device, train.seed)
         check_same_vocabulary(teacher, student)
         examples = ChatExamples(read_conversations(files), tokenizer, d.max_len)
-        stream = BatchStream(
-            examples,
-            train.batch_size,
-            train.micro_batch_size,
-            seed=train.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            pad_id=tokenizer.pad_id or 0,
-        )
         data = _sft_config(config, files, "").data
-        validate, should_stop = validation_hooks(
-            config.val,
-            data.task,
-            data.task_args,
+        return fit_stage(
+            config,
+            examples,
             tokenizer,
+            dist=dist,
+            device=device,
+            resume_from=resume_from,
+            stage="distill",
             stage_prompt="chat",
             system=data.system,
-            seed=train.seed,
-        )
-        stage = LogitStage(
-            teacher,
-            d,
-            stream,
-            student,
-            train,
-            dist=dist,
-            device=device,
-            validate=validate,
-            should_stop=should_stop,
-        )
-        trainer = Trainer(
-            student,
-            stage,
-            train,
-            config.run,
-            dist=dist,
-            device=device,
-            tokenizer=tokenizer,
-            config=config,
-            validate_every=config.val.every,
             console=console,
+            model=student,
+            data=data,
+            make_stage=functools.partial(LogitStage, teacher, d),
         )
-        if resume_from is not None:
-            trainer.restore(resume_from)
-        return run_result(trainer.run(), trainer.run_dir)
     finally:
         cleanup_distributed(dist)
 

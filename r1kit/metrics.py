@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from r1kit.safe_math import brace_group
+
 
 def _check_counts(n: int, c: int, k: int) -> None:
     for name, v in (("n", n), ("c", c), ("k", k)):
@@ -79,18 +81,7 @@ _INTEGER = re.compile(r"[+-]?\d+")
 def _last_boxed(s: str) -> str | None:
     """Content of the last \\boxed{...} in s, braces balanced; None when there is none (or unclosed)."""
     start = s.rfind(_BOXED + "{")
-    if start < 0:
-        return None
-    i = start + len(_BOXED) + 1
-    depth = 1
-    for j in range(i, len(s)):
-        if s[j] == "{":
-            depth += 1
-        elif s[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return s[i:j]
-    return None
+    return None if start < 0 else brace_group(s, start + len(_BOXED))
 
 
 def normalize_answer(s: str | None) -> str:

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r1kit.train.log import save_figure
+
 
 @dataclass
 class StageReport:
@@ -193,10 +195,7 @@ def plot_scaling(curves: dict[str, list[float]], path: str | Path, title: str = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "test-time scaling: accuracy vs k")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_budget(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -221,12 +220,7 @@ def plot_budget(points: Sequence[dict[str, Any]], path: str | Path, title: str =
         twin.plot(xs, [p["think_tokens"] for p in pts], marker="s", color="C1", alpha=0.7, label="thinking")
         twin.set_ylabel("mean thinking tokens", color="C1")
         ax.set_title("cap (force </think>)" if mode == "cap" else "extend (suppress </think>)")
-    if title:
-        fig.suptitle(title)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    return save_figure(fig, path, title)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,9 +251,7 @@ def plot_stage_accuracy(results: dict[str, dict[str, Any]], path: Path, metric: 
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
     ax.set_title(f"held-out {metric} by stage")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def split_metrics(results: dict[str, Any], k: int) -> dict[str, float]:

@@ -87,6 +87,20 @@ _SLASH = re.compile(r"([-+]?\d+)/([-+]?\d+)")
 _BIG_EXPONENT = re.compile(r"\^\s*\{?\s*[-+]?\d{4,}|\d{4,}\s*!|\*\*|\^\s*[\w.]+\s*\^")
 
 
+def brace_group(text: str, i: int) -> str | None:
+    """What stands inside the brace group that opens at ``text[i]`` (a "{"), nested braces matched;
+    None when it is never closed. ``brace_group("\\frac{a{b}}{c}", 5) == "a{b}"``."""
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None
+
+
 def extract_boxed(text: str, max_scan: int = 200_000) -> str | None:
     """Content of the last \\boxed{...} (or \\fbox{...}) in `text`, braces matched; None if absent.
 
@@ -99,14 +113,9 @@ def extract_boxed(text: str, max_scan: int = 200_000) -> str | None:
     while start >= 0:
         i = text.find("{", start)
         if i >= 0 and text[start:i].strip() in ("\\boxed", "\\fbox"):
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j]
+            group = brace_group(text, i)
+            if group is not None:
+                return group
         start = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
     return None
 

@@ -160,3 +160,18 @@ def test_best_of_n():
         best_of_n([], [])
     with pytest.raises(ValueError):
         best_of_n(["a"], [1.0, 2.0])
+
+
+def test_brace_group_is_the_one_brace_matcher_of_both_boxed_readers():
+    from r1kit.metrics import _last_boxed
+    from r1kit.safe_math import brace_group, extract_boxed
+
+    assert brace_group("\\frac{a{b}}{c}", 5) == "a{b}"
+    assert brace_group("x{}", 1) == ""
+    assert brace_group("{never {closed}", 0) is None
+    # metrics reads only the last \boxed{ (None when it is unclosed); safe_math falls back to an
+    # earlier closed \boxed / \fbox and allows a space before the brace
+    assert _last_boxed("\\boxed{1{2}3} y") == extract_boxed("\\boxed{1{2}3} y") == "1{2}3"
+    assert _last_boxed("\\boxed{a} \\boxed{b") is None
+    assert extract_boxed("\\boxed{a} \\boxed{b") == "a"
+    assert _last_boxed("\\boxed {7}") is None and extract_boxed("\\boxed {7}") == "7"

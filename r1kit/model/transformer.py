@@ -159,11 +159,7 @@ class Transformer(nn.Module):
                 )
             start = cache.length
             cache.check_room(start, t)
-        if positions is None:
-            positions = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
-        mask = attention_mask_4d(attention_mask, b, t, start, input_ids.device)
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, x.dtype)
+        x, positions, mask, cos, sin = self._embed(input_ids, positions, attention_mask, start)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, None if cache is None else cache.layers[i], start)
         hidden = self.model.norm(x)
@@ -204,16 +200,30 @@ class Transformer(nn.Module):
         start = 0 if cache is None else cache.mtp_length
         if cache is not None:
             cache.check_room(start, t)
-        if positions is None:
-            positions = torch.arange(start, start + t, device=next_ids.device).expand(b, t)
-        mask = attention_mask_4d(attention_mask, b, t, start, next_ids.device)
-        emb = self.model.embed_tokens(next_ids)
-        cos, sin = self.rotary(positions, emb.dtype)
+        emb, positions, mask, cos, sin = self._embed(next_ids, positions, attention_mask, start)
         slot = None if cache is None else cache.mtp_layers[0]
         out = self.mtp[0](hidden, emb, cos, sin, mask, slot, start)
         if cache is not None:
             cache.mtp_length += t
         return self.lm_head(out)
+
+    def _embed(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        start: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """What a block stack needs for ``ids`` (B, T) written at cache slots [start, start + T): the
+        embeddings, the rope positions (default ``arange(start, start + T)`` on every row), the 4-D
+        attention mask and the rope cos/sin. Shared by :meth:`forward` and :meth:`mtp_logits`."""
+        b, t = ids.shape
+        if positions is None:
+            positions = torch.arange(start, start + t, device=ids.device).expand(b, t)
+        mask = attention_mask_4d(attention_mask, b, t, start, ids.device)
+        x = self.model.embed_tokens(ids)
+        cos, sin = self.rotary(positions, x.dtype)
+        return x, positions, mask, cos, sin
 
     # --- cache ---
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:

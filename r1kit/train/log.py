@@ -452,9 +452,15 @@ def plot_metrics(
             ax.plot(xs, ys, color="C0", marker="o", linewidth=1.5)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
+    return save_figure(fig, out_png, title)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, title: str = "") -> Path:
+    """Write the matplotlib ``fig`` to ``path`` as a PNG (110 dpi, parent folders made), with ``title``
+    as its suptitle when given; returns the path. Every plot of r1kit is saved this way."""
     if title:
         fig.suptitle(title)
-    out = Path(out_png)
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     return out

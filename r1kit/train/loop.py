@@ -1265,6 +1265,7 @@ def fit(
     validate_every: int = 0,
     should_stop: Callable[[dict[str, float]], str | None] | None = None,
     console: Any = None,
+    make_stage: Callable[..., Stage] | None = None,
 ):
     """Train ``model`` with next-token loss on ``stream`` for ``train.steps`` optimiser steps
     (an :class:`LMStage` run by the :class:`Trainer`).
@@ -1285,6 +1286,8 @@ def fit(
         should_stop: ``should_stop(val_metrics) -> reason or None``; a reason ends training after a
             checkpoint (early stop on a validation metric).
         console: a rich Console for the progress bar and summary (tests pass a quiet one).
+        make_stage: the stage to run instead of :class:`LMStage`, called with :class:`LMStage`'s
+            arguments (logit distillation passes its :class:`r1kit.distill.LogitStage` this way).
 
     Returns:
         :class:`r1kit.train.result.RunResult` with ``metrics`` (loss, steps, stopped, stop_reason,
@@ -1292,7 +1295,7 @@ def fit(
         :class:`NonFiniteLossError` naming the step and the last good checkpoint when the loss goes
         NaN/inf; nothing is saved after the bad step.
     """
-    lm = LMStage(
+    lm = (make_stage or LMStage)(
         stream, model, train, dist=dist, device=device, name=stage, validate=validate, should_stop=should_stop
     )
     trainer = Trainer(

@@ -215,6 +215,77 @@ def validation_hooks(
     return validate, should_stop
 
 
+def batch_stream(dataset: Any, train: TrainConfig, dist: DistInfo, pad_id: int = 0):
+    """This rank's :class:`r1kit.train.data.BatchStream` over ``dataset`` with [train]'s batch sizes and
+    seed (shared by pretrain, SFT and logit distillation)."""
+    from r1kit.train.data import BatchStream
+
+    return BatchStream(
+        dataset,
+        train.batch_size,
+        train.micro_batch_size,
+        seed=train.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        pad_id=pad_id,
+    )
+
+
+def fit_stage(
+    config: Any,
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    dist: DistInfo,
+    device: torch.device,
+    resume_from: Path | None,
+    stage: str,
+    stage_prompt: str,
+    system: str = "",
+    console: Any = None,
+    model: torch.nn.Module | None = None,
+    data: Any = None,
+    make_stage: Any = None,
+):
+    """The common tail of pretrain, SFT and logit distillation: build the model of ``config.model``
+    (seeded by ``config.train.seed``; or take ``model``), batch ``dataset`` for this rank, set up the
+    [val] hooks (:func:`validation_hooks` on ``data`` — default ``config.data`` — with ``stage_prompt``
+    and ``system``) and run :func:`r1kit.train.loop.fit` (with ``make_stage``'s stage when given).
+    ``config`` (written to the run's config.toml) has ``val``, ``train`` and ``run``; ``data`` has
+    ``task`` and ``task_args``."""
+    if model is None:
+        model = build_model(config.model, tokenizer, device, config.train.seed)
+    data = config.data if data is None else data
+    # right-padding with the tokenizer's pad id (pretrain's packed windows are all one length, never padded)
+    batches = batch_stream(dataset, config.train, dist, tokenizer.pad_id or 0)
+    validate, should_stop = validation_hooks(
+        config.val,
+        data.task,
+        data.task_args,
+        tokenizer,
+        stage_prompt=stage_prompt,
+        system=system,
+        seed=config.train.seed,
+    )
+    return fit(
+        model,
+        batches,
+        config.train,
+        config.run,
+        dist=dist,
+        device=device,
+        stage=stage,
+        resume_from=resume_from,
+        config=config,
+        tokenizer=tokenizer,
+        validate=validate,
+        validate_every=config.val.every,
+        should_stop=should_stop,
+        console=console,
+        make_stage=make_stage,
+    )
+
+
 def run(config: Config, console: Any = None):
     """Pretrain a model; returns a :class:`r1kit.train.result.RunResult` (``model_dir``, ``steps``,
     ``tokens``, ``metrics_path``, ``metrics`` with loss / val_accuracy / stopped_early, ``cost``).
@@ -222,7 +293,7 @@ def run(config: Config, console: Any = None):
     The run directory receives config.toml, metrics.jsonl, loss.png, checkpoints/ and model/ (the final
     model and tokenizer in HF layout). Works the same under torchrun (rank 0 writes).
     """
-    from r1kit.train.data import BatchStream, PackedWindows, pack_documents
+    from r1kit.train.data import PackedWindows, pack_documents
 
     dist, device = start_stage(config.train)
     try:
@@ -231,37 +302,15 @@ def run(config: Config, console: Any = None):
         tokenizer = load_tokenizer(config.tokenizer, config.model, resume_from, texts)
         stream = pack_documents(tokenizer.encode_batch(texts), tokenizer.eos_id, tokenizer.bos_id)
         windows = PackedWindows(stream, config.data.seq_len)
-        model = build_model(config.model, tokenizer, device, config.train.seed)
-        batches = BatchStream(
+        return fit_stage(
+            config,
             windows,
-            config.train.batch_size,
-            config.train.micro_batch_size,
-            seed=config.train.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
-        validate, should_stop = validation_hooks(
-            config.val,
-            config.data.task,
-            config.data.task_args,
             tokenizer,
-            stage_prompt="text",
-            seed=config.train.seed,
-        )
-        return fit(
-            model,
-            batches,
-            config.train,
-            config.run,
             dist=dist,
             device=device,
-            stage="pretrain",
             resume_from=resume_from,
-            config=config,
-            tokenizer=tokenizer,
-            validate=validate,
-            validate_every=config.val.every,
-            should_stop=should_stop,
+            stage="pretrain",
+            stage_prompt="text",
             console=console,
         )
     finally:

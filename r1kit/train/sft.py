@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from r1kit.train.loop import RunConfig, TrainConfig, cleanup_distributed, fit, prepare_run_dir  # noqa: F401
-from r1kit.train.pretrain import build_model, load_tokenizer, start_stage, validation_hooks
+from r1kit.train.loop import RunConfig, TrainConfig, cleanup_distributed, prepare_run_dir  # noqa: F401
+from r1kit.train.pretrain import fit_stage, load_tokenizer, start_stage
 from r1kit.train.sections import ModelSection, TokenizerSection, ValSection, check_task_args
 
 
@@ -111,7 +111,7 @@ def run(config: Config, console: Any = None):
     ``model_dir`` (final model + tokenizer, HF layout), ``steps``, ``tokens``, ``cost`` (the cost summary),
     ``metrics_path``, ``stopped_early`` and ``metrics`` (loss, val_accuracy / val_length when validating,
     stop_reason)."""
-    from r1kit.train.data import BatchStream, ChatExamples
+    from r1kit.train.data import ChatExamples
 
     dist, device = start_stage(config.train)
     try:
@@ -124,39 +124,16 @@ def run(config: Config, console: Any = None):
             lambda: ("\n".join(m["content"] for m in chat) for chat in chats),
         )
         examples = ChatExamples(chats, tokenizer, config.data.max_len)
-        model = build_model(config.model, tokenizer, device, config.train.seed)
-        batches = BatchStream(
+        return fit_stage(
+            config,
             examples,
-            config.train.batch_size,
-            config.train.micro_batch_size,
-            seed=config.train.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            pad_id=tokenizer.pad_id or 0,
-        )
-        validate, should_stop = validation_hooks(
-            config.val,
-            config.data.task,
-            config.data.task_args,
             tokenizer,
-            stage_prompt="chat",
-            system=config.data.system,
-            seed=config.train.seed,
-        )
-        return fit(
-            model,
-            batches,
-            config.train,
-            config.run,
             dist=dist,
             device=device,
-            stage="sft",
             resume_from=resume_from,
-            config=config,
-            tokenizer=tokenizer,
-            validate=validate,
-            validate_every=config.val.every,
-            should_stop=should_stop,
+            stage="sft",
+            stage_prompt="chat",
+            system=config.data.system,
             console=console,
         )
     finally:
