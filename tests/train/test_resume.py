@@ -56,8 +56,9 @@ def _run_and_die_while_saving_step_4(run_dir: str) -> None:
 
 def test_kill_during_save_resumes_from_previous_checkpoint(tmp_path: Path):
     run_dir = tmp_path / "killed"
-    # fork: the child starts with torch already imported (a fresh interpreter costs seconds)
-    proc = multiprocessing.get_context("fork").Process(
+    # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang in them
+    # (seen under load after other tests of this file had trained); a fresh interpreter costs seconds
+    proc = multiprocessing.get_context("spawn").Process(
         target=_run_and_die_while_saving_step_4, args=(str(run_dir),)
     )
     proc.start()
