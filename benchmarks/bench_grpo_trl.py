@@ -129,7 +129,7 @@ def run_trl(python: Path, model_dir: Path, prompts_file: Path, args: argparse.Na
         str(args.new_tokens),
         "--lr",
         str(args.lr),
-        "--train.threads",
+        "--threads",
         str(args.threads),
         "--out",
         str(args.workdir / "trl"),
