@@ -63,6 +63,7 @@ class DecodeBatch:
         if not prompts:
             raise ValueError("no prompts")
         self.model, self.tokenizer = engine.model, engine.tokenizer
+        self.eos_ids = list(engine.eos_token_ids)
         self.last_logits_only = engine.last_logits_only
         params = params if params is not None else SamplingParams()
         per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
@@ -187,11 +188,9 @@ class DecodeBatch:
         return [row_uniforms(keys[:, None], steps, stream) for stream in range(1 + self.speculative)]
 
     def _stop_table(self) -> Tensor | None:
-        """(R, k) token ids that end each row (EOS unless ignored, then its stop_token_ids; -1 pads)."""
-        eos = getattr(self.tokenizer, "eos_id", None)
+        """(R, k) token ids that end each row (its stop_token_ids, then the EOS ids unless ignored; -1 pads)."""
         stop_ids = [
-            [*s.params.stop_token_ids, *([eos] if eos is not None and not s.params.ignore_eos else [])]
-            for s in self.seqs
+            [*s.params.stop_token_ids, *([] if s.params.ignore_eos else self.eos_ids)] for s in self.seqs
         ]
         k = max(len(x) for x in stop_ids)
         return (
@@ -443,7 +442,7 @@ class DecodeBatch:
         out = []
         for s in self.seqs:
             n, i = s.length, s.seq_index
-            out.append(s.completion(tokens[i][:n], logp[i][:n], mask[i][:n], self.tokenizer))
+            out.append(s.completion(tokens[i][:n], logp[i][:n], mask[i][:n], self.tokenizer, self.eos_ids))
         return out
 
     def completions_of(self, batch_rows: list[int]) -> list[Completion]:
@@ -455,7 +454,7 @@ class DecodeBatch:
         for i, b in enumerate(batch_rows):
             s = self.row_seqs[b]
             n = s.length
-            out.append(s.completion(tokens[i][:n], logp[i][:n], mask[i][:n], self.tokenizer))
+            out.append(s.completion(tokens[i][:n], logp[i][:n], mask[i][:n], self.tokenizer, self.eos_ids))
         return out
 
 

@@ -95,6 +95,18 @@ class GenerationStream:
                 stats["acceptance_rate"] = stats["accepted"] / stats["drafts"]
 
 
+def _resolve_eos_ids(model, tokenizer, explicit) -> tuple[int, ...]:
+    """`explicit` when given, else the tokenizer's EOS then the model's end-of-turn ids (distinct, in order)."""
+    from r1kit.model.hf import token_ids
+
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if explicit is not None:
+        return token_ids(list(explicit) if not isinstance(explicit, int) else explicit, vocab, "Engine")
+    eos = getattr(tokenizer, "eos_id", None)
+    ids = [*([eos] if eos is not None else []), *getattr(model, "generation_eos_ids", ())]
+    return tuple(dict.fromkeys(ids))
+
+
 class Engine:
     """Batched generation for a `Transformer` (or any model with the same forward / cache contract).
 
@@ -106,16 +118,22 @@ class Engine:
             completions carry no text.
         compact_fraction: drop finished rows from the batch once at least this fraction of it
             has finished (and at least one row).
+        eos_token_ids: the token ids that end a completion (an int or a list). None: the
+            tokenizer's `eos_id` plus the model's own end-of-turn ids (`model.generation_eos_ids`,
+            which `Transformer.from_pretrained` reads from generation_config.json, else config.json),
+            so a model built without a tokenizer still stops at e.g. `<|im_end|>`.
 
     Attributes:
         last_stats: `GenerationStream.stats` of the last `generate` call.
+        eos_token_ids: the resolved end-of-turn ids (a tuple; `SamplingParams.ignore_eos` ignores them).
         last_logits_only: whether the model's forward takes `logits_to_keep` (r1kit's Transformer),
             so a prefill computes only the last position's logits.
     """
 
-    def __init__(self, model, tokenizer=None, compact_fraction: float = 0.125):
+    def __init__(self, model, tokenizer=None, compact_fraction: float = 0.125, eos_token_ids=None):
         self.model = model
         self.tokenizer = tokenizer
+        self.eos_token_ids = _resolve_eos_ids(model, tokenizer, eos_token_ids)
         self.compact_fraction = compact_fraction
         self.last_stats: dict[str, float] = {}
         try:

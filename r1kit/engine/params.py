@@ -18,7 +18,8 @@ class SamplingParams:
         max_new_tokens: completion length cap, forced tokens included.
         stop: stop strings; the text is cut before the first one, tokens after it are dropped.
         stop_token_ids: extra token ids that end a completion like EOS (kept in token_ids).
-        ignore_eos: do not stop on the tokenizer's EOS.
+        ignore_eos: do not stop on the end-of-turn ids (`Engine.eos_token_ids`: the tokenizer's EOS and
+            the model's generation_config.json ids).
         seed: seed of this call's random streams; None draws one from torch's global RNG.
             Row i of a call samples from a stream keyed by (seed, i), so results do not depend
             on batch composition.

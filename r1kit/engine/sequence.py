@@ -122,16 +122,14 @@ class SequenceState:
             return True
         return False
 
-    def completion(self, ids: list[int], logp: list[float], mask: list, tokenizer) -> Completion:
-        """The finished `Completion` from this sequence's output rows (already cut to its length)."""
+    def completion(self, ids: list[int], logp: list[float], mask: list, tokenizer, eos_ids=()) -> Completion:
+        """The finished `Completion` from this sequence's output rows (already cut to its length);
+        `eos_ids`: the engine's end-of-turn ids (a final one is kept in token_ids, not in text)."""
         text = ""
         if tokenizer is not None:
-            eos = getattr(tokenizer, "eos_id", None)
             n = len(ids)
             ended_by_token = self.finish_reason == "stop" and self.stop_at is None and n > 0
-            stop_ids = set(self.params.stop_token_ids) | (
-                {eos} if eos is not None and not self.params.ignore_eos else set()
-            )
+            stop_ids = set(self.params.stop_token_ids) | (set() if self.params.ignore_eos else set(eos_ids))
             visible = ids[:-1] if ended_by_token and ids[-1] in stop_ids else ids
             text = self.detok.text if self.detok is not None else tokenizer.decode(visible)
             if self.stop_at is not None:

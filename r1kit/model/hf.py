@@ -110,6 +110,35 @@ def read_config(path: Path) -> ModelConfig:
     return cfg
 
 
+def token_ids(value, vocab_size: int | None, where: str) -> tuple[int, ...]:
+    """`value` (an int or a list of ints, as HF writes `eos_token_id`) as a tuple of distinct token ids.
+
+    ValueError (one line naming `where`) unless every id is an int in [0, vocab_size).
+    """
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"{where}: eos_token_id must be an integer or a list of integers, got {value!r}")
+        if v < 0 or (vocab_size is not None and v >= vocab_size):
+            raise ValueError(f"{where}: eos_token_id {v} is out of range [0, {vocab_size})")
+    return tuple(dict.fromkeys(values))
+
+
+def read_eos_ids(path: Path, cfg: ModelConfig) -> tuple[int, ...]:
+    """The model's end-of-turn token ids: `eos_token_id` of `path/generation_config.json` (what HF's
+    `generate` stops on), else of config.json; () when neither names one."""
+    gen = path / "generation_config.json"
+    if os.path.lexists(gen):
+        d = _read_json(gen, "generation_config.json")
+        if not isinstance(d, dict):
+            raise ValueError(f"{gen}: must hold a JSON object")
+        if d.get("eos_token_id") is not None:
+            return token_ids(d["eos_token_id"], cfg.vocab_size, str(gen))
+    if cfg.eos_token_id is None:
+        return ()
+    return token_ids(cfg.eos_token_id, cfg.vocab_size, f"{path}/config.json")
+
+
 def _check_sizes(path: Path, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
     """Check config.json's layer count and width against the weights present, before building anything.
 
@@ -164,6 +193,7 @@ def load_pretrained(cls, path, device=None, dtype=None):
     """Build ``cls(cfg)`` from an HF checkpoint directory; see ``Transformer.from_pretrained``."""
     path = Path(path)
     cfg = read_config(path)
+    eos_ids = read_eos_ids(path, cfg)
     device = torch.device(device or "cpu")
     files = _checkpoint_files(path)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -230,6 +260,7 @@ def load_pretrained(cls, path, device=None, dtype=None):
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"internal error: tensors left unloaded: {_list_keys(left)}")
+    model.generation_eos_ids = eos_ids  # the engine stops on these (Engine's eos_token_ids)
     return model
 
 
@@ -287,7 +318,8 @@ def _atomic_write(target: Path, write) -> None:
 
 
 def save_pretrained(model, path, max_shard_bytes: int = 5 * 2**30) -> None:
-    """Write ``path/config.json`` and ``model.safetensors`` (or shards + index) atomically, file by file.
+    """Write ``path/config.json`` and ``model.safetensors`` (or shards + index) atomically, file by file,
+    and ``generation_config.json`` when the model's end-of-turn ids (``generation_eos_ids``) are not config.json's.
 
     Stale weight files from an earlier save with a different layout are removed, so loaders never mix them.
     """
@@ -324,3 +356,17 @@ def save_pretrained(model, path, max_shard_bytes: int = 5 * 2**30) -> None:
     hf = cfg.to_hf_dict()
     hf["dtype"] = _DTYPE_NAMES.get(model.model.embed_tokens.weight.dtype, "float32")
     _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf, indent=2) + "\n"))
+    # end-of-turn ids read from a generation_config.json that config.json does not hold: keep them
+    eos = tuple(getattr(model, "generation_eos_ids", ()))
+    in_config = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
+    if eos and eos != tuple(x for x in in_config if x is not None):
+        gen_path = path / "generation_config.json"
+        try:  # saving over a directory that has one: keep its other fields (temperature, top_p, ...)
+            gen = _read_json(gen_path, "generation_config.json") if os.path.lexists(gen_path) else {}
+        except (OSError, ValueError):
+            gen = {}
+        gen = {
+            **(gen if isinstance(gen, dict) else {}),
+            "eos_token_id": list(eos) if len(eos) > 1 else eos[0],
+        }
+        _atomic_write(gen_path, lambda tmp: tmp.write_text(json.dumps(gen, indent=2) + "\n"))
