@@ -15,6 +15,7 @@ import re
 
 import pytest
 import torch
+from history_cache import HistoryCache
 from torch import nn
 
 from r1kit import distill, evaluate
@@ -59,21 +60,6 @@ class CharTokenizer:
 
     render_prompt = Tokenizer.render_prompt  # the real renderer over this stub's template and encode
     prompt_ids = Tokenizer.prompt_ids
-
-
-class HistoryCache:
-    """A KV-cache stand-in that keeps each row's token history (reorder/truncate like the real one)."""
-
-    def __init__(self, batch: int):
-        self.rows: list[list[int]] = [[] for _ in range(batch)]
-        self.length = 0
-
-    def reorder(self, index):
-        self.rows = [list(self.rows[i]) for i in index.tolist()]
-
-    def truncate(self, length):
-        self.rows = [r[:length] for r in self.rows]
-        self.length = length
 
 
 class NoisyModel(nn.Module):

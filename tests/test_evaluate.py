@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from history_cache import HistoryCache
 from torch import nn
 
 from r1kit import evaluate
@@ -187,21 +188,6 @@ def test_maj_at_k_uses_normalised_answers():
 
 # ----------------------------------------------------------------------------------------------
 # budget forcing through the real engine
-
-
-class HistoryCache:
-    """A KV-cache stand-in that keeps each row's token history (reorder/truncate like the real one)."""
-
-    def __init__(self, batch: int):
-        self.rows: list[list[int]] = [[] for _ in range(batch)]
-        self.length = 0
-
-    def reorder(self, index):
-        self.rows = [list(self.rows[i]) for i in index.tolist()]
-
-    def truncate(self, length):
-        self.rows = [r[:length] for r in self.rows]
-        self.length = length
 
 
 class ThinkingModel(nn.Module):
