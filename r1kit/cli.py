@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "serve": ("r1kit.serve", "OpenAI/DeepSeek-compatible API server with a web chat"),
     "chat": ("r1kit.chat", "terminal chat with a model"),
     "info": ("r1kit.model.info", "parameters, active parameters and FLOPs of a model"),
+    "convert": ("r1kit.convert", "a GGUF file or HF directory -> a clean HF directory r1kit loads"),
 }
 
 # stages whose module serves several commands name the function to call
