@@ -275,3 +275,30 @@ def test_check_catches_wrong_logits_and_tokens(converted, tiny_gguf):
         check_directory(converted, "float32", PROMPT, ids, reference + 0.5, 0.0)
     with pytest.raises(UserError, match="tokenizer"):
         check_directory(converted, "float32", PROMPT, ids[::-1], reference, 0.0)
+
+
+@pytest.mark.parametrize("stage", ["eval", "sft", "grpo"])
+def test_smollm2_example_configs_load(stage):
+    """configs/smollm2/*.toml use only keys the stages have, with valid values."""
+    import importlib
+
+    from r1kit.cli import STAGES
+    from r1kit.config import load_config
+
+    module = importlib.import_module(STAGES[stage][0])
+    path = Path(__file__).resolve().parents[1] / "configs" / "smollm2" / f"{stage}.toml"
+    config = load_config(module.Config, path)
+    assert "smollm2" in str(config.run.dir)
+
+
+def test_readme_documents_every_convert_key():
+    from dataclasses import fields, is_dataclass
+
+    from r1kit.convert import Config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for f in fields(Config):
+        default = f.default_factory() if callable(f.default_factory) else None
+        keys = [f"{f.name}.{g.name}" for g in fields(default)] if is_dataclass(default) else [f.name]
+        for key in keys:
+            assert f"`{key}`" in readme, key
