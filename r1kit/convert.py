@@ -130,17 +130,28 @@ def _require_packages(gguf: bool) -> None:
             raise UserError(f"`r1kit convert` needs the {name} package, which is not installed: {_INSTALL}")
 
 
-def gguf_architecture(path: Path) -> str:
-    """`general.architecture` of a GGUF file (read from its header only)."""
-    from gguf import GGUFReader
+def gguf_field(path: Path, key: str):
+    """The value of metadata `key` of a GGUF file (a str, a number, or None when absent; header only)."""
+    from gguf import GGUFReader, GGUFValueType
 
     try:
-        field_ = GGUFReader(str(path)).fields.get("general.architecture")
+        field_ = GGUFReader(str(path)).fields.get(key)
     except (ValueError, OSError) as err:
         raise UserError(f"input.path {path}: not a readable GGUF file ({err})") from None
-    if field_ is None:
+    if field_ is None or not field_.data:
+        return None
+    value = field_.parts[field_.data[0]]
+    if field_.types and field_.types[0] == GGUFValueType.STRING:
+        return bytes(value).decode("utf-8", errors="replace")
+    return value.tolist()[0] if len(value) == 1 else value.tolist()
+
+
+def gguf_architecture(path: Path) -> str:
+    """`general.architecture` of a GGUF file."""
+    arch = gguf_field(path, "general.architecture")
+    if not isinstance(arch, str):
         raise UserError(f"input.path {path}: the GGUF header has no general.architecture")
-    return bytes(field_.parts[field_.data[0]]).decode("utf-8", errors="replace")
+    return arch
 
 
 def check_input(path_text: str) -> str:
@@ -223,23 +234,50 @@ def load_source(path: Path, kind: str):
     else:
         where, extra = str(path), {}
     hf_config = AutoConfig.from_pretrained(where, **extra)
-    if (
-        hf_config.model_type not in FAMILIES
-    ):  # e.g. a llama-architecture GGUF that transformers reads as mistral
+    if hf_config.model_type not in FAMILIES:  # e.g. a llama-architecture GGUF transformers reads as mistral
         raise UserError(
             f"input.path {path}: transformers reads it as {hf_config.model_type!r}; r1kit runs {', '.join(FAMILIES)}"
         )
+    if kind == "gguf":
+        # transformers' qwen3 mapping ignores the head size and keeps Qwen3Config's 128; llama.cpp stores it
+        head_dim = gguf_field(path, f"{gguf_architecture(path)}.attention.key_length")
+        if isinstance(head_dim, int) and getattr(hf_config, "head_dim", head_dim) != head_dim:
+            hf_config.head_dim = head_dim
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     except (OSError, ValueError, KeyError) as err:
         raise UserError(
             f"input.path {path}: no tokenizer could be read ({type(err).__name__}: {err})"
         ) from None
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+    model, info = AutoModelForCausalLM.from_pretrained(  # mismatched shapes are reported, then refused below
+        where,
+        config=hf_config,
+        dtype=torch.float32,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+        **extra,
+    )
+    check_loaded(path, info)
     generation = None
     if kind == "hf" and (path / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(where)
     return model, tokenizer, generation
+
+
+def check_loaded(path: Path, info: dict) -> None:
+    """UserError when transformers left weights at their random init: missing from the source, or of a
+    shape its config does not predict (with `ignore_mismatched_sizes`, a warning only)."""
+    problems = []
+    for kind in ("missing_keys", "mismatched_keys"):
+        names = sorted(k[0] if isinstance(k, (tuple, list)) else str(k) for k in info.get(kind) or ())
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(f"{kind.replace('_keys', '')}: {shown}")
+    if problems:
+        raise UserError(
+            f"input.path {path}: transformers could not load every weight ({'; '.join(problems)}); "
+            f"converting would save random values in their place"
+        )
 
 
 def clean_model(source, dtype):

@@ -35,8 +35,10 @@ def _byte_alphabet() -> list[str]:
     return [bytes_to_unicode()[b] for b in range(256)]
 
 
-def write_tiny_gguf(path: Path, *, tied: bool = True, architecture: str = "llama", seed: int = 0) -> Path:
-    """A 2-layer Llama GGUF with float32 tensors and a 263-token byte-level BPE tokenizer."""
+def write_tiny_gguf(
+    path: Path, *, tied: bool = True, architecture: str = "llama", seed: int = 0, key_length: bool = True
+) -> Path:
+    """A 2-layer GGUF (llama, qwen2 or qwen3) with float32 tensors and a 263-token byte-level BPE tokenizer."""
     tokens = SPECIALS + _byte_alphabet() + [m.replace(" ", "") for m in MERGES]
     vocab = len(tokens)
     writer = gguf.GGUFWriter(str(path), architecture)
@@ -50,6 +52,9 @@ def write_tiny_gguf(path: Path, *, tied: bool = True, architecture: str = "llama
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(10000.0)
     writer.add_rope_dimension_count(HIDDEN // HEADS)
+    if key_length:  # llama.cpp writes the head size here; transformers reads it only for some architectures
+        writer.add_key_length(HIDDEN // HEADS)
+        writer.add_value_length(HIDDEN // HEADS)
     writer.add_vocab_size(vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
@@ -77,6 +82,17 @@ def write_tiny_gguf(path: Path, *, tied: bool = True, architecture: str = "llama
         add(f"blk.{i}.attn_q.weight", HEADS * head_dim, HIDDEN)
         add(f"blk.{i}.attn_k.weight", KV_HEADS * head_dim, HIDDEN)
         add(f"blk.{i}.attn_v.weight", KV_HEADS * head_dim, HIDDEN)
+        if architecture == "qwen2":  # Qwen2: biases on q, k, v
+            add(f"blk.{i}.attn_q.bias", HEADS * head_dim)
+            add(f"blk.{i}.attn_k.bias", KV_HEADS * head_dim)
+            add(f"blk.{i}.attn_v.bias", KV_HEADS * head_dim)
+        if architecture == "qwen3":  # Qwen3: RMSNorm of each head's q and k
+            writer.add_tensor(
+                f"blk.{i}.attn_q_norm.weight", (1 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32)
+            )
+            writer.add_tensor(
+                f"blk.{i}.attn_k_norm.weight", (1 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32)
+            )
         add(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * head_dim)
         add(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
         add(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
@@ -219,8 +235,8 @@ def test_overwrite_replaces_and_a_failed_check_writes_nothing(tmp_path, tiny_ggu
 def _one_line_error(capsys, *args: str) -> str:
     capsys.readouterr()
     assert convert(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("r1kit convert: ") and "\n" not in err, err
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # above it: transformers' own progress bars
+    assert err.startswith("r1kit convert: "), err
     return err
 
 
@@ -302,3 +318,37 @@ def test_readme_documents_every_convert_key():
         keys = [f"{f.name}.{g.name}" for g in fields(default)] if is_dataclass(default) else [f.name]
         for key in keys:
             assert f"`{key}`" in readme, key
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "qwen3"])
+def test_qwen_ggufs_convert_and_match_transformers(tmp_path, architecture):
+    """The other GGUF architectures r1kit runs: Qwen2 (q/k/v biases) and Qwen3 (q/k norms)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from r1kit.loaders import load_model
+
+    path = write_tiny_gguf(tmp_path / f"{architecture}.gguf", architecture=architecture, tied=False)
+    out = tmp_path / "out"
+    assert convert("--input.path", str(path), "--output.dir", str(out)) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == architecture
+    config = AutoConfig.from_pretrained(str(tmp_path), gguf_file=path.name)
+    config.head_dim = HIDDEN // HEADS  # transformers' qwen3 GGUF mapping drops it (convert reads key_length)
+    ref = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file=path.name, config=config, dtype=torch.float32
+    ).eval()
+    model, tokenizer, _ = load_model(out, device="cpu", dtype="float32")
+    x = torch.tensor([tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        expected = ref(x).logits
+        got = model(x)
+    got = got.logits if hasattr(got, "logits") else got
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_transformers_cannot_place_are_refused(tmp_path, capsys):
+    """A Qwen3 GGUF without its head size: transformers' config predicts head_dim 128, the q/k/v/o
+    tensors do not fit it; convert says so in one line instead of a traceback (or saving noise)."""
+    path = write_tiny_gguf(tmp_path / "qwen3.gguf", architecture="qwen3", key_length=False)
+    err = _one_line_error(capsys, "--input.path", str(path), "--output.dir", str(tmp_path / "out"))
+    assert "could not load every weight" in err and "self_attn.k_proj.weight" in err
+    assert not (tmp_path / "out").exists()
