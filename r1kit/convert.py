@@ -22,10 +22,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from r1kit.config import ConfigError, UserError
-from r1kit.train.sections import DType, normalize_dtype
+from r1kit.train.sections import normalize_dtype
+
+# the saved dtype (no "auto": loading picks a dtype for a device, saving names one)
+SavedDType = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 
 # GGUF `general.architecture` values transformers can de-quantise and r1kit can run (its model_type).
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
@@ -67,7 +70,7 @@ class OutputSection:
     """
 
     dir: str = ""
-    dtype: DType = "float32"
+    dtype: SavedDType = "float32"
     overwrite: bool = False
     max_shard_mb: float = 5000.0
 
@@ -104,10 +107,6 @@ class Config:
         from r1kit.config import check_positive
 
         self.output.dtype = normalize_dtype(self.output.dtype)
-        if self.output.dtype == "auto":
-            raise ConfigError(
-                "output.dtype = 'auto' is for loading; name the saved dtype: float32, bfloat16 or float16"
-            )
         check_positive(self.output.max_shard_mb, "output.max_shard_mb")
         check_positive(self.check.tolerance, "check.tolerance", allow_zero=True)
         check_positive(self.threads, "threads", allow_zero=True)
@@ -249,6 +248,8 @@ def load_source(path: Path, kind: str):
         raise UserError(
             f"input.path {path}: no tokenizer could be read ({type(err).__name__}: {err})"
         ) from None
+    if kind == "gguf":
+        fix_pre_tokenizer(tokenizer, gguf_field(path, "tokenizer.ggml.pre"))
     model, info = AutoModelForCausalLM.from_pretrained(  # mismatched shapes are reported, then refused below
         where,
         config=hf_config,
@@ -262,6 +263,34 @@ def load_source(path: Path, kind: str):
     if kind == "hf" and (path / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(where)
     return model, tokenizer, generation
+
+
+# GGUF pre-tokenizer names llama.cpp splits as StarCoder does (each digit alone, then GPT-2's regex; its
+# llama-vocab.cpp groups them in one case) and transformers' GGUF loader does not know (it falls back to
+# GPT-2's regex alone, which lets a space run merge with the digit after it: "  6" -> " ", " ", "6").
+STARCODER_PRE_TOKENIZERS = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+
+
+def fix_pre_tokenizer(tokenizer, pre: str | None) -> None:
+    """Give a byte-level tokenizer read from a GGUF with pre-tokenizer `pre` (``tokenizer.ggml.pre``)
+    the split llama.cpp uses, when transformers left its generic one."""
+    from tokenizers import pre_tokenizers
+
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS as known
+    except ImportError:  # older transformers: no table, so none of these names either
+        known = {}
+    if pre not in STARCODER_PRE_TOKENIZERS or pre in known:
+        return
+    backend = tokenizer.backend_tokenizer
+    if type(backend.pre_tokenizer).__name__ != "ByteLevel":
+        return
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
 
 
 def check_loaded(path: Path, info: dict) -> None:
@@ -368,8 +397,8 @@ def _relative_diff(got, expected) -> tuple[float, float]:
 def check_directory(
     directory: Path, dtype_name: str, prompt: str, ids: list[int], reference, tolerance: float
 ) -> dict:
-    """Reload `directory` with r1kit and with transformers in `dtype_name` and compare r1kit's encoding
-    of `prompt` with `ids` (the source tokenizer's), then r1kit's logits on `ids` with transformers' on
+    """Reload `directory` with r1kit and with transformers in `dtype_name` and compare both tokenizers'
+    encodings of `prompt` with `ids` (the source tokenizer's), then r1kit's logits on `ids` with transformers' on
     the same files and with `reference` (the float32 source's logits (1, T, V)).
 
     Returns {"max_abs_diff", "max_abs_diff_source", "max_abs_logit", "tolerance"}; UserError when the
@@ -377,17 +406,18 @@ def check_directory(
     largest logit.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r1kit.loaders import load_model
 
     ours, our_tokenizer, _ = load_model(directory, device="cpu", dtype=dtype_name)
-    our_ids = our_tokenizer.encode(prompt)
-    if list(our_ids) != list(ids):
-        raise UserError(
-            f"check: r1kit's tokenizer encodes {prompt!r} as {list(our_ids)[:16]} but the source as "
-            f"{list(ids)[:16]}; the written tokenizer is inconsistent"
-        )
+    written_ids = AutoTokenizer.from_pretrained(str(directory))(prompt, add_special_tokens=False).input_ids
+    for who, got_ids in (("r1kit's", our_tokenizer.encode(prompt)), ("transformers'", written_ids)):
+        if list(got_ids) != list(ids):
+            raise UserError(
+                f"check: {who} tokenizer on the written files encodes {prompt!r} as {list(got_ids)[:16]} "
+                f"but the source as {list(ids)[:16]}; the written tokenizer is inconsistent"
+            )
     ref = AutoModelForCausalLM.from_pretrained(str(directory), dtype=getattr(torch, dtype_name)).eval()
     x = torch.tensor([ids])
     with torch.no_grad():

@@ -20,7 +20,7 @@ from r1kit.cli import main  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN, CONTEXT = 32, 4, 2, 2, 64, 128
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-MERGES = ["h e", "l l", "Ġ t", "he ll"]
+MERGES = ["h e", "l l", "Ġ t", "he ll", "Ġ 1"]
 TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -36,7 +36,13 @@ def _byte_alphabet() -> list[str]:
 
 
 def write_tiny_gguf(
-    path: Path, *, tied: bool = True, architecture: str = "llama", seed: int = 0, key_length: bool = True
+    path: Path,
+    *,
+    tied: bool = True,
+    architecture: str = "llama",
+    seed: int = 0,
+    key_length: bool = True,
+    pre: str | None = None,
 ) -> Path:
     """A 2-layer GGUF (llama, qwen2 or qwen3) with float32 tensors and a 263-token byte-level BPE tokenizer."""
     tokens = SPECIALS + _byte_alphabet() + [m.replace(" ", "") for m in MERGES]
@@ -57,6 +63,8 @@ def write_tiny_gguf(
         writer.add_value_length(HIDDEN // HEADS)
     writer.add_vocab_size(vocab)
     writer.add_tokenizer_model("gpt2")
+    if pre is not None:
+        writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types([3] * len(SPECIALS) + [1] * (vocab - len(SPECIALS)))  # 3 = control, 1 = normal
     writer.add_token_merges(MERGES)
@@ -164,10 +172,14 @@ def test_gguf_conversion_matches_transformers(tiny_gguf, converted):
 
 
 def test_transformers_loads_the_output(converted, tiny_gguf):
-    """The written directory is a plain HF checkpoint: transformers loads it without a GGUF file and
-    gets the de-quantised weights bit for bit."""
-    from transformers import AutoModelForCausalLM
+    """The written directory is a plain HF checkpoint: transformers loads it without a GGUF file, gets
+    the de-quantised weights bit for bit and the same tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    written = AutoTokenizer.from_pretrained(str(converted))
+    source = AutoTokenizer.from_pretrained(str(tiny_gguf.parent), gguf_file=tiny_gguf.name)
+    assert written(PROMPT).input_ids == source(PROMPT).input_ids
+    assert written.eos_token == "<|im_end|>" and written.chat_template == TEMPLATE
     ours = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(
         str(tiny_gguf.parent), gguf_file=tiny_gguf.name, dtype=torch.float32
@@ -352,3 +364,24 @@ def test_weights_transformers_cannot_place_are_refused(tmp_path, capsys):
     err = _one_line_error(capsys, "--input.path", str(path), "--output.dir", str(tmp_path / "out"))
     assert "could not load every weight" in err and "self_attn.k_proj.weight" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_smollm_pre_tokenizer_splits_digits_as_llama_cpp(tmp_path):
+    """A GGUF whose tokenizer.ggml.pre is "smollm": llama.cpp splits every digit off before GPT-2's
+    regex; transformers' loader does not know the name and keeps " 12" whole, so the merge "Ġ 1" fires.
+    The converted tokenizer splits as llama.cpp: "x 12" -> x, Ġ, 1, 2 (by hand from the tiny vocab)."""
+    from transformers import AutoTokenizer
+
+    from r1kit.loaders import load_tokenizer
+
+    path = write_tiny_gguf(tmp_path / "smollm.gguf", pre="smollm")
+    out = tmp_path / "out"
+    assert convert("--input.path", str(path), "--output.dir", str(out)) == 0
+    tokenizer = load_tokenizer(out)
+    expected = [tokenizer.token_to_id(t) for t in ("x", "Ġ", "1", "2")]
+    assert tokenizer.encode("x 12") == expected
+    assert AutoTokenizer.from_pretrained(str(out))("x 12", add_special_tokens=False).input_ids == expected
+    generic = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    assert generic("x 12", add_special_tokens=False).input_ids == [
+        tokenizer.token_to_id(t) for t in ("x", "Ġ1", "2")
+    ]
