@@ -31,12 +31,12 @@ from r1kit.train.sections import normalize_dtype
 SavedDType = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 
 # GGUF `general.architecture` values transformers can de-quantise and r1kit can run (its model_type).
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 # Largest accepted max |logit difference| / max(1, max |logit|) of r1kit on the written directory against
 # (1) transformers on the same directory and dtype and (2) transformers on the float32 source. (1) differs
 # only by the order of floating-point operations; (2) adds the rounding of every weight to the saved dtype:
-# on SmolLM2-135M, 0 and 0.034 in bfloat16, 0 and 0.007 in float16 (8 and 11 mantissa bits).
+# on SmolLM2-135M, 0 and 0.034 in bfloat16, 0 and 0.005 in float16 (8 and 11 significand bits).
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
 
 # config.json keys a GGUF load adds that belong to neither the architecture nor transformers' output
@@ -397,9 +397,9 @@ def _relative_diff(got, expected) -> tuple[float, float]:
 def check_directory(
     directory: Path, dtype_name: str, prompt: str, ids: list[int], reference, tolerance: float
 ) -> dict:
-    """Reload `directory` with r1kit and with transformers in `dtype_name` and compare both tokenizers'
-    encodings of `prompt` with `ids` (the source tokenizer's), then r1kit's logits on `ids` with transformers' on
-    the same files and with `reference` (the float32 source's logits (1, T, V)).
+    """Reload `directory` with r1kit and with transformers in `dtype_name`; compare both tokenizers'
+    encodings of `prompt` with `ids` (the source tokenizer's), then r1kit's logits on `ids` with
+    transformers' on the same files and with `reference` (the float32 source's logits (1, T, V)).
 
     Returns {"max_abs_diff", "max_abs_diff_source", "max_abs_logit", "tolerance"}; UserError when the
     tokenisations differ or a difference exceeds `tolerance` (0 = TOLERANCE[dtype_name]) times the
