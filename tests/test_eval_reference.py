@@ -138,3 +138,29 @@ def test_records_do_not_depend_on_the_batch_size(model_dir):
     assert len({s for r in runs[0].records for s in r["samples"]}) > 5  # real, distinct samples
     assert runs[0].data_hash == runs[2].data_hash == evaluate.data_hash(problems)
     assert evaluate.data_hash(problems[::-1]) != runs[0].data_hash
+
+
+def test_r1kit_eval_on_a_preset_records_the_data_model_and_protocol(tmp_path, model_dir, capsys):
+    """`r1kit eval` with `data.tasks = ["gsm8k"]` read from a local path: results.json carries the data
+    hash (equal to the problems' own), the model's sha256 and the protocol; the table prints both hashes;
+    `sampling.protocol = "r1"` refuses another temperature before anything runs."""
+    from r1kit.cli import main
+
+    args = [
+        "eval", "--model.path", str(model_dir), "--data.tasks", '["gsm8k"]',
+        "--data.task_args", f'{{gsm8k = {{path = "{FIXTURES / "gsm8k.jsonl"}", limit = 2}}}}',
+        "--data.problems", "5", "--sampling.protocol", "r1", "--sampling.k", "2",
+        "--sampling.max_new_tokens", "4", "--sampling.best_of", "[]", "--run.dir", str(tmp_path / "eval"),
+        "--run.device", "cpu", "--run.plots", "false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    payload = json.loads((tmp_path / "eval" / "results.json").read_text())
+    problems = get_task("gsm8k", path=str(FIXTURES / "gsm8k.jsonl"), limit=2).problems("test")
+    (result,) = payload["results"]
+    assert result["data_hash"] == evaluate.data_hash(problems) and result["metrics"]["problems"] == 2
+    assert payload["model_sha256"] == evaluate.model_fingerprint(model_dir)["sha256"]
+    assert payload["protocol"]["name"] == "r1" and payload["protocol"]["k"] == 2
+    printed = capsys.readouterr().out
+    assert result["data_hash"][:12] in printed and payload["model_sha256"][:12] in printed
+    assert main([*args, "--sampling.temperature", "1.0"]) == 2
+    assert "sampling.protocol = 'r1' samples with temperature = 0.6" in capsys.readouterr().err
