@@ -42,19 +42,30 @@ class MathTask(JsonlTask):
     Other layouts (parquet, csv, folders, the hub): `r1kit.tasks.datasets.DatasetTask`.
     """
 
-    def __init__(self, path: str | os.PathLike, hash_split: bool = True, instruction: str = MATH_INSTRUCTION):
-        """See the class docstring."""
-        from r1kit.tasks.datasets import map_record
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        hash_split: bool = True,
+        instruction: str = MATH_INSTRUCTION,
+        fields: dict[str, str] | None = None,
+        limit: int = 0,
+    ):
+        """See the class docstring; `fields` and `limit` as in `DatasetTask` (column names; first N records)."""
+        from r1kit.tasks.datasets import FieldMap, map_record
 
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an integer >= 0 (0 = all records), got {limit!r}")
         self.path = Path(path)
         self.hash_split = hash_split
         self.name = f"math:{self.path}"
+        field_map = FieldMap.from_dict(fields)
         records = []
-        for lineno, record in read_jsonl(self.path):
+        for lineno, record in read_jsonl(self.path)[: limit or None]:
             where = f"{self.path}:{lineno}"
-            records.append(
-                record_to_problem(record, where) if "messages" in record else map_record(record, where)
-            )
+            if "messages" in record:
+                records.append(record_to_problem(record, where))
+            else:
+                records.append(map_record(record, where, field_map))
         self.records = with_instruction(records, instruction)
 
     def check(self, answer: str, problem: Problem) -> float:

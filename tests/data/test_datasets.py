@@ -188,3 +188,14 @@ def fields_of(**kwargs):
     from r1kit.tasks.datasets import FieldMap
 
     return FieldMap(**kwargs)
+
+
+def test_math_jsonl_takes_limit_and_fields(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [{"Q": f"{i}+1?", "A": str(i + 1)} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    task = get_task(f"math:{path}", hash_split=False, fields={"prompt": "Q", "answer": "A"}, limit=2)
+    assert [(p.prompt, p.answer) for p in task.problems("test")] == [
+        ("0+1?\n" + MATH_INSTRUCTION, "1"),
+        ("1+1?\n" + MATH_INSTRUCTION, "2"),
+    ]
