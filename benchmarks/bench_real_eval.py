@@ -9,7 +9,8 @@ maths file or folder in any layout `math:` reads (`{"id", "problem", "answer"}` 
 values run one after the other. Prints one table per arm (its title: the model's name and sha256,
 a "data sha256" row, and `boxed_anywhere`: a diagnostic, the share of completions whose last \\boxed{}
 anywhere is right, also without `</think>`) and writes a JSON with the metrics, the data hash, the model hash, the protocol
-and timing of each (arm, dataset). `--k 0` runs greedy only.
+and timing of each (arm, dataset), and the per-problem records (prompt, completions, scores) next to
+it (`<out without .json>/records_*.jsonl`). `--k 0` runs greedy only.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
                     description=f"{label} {arm_name}", console=console,
                 )  # fmt: skip
             result.task = f"{label} {arm_name}"
+            slug = f"{label}_{arm_name}".replace(" ", "_").replace("@", "at").replace("=", "")
+            evaluate.write_records(Path(args.out).with_suffix("") / f"records_{slug}.jsonl", result.records)
             # diagnostic, not a score: the last \boxed{} anywhere in the completion (also without `</think>`,
             # which an instruct model that never thinks in tags does not write)
             texts = [[r["greedy"]["text"]] if "greedy" in r else r["samples"] for r in result.records]
