@@ -60,8 +60,10 @@ ModelSection = ModelDirSection  # [model] the model to evaluate (shared with GRP
 class DataSection:
     """[data] what to evaluate on.
 
-    tasks (list[str]): task names for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", ...).
-    task_args (dict): keyword arguments per task name, e.g. {addition = {min_digits = 1, max_digits = 4}}.
+    tasks (list[str]): task names for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", the maths
+        presets "gsm8k", "math500", "aime24", "amc", "math:<file or folder>", "hf:<hub dataset>", ...).
+    task_args (dict): keyword arguments per task name, e.g. {addition = {min_digits = 1, max_digits = 4}},
+        {gsm8k = {path = "data/gsm8k", limit = 500}} (see `r1kit.tasks.datasets.DatasetTask`).
     splits (list[str]): held-out splits to evaluate ("test", "val"; "train" to measure memorisation).
     problems (int): problems per (task, split).
     seed (int): seed of the problem draw.
