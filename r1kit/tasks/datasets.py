@@ -260,10 +260,13 @@ def read_folder(path: str | os.PathLike, config: str | None = None) -> dict[str,
     return splits
 
 
-def load_hub_split(name: str, config: str | None, split: str, revision: str | None = None) -> list[dict]:
+def load_hub_split(
+    name: str, config: str | None, split: str, revision: str | None = None, task: str = "<task>"
+) -> list[dict]:
     """Rows of one split of a hub dataset (`datasets.load_dataset`, from its cache when offline).
 
-    Raises UserError when `datasets` is missing or the hub cannot be reached, saying how to load a local copy.
+    Raises UserError when `datasets` is missing or the hub cannot be reached, saying how to load a local copy
+    (`task_args.<task>.path`, with `task` the task's name in the config).
     """
     datasets = require_datasets(f"loading {name} from the Hugging Face hub")
     try:
@@ -272,7 +275,7 @@ def load_hub_split(name: str, config: str | None, split: str, revision: str | No
         raise _user_error(
             f"could not load {name!r} (split {split!r}) from the Hugging Face hub ({type(err).__name__}: "
             f"{str(err)[:160]}); on a machine without the hub, download it elsewhere (`datasets` "
-            "save_to_disk, or the parquet/jsonl files) and pass its path: task_args.<task>.path = 'DIR or FILE'"
+            f"save_to_disk, or the parquet/jsonl files) and pass its path: task_args.{task}.path = 'DIR or FILE'"
         ) from None
     except ValueError as err:  # an unknown split or config
         raise _user_error(f"{name}: {str(err)[:300]}") from None
@@ -384,7 +387,8 @@ class DatasetTask(MathTask):
                     f"{self.name}: no split {dataset_split!r} in {self.path}; found: "
                     f"{', '.join(self.available_splits()) or 'none'} (name files by split, or set split)"
                 )
-            rows = load_hub_split(self.hub, self.config, dataset_split, self.revision)
+            key = self.name if self.preset else f'"{self.name}"'  # a TOML key: hf:owner/name needs quotes
+            rows = load_hub_split(self.hub, self.config, dataset_split, self.revision, task=key)
             self._rows[dataset_split] = self._problems_of(rows, dataset_split)
         return self._rows[dataset_split]
 

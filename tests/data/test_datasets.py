@@ -146,7 +146,7 @@ def test_hub_presets_and_the_offline_error(monkeypatch):
         raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(UserError, match=r"from the Hugging Face hub .*pass its path: task_args.<task>.path"):
+    with pytest.raises(UserError, match=r"from the Hugging Face hub .*pass its path: task_args.gsm8k.path"):
         get_task("gsm8k").problems("test")
 
 
