@@ -383,7 +383,9 @@ class DatasetTask(MathTask):
         """The problems of one dataset split (None = the single local file), loaded once."""
         if dataset_split not in self._rows:
             if self.path is not None:
-                raise ValueError(
+                from r1kit.config import ConfigError
+
+                raise ConfigError(
                     f"{self.name}: no split {dataset_split!r} in {self.path}; found: "
                     f"{', '.join(self.available_splits()) or 'none'} (name files by split, or set split)"
                 )
@@ -399,9 +401,12 @@ class DatasetTask(MathTask):
         if self.split:
             return self.split
         if split not in self.splits:
-            raise ValueError(
-                f"{self.name} has no {split!r} split; it maps {self.splits} (set task_args.{self.name}.split "
-                "to read one dataset split for every stage split, or splits = {...})"
+            from r1kit.config import ConfigError  # a ValueError too
+
+            raise ConfigError(
+                f"{self.name} has no {split!r} split; it has {', '.join(self.splits)}: ask for one of those "
+                f"(e.g. --eval.split test for GRPO's held-out evaluation), or set task_args.{self.name}.split "
+                "(one dataset split for every stage split) or splits = {...}"
             )
         return self.splits[split]
 
