@@ -31,6 +31,8 @@ and `budget_<task>_<split>.png` (accuracy vs thinking budget), and a rich table 
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import math
 import re
@@ -58,8 +60,10 @@ ModelSection = ModelDirSection  # [model] the model to evaluate (shared with GRP
 class DataSection:
     """[data] what to evaluate on.
 
-    tasks (list[str]): task names for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", ...).
-    task_args (dict): keyword arguments per task name, e.g. {addition = {min_digits = 1, max_digits = 4}}.
+    tasks (list[str]): task names for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", the maths
+        presets "gsm8k", "math500", "aime24", "amc", "math:<file or folder>", "hf:<hub dataset>", ...).
+    task_args (dict): keyword arguments per task name, e.g. {addition = {min_digits = 1, max_digits = 4}},
+        {gsm8k = {path = "data/gsm8k", limit = 500}} (see `r1kit.tasks.datasets.DatasetTask`).
     splits (list[str]): held-out splits to evaluate ("test", "val"; "train" to measure memorisation).
     problems (int): problems per (task, split).
     seed (int): seed of the problem draw.
@@ -84,13 +88,18 @@ class SamplingSection:
     """[sampling] the k samples per problem (DeepSeek-R1 protocol, arXiv 2501.12948) and the metrics computed
     from them.
 
+    protocol (str): "custom" (the fields below as given) or "r1": DeepSeek-R1's protocol, checked
+        before anything runs: temperature 0.6, top-p 0.95, no top-k, k >= 1 samples, pass@1 = mean
+        correctness over the k (R1 uses k = 4..64 by test-set size, max_new_tokens 32768). The name is
+        written to results.json.
     k (int): samples per problem (n of pass@k); 0 = greedy only.
     temperature (float): sampling temperature (R1: 0.6).
     top_p (float): nucleus mass (R1: 0.95).
     top_k (int): top-k filter (0 = off).
     max_new_tokens (int): completion cap in tokens.
-    seed (int): seed of the sampling streams (the engine keys each row's stream by its position in
-        the call: the same seed, problems and batch_problems give the same samples).
+    seed (int): seed of the sampling streams: each problem samples from `problem_seed(seed, id)`, its
+        j-th sample from stream j of that seed, so the samples do not depend on batch_problems or on
+        the other problems evaluated with it.
     greedy (bool): also decode greedily (temperature 0) and report greedy accuracy.
     ks (list[int]): k values of pass@k, maj@k and best-of-k; empty = 1, 2, 4, ... up to k.
     best_of (list[str]): scorers for best-of-N: "logprob" (mean token log-prob), "accuracy" (the task
@@ -99,6 +108,7 @@ class SamplingSection:
         in one call (fastest; lower it when the KV cache of all rows does not fit).
     """
 
+    protocol: Literal["custom", "r1"] = "custom"
     k: int = 8
     temperature: float = 0.6
     top_p: float = 0.95
@@ -109,6 +119,24 @@ class SamplingSection:
     ks: list[int] = field(default_factory=list)
     best_of: list[str] = field(default_factory=lambda: ["logprob", "format"])
     batch_problems: int = 256
+
+
+# DeepSeek-R1's evaluation setting (arXiv 2501.12948, section 3.1): sampling temperature and top-p
+R1_PROTOCOL = {"temperature": 0.6, "top_p": 0.95, "top_k": 0}
+
+
+def check_r1_protocol(sampling: SamplingSection) -> None:
+    """Raise a one-line ConfigError unless `sampling` follows R1's protocol (`R1_PROTOCOL`, k >= 1)."""
+    from r1kit.config import ConfigError
+
+    for key, want in R1_PROTOCOL.items():
+        if getattr(sampling, key) != want:
+            raise ConfigError(
+                f"sampling.protocol = 'r1' samples with {key} = {want}, got sampling.{key} = "
+                f"{getattr(sampling, key)!r}: drop that override, or set sampling.protocol = 'custom'"
+            )
+    if sampling.k < 1:
+        raise ConfigError("sampling.protocol = 'r1' needs k >= 1 samples per problem (R1: 4 to 64)")
 
 
 @dataclass
@@ -189,6 +217,8 @@ class Config:
         check_positive(self.data.problems, "data.problems")
         if s.k == 0 and not s.greedy:
             raise ConfigError("sampling.k is 0 and sampling.greedy is false: nothing to evaluate")
+        if s.protocol == "r1":
+            check_r1_protocol(s)
         for k in s.ks:
             if not 1 <= k <= s.k:
                 raise ConfigError(f"sampling.ks: every k must be in 1..sampling.k = {s.k}, got {k}")
@@ -216,6 +246,8 @@ class EvalResult:
         records: one dict per problem (see `score_problems`).
         budget: budget-forcing points (see `budget_curve`), empty when not run.
         timing: "seconds", "problems_per_s", "tokens_per_s", "generated_tokens".
+        data_hash: `data_hash` of the problems evaluated (sha256 of their ids, prompts and answers in
+            order): two results with the same hash were computed on the same problems.
         completions: (P, k) the sampled completion objects (text, token_ids, finish_reason, logprobs),
             in sampling order; greedy_completions: (P,) the greedy ones (empty without greedy). Not
             written to results.json (`summary` leaves them and the records out).
@@ -228,6 +260,7 @@ class EvalResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     budget: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    data_hash: str = ""
     completions: list[list[Any]] = field(default_factory=list, repr=False)
     greedy_completions: list[Any] = field(default_factory=list, repr=False)
 
@@ -236,6 +269,7 @@ class EvalResult:
         return {
             "task": self.task,
             "split": self.split,
+            "data_hash": self.data_hash,
             "metrics": self.metrics,
             "curves": self.curves,
             "budget": self.budget,
@@ -259,6 +293,36 @@ class EvalResult:
     def keys(self):
         """The metric names (so `dict(result)` is the metrics dict)."""
         return self.metrics.keys()
+
+
+# ----------------------------------------------------------------------------------------------
+# what was evaluated: data and model fingerprints
+
+
+def data_hash(problems: Sequence[Any]) -> str:
+    """sha256 (hex) of the problems' (id, prompt, answer) in order, one JSON array per line: the same
+    hash means the same problems, the same rendered prompts (instructions included) and the same
+    references in the same order."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([str(p.id), p.prompt, p.answer], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> dict[str, str]:
+    """{"name": the directory's name, "path", "sha256"}: the sha256 of every file directly in the model
+    directory (weights, config, tokenizer, chat template), by sorted name, content included, so two runs
+    with the same hash evaluated the same weights. Reads the whole checkpoint once (~1 s per GB)."""
+    path = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []:
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                h.update(block)
+    name = path.name if path.name != "model" else f"{path.parent.name}/model"
+    return {"name": name, "path": str(path), "sha256": h.hexdigest()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,6 +570,15 @@ def as_engine(model_or_engine: Any, tokenizer: Any) -> Any:
     return Engine(model_or_engine, tokenizer)
 
 
+def _takes_request_keys(engine: Any) -> bool:
+    """Whether `engine.generate` accepts `keys_per_request` (r1kit's Engine; not every stand-in does)."""
+    try:
+        params = inspect.signature(engine.generate).parameters
+    except (TypeError, ValueError):
+        return False
+    return "keys_per_request" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def generate_chunked(
     engine: Any,
     prompts: Sequence[Sequence[int]],
@@ -513,15 +586,20 @@ def generate_chunked(
     *,
     batch: int,
     progress: Any = None,
+    keys_per_request: bool = False,
 ) -> list[Any]:
     """`engine.generate` over `prompts` in chunks of `batch` prompts (one call per chunk); returns the
     completions in the engine's order (prompt-major). `params` is one SamplingParams for every prompt or
-    a list with one per prompt. `progress(prompts_done)` is called after each chunk."""
+    a list with one per prompt. `progress(prompts_done)` is called after each chunk. keys_per_request:
+    each request's samples draw from its own seed's streams (`Engine.generate`), so with a seed per request
+    the completions do not depend on `batch`."""
     outs: list[Any] = []
     per_prompt = isinstance(params, (list, tuple))
+    kwargs = {"keys_per_request": True} if keys_per_request and _takes_request_keys(engine) else {}
     for start in range(0, len(prompts), batch):
         chunk = list(prompts[start : start + batch])
-        outs.extend(engine.generate(chunk, list(params[start : start + batch]) if per_prompt else params))
+        chunk_params = list(params[start : start + batch]) if per_prompt else params
+        outs.extend(engine.generate(chunk, chunk_params, **kwargs))
         if progress is not None:
             progress(start + len(chunk))
     return outs
@@ -651,9 +729,11 @@ def evaluate_engine(
     validators, GRPO's held-out evaluation, rejection sampling (`r1kit sample`) and the demo.
 
     All requests of a chunk of `batch_problems` problems (0 = all) go out in one `engine.generate` call,
-    problem-major: for each problem, each arm's greedy request, then its k-sample request. The engine keys a
-    row's random stream by (seed, position in the call), so the same problems, arms and batch_problems give
-    the same completions.
+    problem-major: for each problem, each arm's greedy request, then its k-sample request. When every
+    sampling arm seeds each problem (`seed_per_problem`, the default), sample j of a problem draws from
+    stream j of `problem_seed(seed, id)` whatever the chunking, so any batch_problems gives the same
+    completions (up to float round-off of batched matmuls); an arm with one seed for the call (GRPO's
+    held-out evaluation) keys rows by their position in the call instead.
 
     Args:
         engine: an object with `Engine.generate(prompts, params)`'s signature (an `r1kit.engine.Engine`).
@@ -669,8 +749,8 @@ def evaluate_engine(
 
     Returns:
         One `EvalResult` per arm, in the order of `params`: metrics and curves (`aggregate`), per-problem
-        records (`score_problems`), the completion objects (`completions`, `greedy_completions`) and timing
-        ("seconds" of the whole call, "generated_tokens" of the arm).
+        records (`score_problems`), the completion objects (`completions`, `greedy_completions`), timing
+        ("seconds" of the whole call, "generated_tokens" of the arm) and the problems' `data_hash`.
     """
     arms = [params] if isinstance(params, EvalParams) else list(params)
     if not problems:
@@ -683,6 +763,7 @@ def evaluate_engine(
         prompt_ids = render_prompts(tokenizer, problems, template, system)
     requests = _requests(problems, arms)
     per_problem = len(requests) // len(problems)
+    keyed = all(arm.seed_per_problem for arm in arms if arm.k)
     label = label or task.name
     bar = RateProgress(len(problems), description or f"eval {label}", progress, console)
     t0 = time.perf_counter()
@@ -693,17 +774,22 @@ def evaluate_engine(
             [sp for _, _, _, sp in requests],
             batch=(batch_problems or len(problems)) * per_problem,
             progress=lambda done: bar(done // per_problem),
+            keys_per_request=keyed,
         )
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     greedy_outs, sample_outs = _split_outputs(outs, requests, len(problems), len(arms))
     texts = [tokenizer.decode(ids) for ids in prompt_ids] if template == "chat" else None
-    return [
+    results = [
         _arm_result(task, problems, tokenizer, greedy_outs[a] if arm.greedy else None, sample_outs[a],
                     texts, scorers, ks, label, split, seconds)
         for a, arm in enumerate(arms)
     ]  # fmt: skip
+    digest = data_hash(problems)
+    for r in results:
+        r.data_hash = digest
+    return results
 
 
 def _arm_result(
@@ -982,9 +1068,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "task"
 
 
-def format_table(results: Sequence[EvalResult]) -> Any:
+def format_table(results: Sequence[EvalResult], model: dict[str, str] | None = None) -> Any:
     """A rich Table with one column per (task, split) and one row per headline metric (accuracies in %,
-    lengths in tokens), narrow enough for an 80-column log."""
+    lengths in tokens), narrow enough for an 80-column log. The title names the model (`model_fingerprint`:
+    name and the first 12 hex digits of its sha256) and a "data sha256" row each column's `data_hash`,
+    so two tables can be compared at a glance."""
     from rich.table import Table
 
     names: list[str] = []
@@ -997,7 +1085,10 @@ def format_table(results: Sequence[EvalResult]) -> Any:
     order = ["greedy_acc", "pass@", "maj@", "best_of_", "think_tokens", "answer_tokens", "completion_tokens"]
     order += ["greedy_think_tokens", "greedy_answer_tokens", "answered", "truncated"]
     names.sort(key=lambda n: next((i for i, prefix in enumerate(order) if n.startswith(prefix)), len(order)))
-    table = Table(title="r1kit eval")
+    title = "r1kit eval"
+    if model:
+        title += f" · {model.get('name', '')} (sha256 {model.get('sha256', '')[:12]})"
+    table = Table(title=title)
     table.add_column("metric")
     for r in results:
         table.add_column(f"{r.task} ({r.split})", justify="right")
@@ -1013,12 +1104,31 @@ def format_table(results: Sequence[EvalResult]) -> Any:
                 cells.append(f"{100 * value:.1f}%")
         table.add_row(name, *cells)
     table.add_row("problems", *(str(int(r.metrics["problems"])) for r in results))
+    table.add_row("data sha256", *(r.data_hash[:12] or "–" for r in results))
     table.add_row("problems/s", *(f"{r.timing.get('problems_per_s', 0.0):.1f}" for r in results))
     return table
 
 
 # ----------------------------------------------------------------------------------------------
 # loading and the stage
+
+
+def protocol_record(sampling: SamplingSection, template: str = "chat", system: str = "") -> dict[str, Any]:
+    """The decoding protocol of an evaluation as written to results.json (everything that changes the
+    numbers besides the model and the data)."""
+    s = sampling
+    return {
+        "name": s.protocol,
+        "k": s.k,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "max_new_tokens": s.max_new_tokens,
+        "seed": s.seed,
+        "greedy": s.greedy,
+        "template": template,
+        "system": system,
+    }
 
 
 @dataclass
@@ -1042,8 +1152,10 @@ def _write_outputs(result: EvalResult, out_dir: Path, run: RunSection) -> None:
             plot_budget(result.budget, out_dir / f"budget_{stem}.png", title)
 
 
-def _print_results(results: Sequence[EvalResult], out_dir: Path, console: Any) -> None:
-    console.print(format_table(results))
+def _print_results(
+    results: Sequence[EvalResult], out_dir: Path, console: Any, model: dict[str, str] | None = None
+) -> None:
+    console.print(format_table(results, model))
     for r in results:
         for p in r.budget:
             console.print(
@@ -1097,22 +1209,19 @@ def run(config: Config, console: Any = None) -> EvalRunResult:
             results.append(result)
     meter.stop()
     cost = meter.summary()
+    fingerprint = model_fingerprint(model_dir)
     payload = {
         "model": str(model_dir),
-        "protocol": {
-            "k": s.k,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "max_new_tokens": s.max_new_tokens,
-            "template": d.template,
-        },
+        "model_name": fingerprint["name"],
+        "model_sha256": fingerprint["sha256"],
+        "protocol": protocol_record(s, d.template, d.system),
         "results": [r.summary() for r in results],
         "cost": cost,
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     save_config(config, out_dir / "config.toml", header="r1kit eval: resolved config")
     if config.run.progress:
-        _print_results(results, out_dir, console)
+        _print_results(results, out_dir, console, fingerprint)
     metrics = {f"{r.task}/{r.split}/{k}": v for r in results for k, v in r.metrics.items()}
     return EvalRunResult(run_dir=out_dir, metrics=metrics, cost=cost, results=results)
 
@@ -1130,15 +1239,19 @@ __all__ = [
     "aggregate",
     "budget_arms",
     "budget_curve",
+    "check_r1_protocol",
     "completion_lengths",
+    "data_hash",
     "evaluate",
     "evaluate_engine",
     "extract_answer",
     "format_table",
     "make_scorers",
+    "model_fingerprint",
     "plot_budget",
     "plot_scaling",
     "problem_seed",
+    "protocol_record",
     "render_prompts",
     "run",
     "sampling_params",

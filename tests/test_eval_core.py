@@ -5,6 +5,12 @@ evaluation and rejection sampling each built their own generate calls. The value
 computed with that old code (commit f84c157) on a scripted model with real entropy, through the real
 engine: the same per-row seeds, the same batching, the same samples, the same RNG draws. The model's
 logits are small integers, so the draws are the same on any CPU.
+
+Since sampling streams became per request (sample j of a problem draws from stream j of
+`problem_seed(seed, id)`, whatever the chunking: `Engine.generate(keys_per_request=True)`), the sampled
+values of the paths that seed each problem (`r1kit eval`, the sampled budget curve, rejection sampling)
+are re-pinned from the new code: the old ones depended on each row's position in the call. Greedy
+decoding, the validators and GRPO's held-out evaluation (one seed per call) keep the old values.
 """
 
 from __future__ import annotations
@@ -126,11 +132,11 @@ def test_r1kit_eval_records_match_the_old_path(setup):
     sampling = S(k=3, max_new_tokens=12, seed=7, batch_problems=2, best_of=["logprob", "format"])
     r = evaluate.evaluate(model, tok, task, problems, sampling)
     assert [rec["samples"] for rec in r.records] == [
-        ["xxxxxxxy</think>4", "xxxy</think>4", "xx</think>2"],
-        ["yyyx</think>88", "xxyxy</think>842", "xxxyxx</think>82"],
-        ["xxxxyy</think>83", "xxx</think>83", "yxxxx</think>83"],
-        ["yxxy</think>100", "xxyxy</think>161", "yxxxyyxx</think>105"],
-        ["yxxx</think>95", "yxyxyxx</think>25", "yxxx</think>93"],
+        ["yxxx</think>1", "xxxxxxxy</think>4", "xxxy</think>4"],
+        ["yxyy</think>87", "xyxxx</think>54", "xxyx</think>82"],
+        ["xxxxxx</think>83", "xxxxyy</think>83", "xxx</think>83"],
+        ["yxyx</think>181", "yxxxy</think>101", "xxxxy</think>507"],
+        ["yxxxxx</think>95", "yxxx</think>95", "yxyxyxx</think>25"],
     ]
     assert [rec["greedy"]["text"] for rec in r.records] == [
         "xxxx</think>4",
@@ -139,18 +145,20 @@ def test_r1kit_eval_records_match_the_old_path(setup):
         "xxxx</think>101",
         "xxxx</think>95",
     ]
-    assert r["pass@1"] == pytest.approx(0.4) and r["pass@2"] == pytest.approx(8 / 15) and r["maj@3"] == 0.6
-    assert r["greedy_acc"] == 1.0 and r["think_tokens"] == 5.0 and r["truncated"] == pytest.approx(1 / 15)
+    assert (
+        r["pass@1"] == pytest.approx(8 / 15) and r["pass@2"] == pytest.approx(11 / 15) and r["maj@3"] == 0.6
+    )
+    assert r["greedy_acc"] == 1.0 and r["think_tokens"] == 5.0 and r["truncated"] == 0.0
     # everything else, bit for bit: metrics, curves and every field of every record
     old = {"metrics": r.metrics, "curves": r.curves, "records": r.records}
-    assert _digest(old) == "aeb200087d916a6598f3075eda64dcb3be50550e4649470ee47e8e38da160f30"
+    assert _digest(old) == "1e20e2b6a685852a1460f16eb1640cf71671a7fec4ab79d939ed402995f64b8c"
     raw = S(
         k=2, greedy=False, temperature=1.0, top_p=0.9, top_k=5, max_new_tokens=10, seed=3, batch_problems=0
     )
     r = evaluate.evaluate(model, tok, task, problems, raw, template="raw")
     assert r.records[0]["samples"] == ["yxyxyxxyxy", "xyyyxxyxxx"]
     assert _digest({"metrics": r.metrics, "records": r.records}) == (
-        "098048c087c2368ece9bb9bf6d2ccd3c94a54355045e2b878adf11bb8ded8cbc"
+        "648d72be130c3bf06fb0f1320828000b965b1e7c68b16ff1dbdff35af9bcc3e6"
     )
 
 
@@ -174,19 +182,19 @@ def test_budget_curves_match_the_old_path(setup):
         {
             "mode": "cap",
             "value": 2,
-            "accuracy": 1 / 3,
-            "think_tokens": 2.0,
-            "answer_tokens": 11 / 6,
+            "accuracy": 1 / 6,
+            "think_tokens": 1.5,
+            "answer_tokens": 13 / 6,
             "answered": 1.0,
-            "generated_tokens": 35,
+            "generated_tokens": 34,
         },
         {
             "mode": "wait",
             "value": 1,
-            "accuracy": 1 / 6,
-            "think_tokens": 59 / 6,
-            "answer_tokens": 7 / 6,
-            "answered": 2 / 3,
+            "accuracy": 0.0,
+            "think_tokens": 9.0,
+            "answer_tokens": 11 / 6,
+            "answered": 5 / 6,
             "generated_tokens": 74,
         },
     ]
@@ -236,14 +244,14 @@ def test_rejection_sampling_matches_the_old_path(setup):
     )
     assert [(r["id"], r["messages"][-1]["content"]) for r in res.rows] == [
         ("3+1", "<think>\nyxx\n</think>\n4"),
-        ("6+78", "<think>\nyxyxxx\n</think>\n84"),
+        ("6+78", "<think>\nxyxyxy\n</think>\n84"),
     ]
     total = {k: v for k, v in res.stats["total"].items() if k != "seconds"}
     assert total == {
         "acceptance_rate": 0.1,
         "correct": 2,
         "duplicates": 0,
-        "generated_tokens": 162,
+        "generated_tokens": 159,
         "kept": 2,
         "kept_per_prompt": 0.4,
         "mean_think_tokens": 4.5,
@@ -259,7 +267,7 @@ def test_rejection_sampling_matches_the_old_path(setup):
     )  # fmt: skip
     stats = {k: {kk: vv for kk, vv in v.items() if kk != "seconds"} for k, v in res.stats.items()}
     old = {"rows": res.rows, "stats": stats, "rows_random": unverified.rows}
-    assert _digest(old) == "5aa8c116ef8ac621b78b78dbadebeba4ae86040af23ad7141868bfb1b4f10ba8"
+    assert _digest(old) == "16f2b0a0e583bb9efcf66a110f63ff6245de3ae49c4695aaac699ab50b4f61df"
 
 
 def test_arms_share_one_call_and_keep_their_own_seeds(setup):
@@ -269,9 +277,9 @@ def test_arms_share_one_call_and_keep_their_own_seeds(setup):
     calls = []
 
     class Recording(Engine):
-        def generate(self, prompts, params):
+        def generate(self, prompts, params, **kwargs):
             calls.append([(sp.n, sp.temperature, sp.seed) for sp in params])
-            return super().generate(prompts, params)
+            return super().generate(prompts, params, **kwargs)
 
     engine = Recording(model, tok)
     arms = [

@@ -149,6 +149,8 @@ class Engine:
         self,
         prompts: Sequence[str | Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        keys_per_request: bool = False,
     ) -> list[Completion]:
         """Generate completions for every prompt.
 
@@ -156,10 +158,15 @@ class Engine:
             prompts: P prompts, each a (templated) string or a list of token ids.
             params: one `SamplingParams` for all prompts, or one per prompt (each with its own
                 n, stops, limits, temperature...). Default: `SamplingParams()`.
+            keys_per_request: key each sample's random stream by (its request's seed, its index
+                among the request's n) instead of its row in the call, so a request with its own
+                seed gets the same samples whatever else is in the call (an evaluation chunked
+                any way); requests sharing one seed then share streams.
         Returns:
             sum(n) completions, prompt-major: prompt 0's samples first, then prompt 1's, ...
         """
-        run = GenerationStream(DecodeBatch(self, prompts, params), self.compact_fraction, stream=False)
+        batch = DecodeBatch(self, prompts, params, keys_per_request=keys_per_request)
+        run = GenerationStream(batch, self.compact_fraction, stream=False)
         for _ in run:
             pass
         self.last_stats = run.stats

@@ -5,7 +5,9 @@
     task.score(completion_text, problems[0])   # float in [0, 1]
 
 Names: "addition", "multiplication", "countdown", "gym:<reasoning-gym dataset>" (a bare
-reasoning-gym name works too), "math:<file.jsonl>", "jsonl:<file.jsonl>".
+reasoning-gym name works too), "math:<file or folder>" (jsonl, json, csv, parquet, arrow),
+"jsonl:<file.jsonl>", the maths presets "gsm8k", "math500", "aime24", "amc" (hub, or `path`), and
+"hf:<hub dataset>" (`r1kit.tasks.datasets`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from r1kit.tasks.arithmetic import AdditionTask, MultiplicationTask
 from r1kit.tasks.base import SPLITS, MixtureTask, Problem, ProceduralTask, Task, split_of
 from r1kit.tasks.countdown import CountdownTask
+from r1kit.tasks.datasets import PRESETS, DatasetTask, hub_task, local_math_task, preset_task
 from r1kit.tasks.gym import GymTask, gym_dataset_names
 from r1kit.tasks.jsonl import JsonlTask, read_jsonl
 from r1kit.tasks.math import MathTask, math_score
@@ -24,8 +27,14 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "addition": AdditionTask,
     "multiplication": MultiplicationTask,
     "countdown": CountdownTask,
+    **{name: preset_task(name) for name in PRESETS},
 }
-PREFIXED_TASKS: dict[str, Callable[..., Task]] = {"gym": GymTask, "math": MathTask, "jsonl": JsonlTask}
+PREFIXED_TASKS: dict[str, Callable[..., Task]] = {
+    "gym": GymTask,
+    "math": local_math_task,
+    "jsonl": JsonlTask,
+    "hf": hub_task,
+}
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
@@ -40,7 +49,8 @@ def get_task(name: str, **kwargs: Any) -> Task:
         return PREFIXED_TASKS[prefix](rest, **kwargs)
     if not sep and name in gym_dataset_names():
         return GymTask(name, **kwargs)
-    valid = [*BUILTIN_TASKS, "gym:<reasoning-gym dataset>", "math:<file.jsonl>", "jsonl:<file.jsonl>"]
+    valid = [*BUILTIN_TASKS, "gym:<reasoning-gym dataset>", "math:<file or folder>", "jsonl:<file.jsonl>",
+             "hf:<hub dataset>"]  # fmt: skip
     raise ValueError(f"unknown task {name!r}; valid names: {', '.join(valid)}")
 
 
@@ -65,6 +75,7 @@ __all__ = [
     "SPLITS",
     "AdditionTask",
     "CountdownTask",
+    "DatasetTask",
     "GymTask",
     "JsonlTask",
     "MathTask",
