@@ -442,17 +442,26 @@ class _HeadLogprobFn(torch.autograd.Function):
             hc_ND, wc_VD = h_ND.to(cd), w_VD.to(cd)
             for s in range(0, N, chunk):
                 z_nV = _chunk_logits(hc_ND[s : s + chunk], wc_VD, scale, out_dtype)
-                p_nV = torch.exp(z_nV - lse_N[s : s + chunk, None])
-                gz_nV = torch.zeros_like(z_nV)
+                # in place where possible: one (chunk, V) float buffer carries z -> p -> dL/dz
+                if g_ent_N is not None:
+                    # dH/dz = -p (z - E[z]): needs z and p at once
+                    g_n1 = g_ent_N[s : s + chunk, None].to(out_dtype)
+                    p_nV = torch.exp(z_nV - lse_N[s : s + chunk, None])
+                    gz_nV = z_nV.sub_(ez_N[s : s + chunk, None]).mul_(p_nV).mul_(-g_n1)
+                else:
+                    p_nV = z_nV.sub_(lse_N[s : s + chunk, None]).exp_()
+                    gz_nV = None
                 if g_logp_N is not None:
                     g_n1 = g_logp_N[s : s + chunk, None].to(out_dtype)
-                    gz_nV = gz_nV - g_n1 * p_nV
+                    if gz_nV is None:
+                        gz_nV = p_nV.mul_(-g_n1)
+                    else:
+                        gz_nV.sub_(p_nV.mul_(g_n1))
                     gz_nV.scatter_add_(1, targets_N[s : s + chunk, None], g_n1)
-                if g_ent_N is not None:
-                    g_n1 = g_ent_N[s : s + chunk, None].to(out_dtype)
-                    gz_nV = gz_nV - g_n1 * p_nV * (z_nV - ez_N[s : s + chunk, None])
                 del z_nV, p_nV
-                gz_nV = (gz_nV * scale if scale != 1.0 else gz_nV).to(cd)
+                if scale != 1.0:
+                    gz_nV.mul_(scale)
+                gz_nV = gz_nV.to(cd)
                 if need_h:
                     grad_h[s : s + chunk] = (gz_nV @ wc_VD).to(h_ND.dtype)
                 if need_w:
