@@ -12,7 +12,7 @@ The pieces it is made of (usable on their own):
 
 - :func:`setup_distributed` / :func:`cleanup_distributed`: torchrun environment → process group
   (nccl on CUDA, gloo on CPU), or a no-op :class:`DistInfo` for a single process.
-- :func:`autocast_for`: bf16 autocast on GPU, fp32 on CPU (:func:`r1kit.loaders.resolve_device`, which
+- :func:`autocast_for`: bf16 autocast where bf16 measures much faster (`r1kit.precision`) (:func:`r1kit.loaders.resolve_device`, which
   maps "auto" to the local CUDA device when there is one, is re-exported here).
 - :func:`wrap_model`: ``"none"`` | ``"ddp"`` | ``"fsdp2"`` (``fully_shard`` per block, then the root),
   then optional ``torch.compile``; :func:`unwrap_model` gets the plain Transformer back.
@@ -78,7 +78,8 @@ class TrainConfig:
     grad_clip (float): clip the global gradient norm to this; 0 = no clipping (the norm is logged).
     device (str): "auto" (the local CUDA device if any, else CPU), "cpu", "cuda", "cuda:1", "mps".
     precision (str): autocast dtype of the matmuls, in the dtype vocabulary of `r1kit.train.sections`:
-        "auto" (bfloat16 on CUDA, float32 elsewhere), "bfloat16" or "float32" ("bf16", "fp32" accepted).
+        "auto" (bfloat16 where a one-time probe finds bf16 matmuls much faster than fp32 — GPUs,
+        AMX CPUs — else float32; `r1kit.precision`), "bfloat16" or "float32" ("bf16", "fp32" accepted).
     max_seconds (float): wall-clock budget of the whole run in seconds (resumed segments included; GRPO:
         evaluation included); 0 = none. Whichever of steps and max_seconds comes first ends the run.
     compile (bool): torch.compile the model (worth it for long runs; the first steps are slow).
@@ -253,15 +254,14 @@ def cleanup_distributed(dist: DistInfo | None = None) -> None:
 def autocast_for(
     device: torch.device, precision: str = "auto"
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts: bf16 on CUDA with "auto" (or "bfloat16"/"bf16" anywhere), else a no-op.
+    """A factory of autocast contexts for ``precision`` on ``device``: bf16 autocast when it resolves to
+    bfloat16 ("auto": where bf16 matmuls measure much faster than fp32, `r1kit.precision`), else a no-op.
 
-    Weights and optimiser state stay fp32; only the matmuls run in bf16.
+    Weights and optimiser state stay fp32; only the matmuls run in bf16 (attention stays fp32 on CPU).
     """
-    precision = normalize_dtype(precision)
-    use_bf16 = precision == "bfloat16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    from r1kit.precision import autocast_factory
+
+    return autocast_factory(device, precision)
 
 
 def all_reduce_sum(
