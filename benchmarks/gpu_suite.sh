@@ -40,7 +40,7 @@ cd "$ROOT" || exit 1
 
 if [ "$DEVICE" = cpu ]; then
   # smoke sizes: checks every part runs, in a few minutes on 2 cores
-  ENGINE_ARGS=(--quick --shape qwen2.5-0.5b --layers 1 --dtype float32 --threads 2)
+  ENGINE_ARGS=(--shape qwen2.5-0.5b --layers 1 --dtype float32 --threads 2 --new 8 --repeats 1)
   BATCHES=(1 4)
   TRAIN_ARGS=(--steps 1 --warmup 0 --batch 2 --seq 64)
   MEM_ARGS=(--layers 1 --vocab 8192 --batch 2 --length 64 --prompt-len 8 --chunk 32 --threads 2)
