@@ -218,7 +218,7 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> 
     from r1kit.precision import resolve_precision
 
     return {
-        "precision": resolve_precision(args.precision, args.device),
+        "precision": resolve_precision(args.precision, args.device, 128),  # the model's width
         "step_flops": [r.get("cost/flops", 0.0) for r in rows],
         "step_seconds": [r["time/step"] for r in rows],
         "step_cpu_seconds": cpu_seconds,

@@ -99,7 +99,7 @@ def measure(name: str, fields: dict, args: argparse.Namespace, device: torch.dev
     stream = BatchStream(windows, args.batch, args.micro_batch, shuffle=False)
     runner = torch.compile(model) if compile else model
     optimizer = loop.build_optimizer(model, lr=3e-4)
-    autocast = loop.autocast_for(device, args.precision)
+    autocast = loop.autocast_for(device, args.precision, cfg.hidden_size)
     tokens_per_step = args.batch * args.seq
     times = []
     for step in range(args.warmup + args.steps):
@@ -168,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from r1kit.precision import resolve_precision
 
-    dtype = "bf16" if resolve_precision(args.precision, device) == "bfloat16" else "fp32"
-    peak = lookup_device_peak(device, dtype)  # the peak of the precision that runs
     dense, moe = (DENSE_05B, MOE_05B) if args.size == "0.5b" else (DENSE, MOE)
+    # both models share one width, so one precision (and one peak) for the table
+    dtype = (
+        "bf16" if resolve_precision(args.precision, device, dense["hidden_size"]) == "bfloat16" else "fp32"
+    )
+    peak = lookup_device_peak(device, dtype)  # the peak of the precision that runs
     rows = [measure("dense", dense, args, device, compile=False)]
     if args.compile:
         rows.append(measure("dense", dense, args, device, compile=True))

@@ -252,16 +252,17 @@ def cleanup_distributed(dist: DistInfo | None = None) -> None:
 
 
 def autocast_for(
-    device: torch.device, precision: str = "auto"
+    device: torch.device, precision: str = "auto", width: int | None = None
 ) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for ``precision`` on ``device``: bf16 autocast when it resolves to
-    bfloat16 ("auto": where bf16 matmuls measure much faster than fp32, `r1kit.precision`), else a no-op.
+    bfloat16 ("auto": where bf16 matmuls measure much faster than fp32 at the model's ``width``,
+    `r1kit.precision`), else a no-op.
 
     Weights and optimiser state stay fp32; only the matmuls run in bf16 (attention stays fp32 on CPU).
     """
     from r1kit.precision import autocast_factory
 
-    return autocast_factory(device, precision)
+    return autocast_factory(device, precision, width)
 
 
 def all_reduce_sum(
@@ -1031,7 +1032,8 @@ class Trainer:
         self.validate_every, self.validate_at_start = validate_every, validate_at_start
         self.validate_on_stop = validate_on_stop
         self.run_dir = Path(run.dir)
-        self.autocast = autocast_for(device, train.precision)
+        width = getattr(getattr(unwrap_model(model), "config", None), "hidden_size", None)
+        self.autocast = autocast_for(device, train.precision, width if isinstance(width, int) else None)
         if train.activation_checkpointing:
             enable_activation_checkpointing(model)
         self.wrapped = wrap_model(model, train.strategy, dist, compile=train.compile)

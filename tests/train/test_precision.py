@@ -18,7 +18,7 @@ def measured(monkeypatch):
     monkeypatch.delenv(precision.AUTO_ENV, raising=False)
 
     def fake(speedup):
-        monkeypatch.setattr(precision, "bf16_speedup", lambda device="cpu": speedup)
+        monkeypatch.setattr(precision, "bf16_speedup", lambda device="cpu", width=None: speedup)
 
     return fake
 
@@ -32,6 +32,20 @@ def test_auto_follows_the_measured_speedup_not_the_device_name(measured):
     assert loop.autocast_for(torch.device("cpu"), "auto") is contextlib.nullcontext
     measured(precision.BF16_MIN_SPEEDUP - 0.01)
     assert precision.resolve_precision("auto", "cpu") == "float32"
+
+
+def test_auto_measures_at_the_model_width(monkeypatch):
+    monkeypatch.delenv(precision.AUTO_ENV, raising=False)
+    seen = []
+    # an AMX CPU: bf16 gains nothing at width 128, ~7x at 512
+    monkeypatch.setattr(
+        precision, "_probe", lambda dev, threads, size: seen.append(size) or (0.95 if size <= 128 else 7.0)
+    )
+    assert precision.resolve_precision("auto", "cpu", width=128) == "float32"
+    assert precision.resolve_precision("auto", "cpu", width=896) == "bfloat16"
+    assert precision.resolve_precision("auto", "cpu") == "bfloat16"
+    assert seen == [128, 896, 512]
+    assert precision.probe_size("cpu", 100) == 128 and precision.probe_size("cpu", 10_000) == 2048
 
 
 def test_explicit_choices_and_the_environment_pin(measured, monkeypatch):
