@@ -74,6 +74,27 @@ def hf_configs():
     return {"(a) Qwen2 ~1M": qwen, "(b) DeepSeek-V3 MLA+MoE ~20M": v3}
 
 
+def qwen05b_config(layers: int):
+    """The Qwen2.5-0.5B shape (hidden 896, MLP 4864, 14 heads, 2 KV heads, vocabulary 151,936, tied),
+    `layers` of its 24 blocks, random weights: where the head dominates decode."""
+    import transformers
+
+    return transformers.Qwen2Config(
+        vocab_size=151_936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=layers,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+
+
 def make_prompts(batch: int, seed: int = 0) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(8, 25, (batch,), generator=gen).tolist()
@@ -141,6 +162,15 @@ def main(argv: list[str] | None = None) -> None:
         help="an r1kit/HF checkpoint with a trained MTP block for (c) (default: self-distilled)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument("--dtype", default="float32", help="weights of both sides: float32 or bfloat16")
+    parser.add_argument(
+        "--shape",
+        choices=["tiny", "qwen2.5-0.5b"],
+        default="tiny",
+        help="row (a)'s model: the ~1M Qwen2, or the Qwen2.5-0.5B shape (--layers of its 24 blocks)",
+    )
+    parser.add_argument("--layers", type=int, default=24, help="blocks of the qwen2.5-0.5b shape")
     parser.add_argument(
         "--only",
         nargs="+",
@@ -155,19 +185,27 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     torch.manual_seed(0)
-    peak = lookup_device_peak("cpu", "fp32")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    peak = lookup_device_peak(device, "bf16" if dtype == torch.bfloat16 else "fp32")
     prompts = make_prompts(args.batch)
     ids, mask = left_pad(prompts)
+    ids, mask = ids.to(device), mask.to(device)
+    configs = hf_configs()
+    if args.shape == "qwen2.5-0.5b":
+        configs[f"(a) Qwen2.5-0.5B shape, {args.layers} layers"] = qwen05b_config(args.layers)
+        del configs["(a) Qwen2 ~1M"]
+        configs = dict(sorted(configs.items()))
     context = sum(len(p) for p in prompts) / len(prompts) + args.new / 2
     rows = []
     loaded = {}
-    for name, config in hf_configs().items():
+    for name, config in configs.items():
         if name[1] not in args.only and not (name[1] == "b" and "c" in args.only and not args.mtp_checkpoint):
             continue
         hf = transformers.AutoModelForCausalLM.from_config(config).eval()
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(tmp)
-            ours = Transformer.from_pretrained(tmp).eval()
+            ours = Transformer.from_pretrained(tmp, device=device, dtype=dtype).eval()
+        hf = hf.to(device=device, dtype=dtype)
         loaded[name] = ours
         tokens = args.batch * args.new
 
@@ -214,12 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     if "c" not in args.only:
         args.spec_batch = []
     elif args.mtp_checkpoint:
-        mtp_model = Transformer.from_pretrained(args.mtp_checkpoint).eval()
+        mtp_model = Transformer.from_pretrained(args.mtp_checkpoint, device=device, dtype=dtype).eval()
         cfg = mtp_model.config
     else:
         base = loaded["(b) DeepSeek-V3 MLA+MoE ~20M"]
         cfg = ModelConfig(**{**base.config.__dict__, "num_mtp_layers": 1})
-        mtp_model = Transformer(cfg).eval()
+        mtp_model = Transformer(cfg, device=device, dtype=dtype).eval()
         mtp_model.load_state_dict(base.state_dict(), strict=False)
         torch.manual_seed(1)
         self_distill_mtp(mtp_model, make_prompts(32, seed=5), args.new, steps=60 if not args.quick else 5)
@@ -254,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     print(
-        f"\nbatch {args.batch} x {args.new} new tokens, sampling T=1, KV cache; {peak.name}: peak {peak.flops / 1e9:.0f} GFLOP/s ({peak.source})\n"
+        f"\nbatch {args.batch} x {args.new} new tokens, sampling T=1, KV cache, {args.dtype} weights; {peak.name}: "
+        f"peak {peak.flops / 1e9:.0f} GFLOP/s ({peak.source})\n"
     )
     print("| model | params | engine | tokens/s | vs baseline | roofline |")
     print("|---|---|---|---|---|---|")

@@ -2,11 +2,16 @@
 
     python benchmarks/bench_grpo_trl.py                 # or: ./run.sh bench bench_grpo_trl
     python benchmarks/bench_grpo_trl.py --steps 12 --warmup 2 --skip-trl
+    python benchmarks/bench_grpo_trl.py --trl-python /work/trl-venv/bin/python --precision auto --compile
+    python benchmarks/bench_grpo_trl.py --device cuda --trl-python PYTHON_WITH_TRL
 
 Both sides train the same randomly initialised Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads,
 char-level vocab of ~100, saved once with transformers; r1kit loads the same directory) on the same
 prompts: 8 prompts x 8 completions x exactly 64 new tokens per step (EOS suppressed on both sides),
-temperature 1, beta 0, one update per rollout batch (mu = 1), AdamW, fp32 on CPU, the same reward.
+temperature 1, beta 0, one update per rollout batch (mu = 1), AdamW, the same reward. Each side runs
+in its best precision by default: r1kit `train.precision = auto` (bf16 autocast where bf16 matmuls
+measure much faster, `r1kit.precision`), TRL fp32 on CPU (its bf16 is slower there) and bf16 on CUDA.
+The step's FLOP ceiling (its counted FLOPs at the device's matmul peak) is printed beside the times.
 
 TRL runs in its own environment, `benchmarks/.venv-trl` (created on first use: torch==2.13.0 first,
 then trl from PyPI), in a subprocess (`_grpo_trl_worker.py`); r1kit runs in this interpreter. The
@@ -131,6 +136,10 @@ def run_trl(python: Path, model_dir: Path, prompts_file: Path, args: argparse.Na
         str(args.lr),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
+        "--precision",
+        args.trl_precision,
         "--out",
         str(args.workdir / "trl"),
     ]
@@ -158,8 +167,9 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> 
     problems_file.write_text("".join(json.dumps({"prompt": p, "answer": ""}) + "\n" for p in prompts))
     overrides = {
         "run.dir": str(run_dir),
-        "train.device": "cpu",
-        "train.precision": "float32",
+        "train.device": args.device,
+        "train.precision": args.precision,
+        "train.compile": "true" if args.compile else "false",
         "train.steps": str(args.steps),
         "run.log_every": "1",
         "run.progress": "false",
@@ -205,7 +215,11 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> 
     total = time.perf_counter() - t0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "time/step" in r]
+    from r1kit.precision import resolve_precision
+
     return {
+        "precision": resolve_precision(args.precision, args.device, 128),  # the model's width
+        "step_flops": [r.get("cost/flops", 0.0) for r in rows],
         "step_seconds": [r["time/step"] for r in rows],
         "step_cpu_seconds": cpu_seconds,
         "mean_completion_length": [r.get("completion/length_mean") for r in rows],
@@ -246,7 +260,22 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_grpo_trl"))
     ap.add_argument("--skip-trl", action="store_true", help="time r1kit only")
     ap.add_argument("--trl-python", type=Path, default=None, help="python of an existing TRL environment")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, both sides")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        help="r1kit's train.precision: auto (measured, r1kit.precision), bf16, fp32",
+    )
+    ap.add_argument(
+        "--trl-precision",
+        default="",
+        help="TRL's: fp32 or bf16 (its bf16 autocast); default its best: fp32 on CPU (bf16 ~7x slower), bf16 on CUDA",
+    )
+    ap.add_argument(
+        "--compile", action="store_true", help="r1kit: train.compile (torch.compile of the update)"
+    )
     args = ap.parse_args()
+    args.trl_precision = args.trl_precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     model_dir = make_model_dir(args.workdir / "model")
@@ -274,7 +303,9 @@ def main() -> None:
     print(
         f"\nGRPO step, tiny Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads, vocab {len(SPECIALS) + len(CHARS)}), "
         f"{args.prompts_per_step} prompts x {args.group_size} completions x {args.new_tokens} new tokens "
-        f"({n} sequences), beta 0, mu 1, fp32, CPU ({os.cpu_count()} cores, {threads} torch threads); "
+        f"({n} sequences), beta 0, mu 1, r1kit {rounds['r1kit'][0]['precision']}"
+        f"{' + torch.compile' if args.compile else ''}, TRL {args.trl_precision}, {args.device} "
+        f"({os.cpu_count()} cores, {threads} torch threads); "
         f"{args.rounds} alternating rounds of {args.steps} steps, first {args.warmup} of each left out\n"
     )
     print(
@@ -303,6 +334,26 @@ def main() -> None:
             f"\nspeed-up r1kit vs TRL: {med['TRL'] / med['r1kit']:.2f}x wall "
             f"(per round: {', '.join(f'{x:.2f}x' for x in per_round)}), "
             f"{cpu['TRL'] / cpu['r1kit']:.2f}x CPU time"
+        )
+    flops = [f for r in rounds["r1kit"] for f in r.get("step_flops", [])[args.warmup :] if f]
+    if flops:
+        from r1kit.train.cost import lookup_device_peak
+
+        step_flops = statistics.median(flops)
+        ceilings = {}
+        for dt in ("fp32", "bf16"):
+            peak = lookup_device_peak(args.device, dt)
+            ceilings[dt] = step_flops / peak.flops
+        used = "bf16" if rounds["r1kit"][0]["precision"] == "bfloat16" else "fp32"
+        print(
+            f"step FLOP ceiling ({step_flops / 1e9:.1f} GFLOP per step at the device's peak, {peak.source}): "
+            f"{ceilings['fp32']:.3f} s fp32, {ceilings['bf16']:.3f} s bf16; r1kit at "
+            f"{100 * ceilings[used] / med['r1kit']:.0f}% of its {used} ceiling"
+            + (
+                f", TRL at {100 * ceilings['bf16' if args.trl_precision == 'bf16' else 'fp32'] / med['TRL']:.0f}% of its"
+                if "TRL" in med
+                else ""
+            )
         )
     splits = [r["split"] for r in rounds["r1kit"] if r.get("split")]
     if splits:

@@ -61,6 +61,32 @@ MOE = dict(
     tie_word_embeddings=True,
 )
 
+# --size 0.5b: the Qwen2.5-0.5B shape (vocabulary 151,936, tied) and a DeepSeek-V3-style MoE of about the
+# same total size (16 routed experts top-2 + 1 shared, MLA), for the GPU suite.
+DENSE_05B = dict(
+    family="qwen2",
+    vocab_size=151_936,
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    qkv_bias=True,
+    tie_word_embeddings=True,
+)
+MOE_05B = dict(
+    MOE,
+    vocab_size=151_936,
+    hidden_size=896,
+    num_hidden_layers=12,
+    num_attention_heads=14,
+    intermediate_size=4864,
+    q_lora_rank=256,
+    kv_lora_rank=256,
+    n_routed_experts=16,
+    moe_intermediate_size=704,
+)
+
 
 def measure(name: str, fields: dict, args: argparse.Namespace, device: torch.device, compile: bool) -> dict:
     """Train ``args.warmup`` + ``args.steps`` steps; return throughput over the timed steps."""
@@ -73,7 +99,7 @@ def measure(name: str, fields: dict, args: argparse.Namespace, device: torch.dev
     stream = BatchStream(windows, args.batch, args.micro_batch, shuffle=False)
     runner = torch.compile(model) if compile else model
     optimizer = loop.build_optimizer(model, lr=3e-4)
-    autocast = loop.autocast_for(device, "auto")
+    autocast = loop.autocast_for(device, args.precision, cfg.hidden_size)
     tokens_per_step = args.batch * args.seq
     times = []
     for step in range(args.warmup + args.steps):
@@ -129,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also measure the torch.compile'd dense model")
     parser.add_argument("--quick", action="store_true", help="2 timed steps after 1 warm-up, batch 4 x 256")
     parser.add_argument("--profile", action="store_true", help="profile one dense step instead")
+    parser.add_argument(
+        "--size", choices=["20m", "0.5b"], default="20m", help="model sizes (0.5b: for a GPU)"
+    )
+    parser.add_argument("--precision", default="auto", help="train.precision: auto (measured), bf16, fp32")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.batch, args.seq = 2, 1, 4, 256
@@ -136,12 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile_step(args, device)
         return 0
-    dtype = "bf16" if device.type == "cuda" else "fp32"
-    peak = lookup_device_peak(device, dtype)
-    rows = [measure("dense", DENSE, args, device, compile=False)]
+    from r1kit.precision import resolve_precision
+
+    dense, moe = (DENSE_05B, MOE_05B) if args.size == "0.5b" else (DENSE, MOE)
+    # both models share one width, so one precision (and one peak) for the table
+    dtype = (
+        "bf16" if resolve_precision(args.precision, device, dense["hidden_size"]) == "bfloat16" else "fp32"
+    )
+    peak = lookup_device_peak(device, dtype)  # the peak of the precision that runs
+    rows = [measure("dense", dense, args, device, compile=False)]
     if args.compile:
-        rows.append(measure("dense", DENSE, args, device, compile=True))
-    rows.append(measure("MoE (MLA, 8 experts top-2 + 1 shared)", MOE, args, device, compile=False))
+        rows.append(measure("dense", dense, args, device, compile=True))
+    n_exp = moe["n_routed_experts"]
+    rows.append(measure(f"MoE (MLA, {n_exp} experts top-2 + 1 shared)", moe, args, device, compile=False))
     peak_after = lookup_device_peak(device, dtype) if device.type != "cpu" else peak
 
     print(f"\nCommand: python {' '.join(sys.argv)}")

@@ -60,6 +60,19 @@ def _sdpa(q, k, v, mask, scale):
     """
     is_causal = mask is None and q.shape[-2] > 1 and q.shape[-2] == k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"):
+        # CPU bf16 autocast keeps attention in fp32: its bf16 backward is ~6x slower (r1kit.precision)
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float(),
+                k.float(),
+                v.float(),
+                attn_mask=mask,
+                is_causal=is_causal,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+        return out.to(q.dtype)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
     )

@@ -176,6 +176,19 @@ class Transformer(nn.Module):
             outputs.append(self.mtp_logits(hidden[:, :-1], input_ids[:, 1:], positions[:, :-1], mtp_mask))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states after the final norm, (B, T, D), without the head: what the chunked losses
+        (``r1kit.rl.losses.head_logprobs``) apply the head to. Arguments as in ``forward``, without a cache."""
+        x, positions, mask, cos, sin = self._embed(input_ids, positions, attention_mask, 0)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask)
+        return self.model.norm(x)
+
     def mtp_logits(
         self,
         hidden: torch.Tensor,

@@ -721,7 +721,8 @@ class GRPOTrainer(Stage):
         """The policy loss of one micro-batch as its share of the global batch loss."""
         c, u = self.config, self._update
         t0 = time.perf_counter()
-        logp_BT, logits_BLV = completion_logprobs(model, mb, u["temperature"])
+        # the entropy metric comes from the same chunked head pass (first update only; no gradient)
+        logp_BT, ent_BT = completion_logprobs(model, mb, u["temperature"], entropy=u["first"])
         if mb.old_logp_BT is None:
             # first update: the policy is still the one that sampled, so this forward's log-prob,
             # detached, is old_logp (ratio 1 in value, REINFORCE gradient); kept for the next mu - 1
@@ -744,10 +745,9 @@ class GRPOTrainer(Stage):
         weight = tokens / u["global_tokens"] if dapo else rows / u["global_rows"]
         share = tokens / u["kept_tokens"]  # metrics: means over the rows that were run
         out = {k: torch.tensor(v * share) for k, v in m.items() if k != "loss"}
-        if u["first"]:
+        if ent_BT is not None:
             with torch.no_grad():
-                ent_BT = losses.entropy_from_logits(logits_BLV.detach()).gather(1, mb.index_BT)
-                out["entropy"] = (ent_BT * mb.mask_BT).sum() / u["kept_tokens"]
+                out["entropy"] = (ent_BT.detach() * mb.mask_BT).sum() / u["kept_tokens"]
         u["forward_s"] += time.perf_counter() - t0
         return loss * weight, out
 

@@ -363,3 +363,176 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     if not out:
         return logits.new_zeros(logits.shape[:-1], dtype=dtype)
     return torch.cat(out).reshape(logits.shape[:-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# the fused, chunked head: log-probs, entropy and cross-entropy without (N, V) logits in memory
+
+# Positions whose logits are alive at once in `head_logprobs` (forward and backward): at the
+# Qwen2.5 vocabulary (151,936) a chunk of 512 positions is 311 MB of fp32 logits, and three such
+# temporaries (logits, softmax, their gradient) are the whole extra memory of the loss.
+HEAD_CHUNK = 512
+
+
+def _head_compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The matmul dtype the plain ``lm_head(hidden)`` would use: autocast's when it is on, else promoted."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _chunk_logits(h_nD: torch.Tensor, w_VD: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """(n, V) logits of one chunk in the matmul dtype, upcast to `dtype` (>= float32) and scaled."""
+    z_nV = (h_nD @ w_VD.t()).to(dtype)
+    return z_nV * scale if scale != 1.0 else z_nV
+
+
+class _HeadLogprobFn(torch.autograd.Function):
+    """logp_N = log softmax(h W^T / temperature)[target], optionally entropy_N, chunk by chunk.
+
+    Forward keeps only (N,) per-position statistics (the log-normaliser, and E[z] for the entropy);
+    backward recomputes each chunk's logits from the saved hidden states and head weight, so at no
+    point do more than `chunk` positions' logits exist. d logp / dz = onehot(target) - p;
+    d H / dz = -p (z - E_p[z]); both divided by the temperature on the way back to h and W.
+    """
+
+    @staticmethod
+    def forward(ctx, h_ND, w_VD, targets_N, scale, chunk, compute_dtype, want_entropy):
+        ctx.set_materialize_grads(False)
+        out_dtype = torch.promote_types(compute_dtype, torch.float32)
+        N = h_ND.shape[0]
+        logp_N = h_ND.new_empty(N, dtype=out_dtype)
+        lse_N = h_ND.new_empty(N, dtype=out_dtype)
+        ent_N = h_ND.new_empty(N if want_entropy else 0, dtype=out_dtype)
+        ez_N = h_ND.new_empty(N if want_entropy else 0, dtype=out_dtype)
+        with torch.autocast(h_ND.device.type, enabled=False):
+            hc_ND, wc_VD = h_ND.to(compute_dtype), w_VD.to(compute_dtype)
+            for s in range(0, N, chunk):
+                z_nV = _chunk_logits(hc_ND[s : s + chunk], wc_VD, scale, out_dtype)
+                lse_n = torch.logsumexp(z_nV, dim=-1)
+                lse_N[s : s + chunk] = lse_n
+                logp_N[s : s + chunk] = z_nV.gather(1, targets_N[s : s + chunk, None]).squeeze(1) - lse_n
+                if want_entropy:
+                    ez_n = (torch.softmax(z_nV, dim=-1) * z_nV).sum(dim=-1)
+                    ez_N[s : s + chunk] = ez_n
+                    ent_N[s : s + chunk] = lse_n - ez_n
+        ctx.save_for_backward(h_ND, w_VD, targets_N, lse_N, ez_N)
+        ctx.scale, ctx.chunk, ctx.compute_dtype = scale, chunk, compute_dtype
+        if not want_entropy:
+            ctx.mark_non_differentiable(ent_N)
+        return logp_N, ent_N
+
+    @staticmethod
+    def backward(ctx, g_logp_N, g_ent_N):
+        h_ND, w_VD, targets_N, lse_N, ez_N = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if g_ent_N is not None and g_ent_N.numel() == 0:
+            g_ent_N = None
+        if (g_logp_N is None and g_ent_N is None) or not (need_h or need_w):
+            return None, None, None, None, None, None, None
+        scale, chunk, cd = ctx.scale, ctx.chunk, ctx.compute_dtype
+        out_dtype = lse_N.dtype
+        N = h_ND.shape[0]
+        grad_h = torch.empty_like(h_ND) if need_h else None
+        grad_w = (
+            torch.zeros_like(w_VD, dtype=torch.promote_types(w_VD.dtype, torch.float32)) if need_w else None
+        )
+        with torch.autocast(h_ND.device.type, enabled=False):
+            hc_ND, wc_VD = h_ND.to(cd), w_VD.to(cd)
+            for s in range(0, N, chunk):
+                z_nV = _chunk_logits(hc_ND[s : s + chunk], wc_VD, scale, out_dtype)
+                # in place where possible: one (chunk, V) float buffer carries z -> p -> dL/dz
+                if g_ent_N is not None:
+                    # dH/dz = -p (z - E[z]): needs z and p at once
+                    g_n1 = g_ent_N[s : s + chunk, None].to(out_dtype)
+                    p_nV = torch.exp(z_nV - lse_N[s : s + chunk, None])
+                    gz_nV = z_nV.sub_(ez_N[s : s + chunk, None]).mul_(p_nV).mul_(-g_n1)
+                else:
+                    p_nV = z_nV.sub_(lse_N[s : s + chunk, None]).exp_()
+                    gz_nV = None
+                if g_logp_N is not None:
+                    g_n1 = g_logp_N[s : s + chunk, None].to(out_dtype)
+                    if gz_nV is None:
+                        gz_nV = p_nV.mul_(-g_n1)
+                    else:
+                        gz_nV.sub_(p_nV.mul_(g_n1))
+                    gz_nV.scatter_add_(1, targets_N[s : s + chunk, None], g_n1)
+                del z_nV, p_nV
+                if scale != 1.0:
+                    gz_nV.mul_(scale)
+                gz_nV = gz_nV.to(cd)
+                if need_h:
+                    grad_h[s : s + chunk] = (gz_nV @ wc_VD).to(h_ND.dtype)
+                if need_w:
+                    grad_w += (gz_nV.t() @ hc_ND[s : s + chunk]).to(grad_w.dtype)
+        if grad_w is not None:
+            grad_w = grad_w.to(w_VD.dtype)
+        return grad_h, grad_w, None, None, None, None, None
+
+
+def head_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    chunk_size: int = HEAD_CHUNK,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each target under softmax(hidden @ weight.T / temperature), never holding more than
+    `chunk_size` positions' logits, in the forward or in the backward.
+
+    Args:
+        hidden: (..., D) final hidden states (after the final norm) at the positions to score; select
+            the positions that count first (completion tokens only, labelled tokens only).
+        weight: (V, D) the head matrix (``lm_head.weight``); gets its gradient like ``F.linear`` would.
+        targets: (...) long token ids, same leading shape as hidden.
+        temperature: the logits are divided by it (the sampling temperature of a rollout).
+        entropy: also return the entropy (nats) of each position's distribution, differentiable.
+        chunk_size: positions per chunk (the memory bound: ~3 x chunk_size x V floats).
+
+    Returns:
+        logp (...) float32 (float64 for float64 inputs), or (logp, entropy) with ``entropy=True``.
+        Equal to ``token_logprobs(hidden @ weight.T / temperature, targets)`` up to rounding; the
+        matmuls run in autocast's dtype when autocast is on (as ``lm_head`` would), the softmax in fp32.
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    lead = targets.shape
+    h_ND = hidden.reshape(-1, hidden.shape[-1])
+    targets_N = targets.reshape(-1).long()
+    cd = _head_compute_dtype(hidden, weight)
+    logp_N, ent_N = _HeadLogprobFn.apply(h_ND, weight, targets_N, 1.0 / temperature, chunk_size, cd, entropy)
+    if entropy:
+        return logp_N.reshape(lead), ent_N.reshape(lead)
+    return logp_N.reshape(lead)
+
+
+def head_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    chunk_size: int = HEAD_CHUNK,
+) -> torch.Tensor:
+    """Summed next-token cross-entropy of ``hidden @ weight.T`` over the labelled positions only.
+
+    Args:
+        hidden: (..., D) final hidden states; targets: (...) long, `ignore_index` where no loss is taken.
+
+    Returns:
+        0-d float32: sum over labelled positions of -log softmax(logits)[target], i.e.
+        ``F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")`` without the
+        (N, V) logits (unlabelled positions are dropped before the head, so cost nothing).
+    """
+    keep = targets != ignore_index
+    h_nD = hidden[keep]
+    if h_nD.shape[0] == 0:
+        return (hidden.sum() + weight.sum()) * 0.0  # keeps the graph (DDP wants every rank to run a backward)
+    return -head_logprobs(h_nD, weight, targets[keep], chunk_size=chunk_size).sum()

@@ -9,8 +9,8 @@ The GRPO stage (`r1kit/rl/grpo.py`) calls these pieces once per step:
 3. `keep_informative_groups` implements DAPO's dynamic sampling: groups whose rewards are all equal
    carry no gradient and are dropped, and the caller refills the batch from new prompts.
 4. `build_batch` lays prompt + completion tokens out as one right-padded (B, L) batch, so the loss
-   needs a single forward; `completion_logprobs` runs it and gathers the (B, T) log-probs of the
-   completion tokens.
+   needs a single forward; `completion_logprobs` runs the backbone over it and the head only at the
+   counted completion tokens, in chunks (`r1kit.rl.losses.head_logprobs`), giving (B, T) log-probs.
 
 Shapes: B completions (n_groups x G, a group's rows adjacent), L prompt + completion positions,
 T completion positions, V vocabulary.
@@ -27,8 +27,9 @@ import torch
 
 from r1kit.engine import Completion, Engine, SamplingParams
 from r1kit.rewards import overlong_penalty
-from r1kit.rl.losses import token_logprobs
+from r1kit.rl.losses import HEAD_CHUNK, entropy_from_logits, head_logprobs, token_logprobs
 from r1kit.tasks.base import Problem
+from r1kit.train.loop import final_hidden, head_weight
 
 
 class PromptStream:
@@ -267,20 +268,57 @@ def build_batch(
 
 
 def completion_logprobs(
-    model: torch.nn.Module, batch: Batch, temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over prompt + completion; log-probs of the completion tokens.
+    model: torch.nn.Module,
+    batch: Batch,
+    temperature: float = 1.0,
+    *,
+    entropy: bool = False,
+    chunk_size: int = HEAD_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward over prompt + completion; log-probs (and entropies) of the counted completion tokens.
 
-    The logits are divided by the sampling temperature, so the log-probs are those of the
-    distribution the rollout sampled from (top-k / top-p truncation aside). Log-probs are computed
-    over every position in row chunks (no (B, T, V) copy) and then gathered at the completion.
+    The backbone runs once over the batch; the head runs only at the positions that score a counted
+    completion token (mask 1), through `head_logprobs`, which never holds more than `chunk_size`
+    positions' logits in the forward or the backward (no (B, L, V) tensor: at vocabulary 151,936 that
+    was most of the memory of a GRPO update). The logits are divided by the sampling temperature, so
+    the log-probs are those of the distribution the rollout sampled from (top-k / top-p truncation
+    aside). A model whose head is sharded (FSDP2) takes the plain path: full logits, then gather.
 
     Returns:
-        (logp_BT float32, with grad when grad is enabled; logits_BLV of the whole batch).
+        (logp_BT float32, with grad when grad is enabled, 0 where mask_BT is 0;
+        entropy_BT float32 in nats at the same positions when `entropy`, else None).
     """
+    weight = head_weight(model)
+    if weight is None:
+        return _completion_logprobs_full(model, batch, temperature, entropy)
+    hidden_BLD = final_hidden(model, batch.input_ids_BL)
+    b_n, t_n = batch.mask_BT.nonzero(as_tuple=True)
+    h_nD = hidden_BLD[b_n, batch.index_BT[b_n, t_n]]
+    temp = temperature if temperature > 0 else 1.0
+    out = head_logprobs(
+        h_nD, weight, batch.targets_BT[b_n, t_n], temperature=temp, entropy=entropy, chunk_size=chunk_size
+    )
+    logp_n, ent_n = out if entropy else (out, None)
+    zeros_BT = hidden_BLD.new_zeros(batch.mask_BT.shape, dtype=logp_n.dtype)
+    logp_BT = zeros_BT.index_put((b_n, t_n), logp_n)
+    ent_BT = None if ent_n is None else zeros_BT.index_put((b_n, t_n), ent_n)
+    return logp_BT, ent_BT
+
+
+def _completion_logprobs_full(
+    model: torch.nn.Module, batch: Batch, temperature: float, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`completion_logprobs` through the model's own head: (B, L, V) logits, then gathered (the
+    fallback for a sharded head)."""
     logits_BLV = model(batch.input_ids_BL)
     scaled_BLV = logits_BLV / temperature if temperature > 0 and temperature != 1.0 else logits_BLV
     # position l scores token l + 1; the last column's target is padding and never gathered
     next_BL = torch.roll(batch.input_ids_BL, shifts=-1, dims=1)
-    logp_BL = token_logprobs(scaled_BLV, next_BL)
-    return logp_BL.gather(1, batch.index_BT), scaled_BLV
+    keep_BT = batch.mask_BT > 0
+    logp_BT = token_logprobs(scaled_BLV, next_BL).gather(1, batch.index_BT)
+    logp_BT = torch.where(keep_BT, logp_BT, torch.zeros_like(logp_BT))
+    ent_BT = None
+    if entropy:
+        ent_BT = entropy_from_logits(scaled_BLV).gather(1, batch.index_BT)
+        ent_BT = torch.where(keep_BT, ent_BT, torch.zeros_like(ent_BT))
+    return logp_BT, ent_BT

@@ -469,8 +469,8 @@ def _fmt_small(x: float) -> str:
 def format_cost(summary: Mapping[str, Any]) -> str:
     """Render a cost summary (from :meth:`CostMeter.summary` or :func:`summarize_costs`) as one line.
 
-    Example: "1.23M tokens, 0.0042 PFLOPs, 0.0031 device-hours (2 x NVIDIA H100), $0.0062, MFU 12.3%,
-    25.1k tokens/s over 42.0 s".
+    Example: "1.23M tokens, 0.0042 PFLOPs, 0.0031 device-hours (2 x NVIDIA H100), $0.0062, MFU 12.3%
+    of the bf16 peak (989TFLOP/s), 25.1k tokens/s over 42.0 s".
     """
     world = summary.get("world_size") or 1
     name = summary.get("device_name") or summary.get("device") or "device"
@@ -480,6 +480,10 @@ def format_cost(summary: Mapping[str, Any]) -> str:
         f"{_fmt_small(summary.get('device_hours', 0.0))} device-hours ({devices}), "
         f"${_fmt_small(summary.get('dollars', 0.0))}, MFU {100 * summary.get('mfu', 0.0):.1f}%"
     )
+    peak, dtype = summary.get("peak_flops"), summary.get("dtype")
+    if peak and isinstance(dtype, str) and dtype != "mixed":
+        # the peak follows the precision that ran (r1kit.precision): bf16 and fp32 peaks differ ~2-15x
+        text += f" of the {dtype} peak ({format_count(float(peak))}FLOP/s)"
     if summary.get("wall_s"):
         text += f", {format_count(summary.get('tokens_per_s', 0.0))} tokens/s over {format_duration(summary['wall_s'])}"
     return text

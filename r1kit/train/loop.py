@@ -12,7 +12,7 @@ The pieces it is made of (usable on their own):
 
 - :func:`setup_distributed` / :func:`cleanup_distributed`: torchrun environment → process group
   (nccl on CUDA, gloo on CPU), or a no-op :class:`DistInfo` for a single process.
-- :func:`autocast_for`: bf16 autocast on GPU, fp32 on CPU (:func:`r1kit.loaders.resolve_device`, which
+- :func:`autocast_for`: bf16 autocast where bf16 measures much faster (`r1kit.precision`) (:func:`r1kit.loaders.resolve_device`, which
   maps "auto" to the local CUDA device when there is one, is re-exported here).
 - :func:`wrap_model`: ``"none"`` | ``"ddp"`` | ``"fsdp2"`` (``fully_shard`` per block, then the root),
   then optional ``torch.compile``; :func:`unwrap_model` gets the plain Transformer back.
@@ -33,6 +33,7 @@ The pieces it is made of (usable on their own):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -77,10 +78,13 @@ class TrainConfig:
     grad_clip (float): clip the global gradient norm to this; 0 = no clipping (the norm is logged).
     device (str): "auto" (the local CUDA device if any, else CPU), "cpu", "cuda", "cuda:1", "mps".
     precision (str): autocast dtype of the matmuls, in the dtype vocabulary of `r1kit.train.sections`:
-        "auto" (bfloat16 on CUDA, float32 elsewhere), "bfloat16" or "float32" ("bf16", "fp32" accepted).
+        "auto" (bfloat16 where a one-time probe finds bf16 matmuls much faster than fp32 — GPUs,
+        AMX CPUs — else float32; `r1kit.precision`), "bfloat16" or "float32" ("bf16", "fp32" accepted).
     max_seconds (float): wall-clock budget of the whole run in seconds (resumed segments included; GRPO:
         evaluation included); 0 = none. Whichever of steps and max_seconds comes first ends the run.
     compile (bool): torch.compile the model (worth it for long runs; the first steps are slow).
+    activation_checkpointing (bool): recompute each block's activations in backward instead of
+        keeping them (:func:`enable_activation_checkpointing`): less memory, ~1/3 more backbone compute.
     strategy (str): "none", "ddp" or "fsdp2"; under torchrun "none" becomes "ddp".
     seed (int): seed of the model initialisation, data order and dropout.
     threads (int): torch CPU threads; 0 = leave torch's default.
@@ -109,6 +113,7 @@ class TrainConfig:
     precision: Precision = "auto"
     max_seconds: float = 0.0
     compile: bool = False
+    activation_checkpointing: bool = False
     strategy: Literal["none", "ddp", "fsdp2"] = "none"
     seed: int = 0
     threads: int = 0
@@ -247,17 +252,17 @@ def cleanup_distributed(dist: DistInfo | None = None) -> None:
 
 
 def autocast_for(
-    device: torch.device, precision: str = "auto"
+    device: torch.device, precision: str = "auto", width: int | None = None
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts: bf16 on CUDA with "auto" (or "bfloat16"/"bf16" anywhere), else a no-op.
+    """A factory of autocast contexts for ``precision`` on ``device``: bf16 autocast when it resolves to
+    bfloat16 ("auto": where bf16 matmuls measure much faster than fp32 at the model's ``width``,
+    `r1kit.precision`), else a no-op.
 
-    Weights and optimiser state stay fp32; only the matmuls run in bf16.
+    Weights and optimiser state stay fp32; only the matmuls run in bf16 (attention stays fp32 on CPU).
     """
-    precision = normalize_dtype(precision)
-    use_bf16 = precision == "bfloat16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    from r1kit.precision import autocast_factory
+
+    return autocast_factory(device, precision, width)
 
 
 def all_reduce_sum(
@@ -280,6 +285,69 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     inner = getattr(model, "model", model)
     blocks = list(getattr(inner, "layers", []))
     return blocks + list(getattr(model, "mtp", []))
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> int:
+    """Recompute each transformer block's activations in backward instead of storing them.
+
+    Every block of the (unwrapped) model (MTP block included) becomes an instance of a subclass whose
+    forward runs ``torch.utils.checkpoint`` (non-reentrant) while gradients are enabled: only the
+    block inputs are kept, and the block runs twice (~1/3 more compute for the backbone). Parameter
+    names, state dicts and copies are unchanged; no-grad calls (generation, evaluation) are untouched.
+    MoE load counters are restored after the recomputation, so balancing sees each token once.
+    Returns the number of blocks changed (idempotent).
+    """
+    changed = 0
+    for block in _blocks(unwrap_model(model)):
+        if not getattr(type(block), "_r1kit_checkpointed", False):
+            block.__class__ = _checkpointed_class(type(block))
+            changed += 1
+    return changed
+
+
+@functools.cache
+def _checkpointed_class(cls: type) -> type:
+    """``cls`` with a forward under ``torch.utils.checkpoint`` (see :func:`enable_activation_checkpointing`)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return cls.forward(self, *args, **kwargs)
+        return checkpoint(
+            cls.forward,
+            self,
+            *args,
+            use_reentrant=False,
+            context_fn=lambda: _recompute_contexts(self),
+            **kwargs,
+        )
+
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "forward": forward,
+            "_r1kit_checkpointed": True,
+            "__doc__": cls.__doc__,
+            "__module__": cls.__module__,
+        },
+    )
+
+
+def _recompute_contexts(block: torch.nn.Module) -> tuple[Any, Any]:
+    """Checkpoint contexts (forward, recompute): the recompute puts MoE load counters back as they were."""
+    counters = [m.tokens_per_expert for m in block.modules() if hasattr(m, "tokens_per_expert")]
+
+    @contextlib.contextmanager
+    def keep_counters():
+        saved = [c.clone() for c in counters]
+        try:
+            yield
+        finally:
+            for c, v in zip(counters, saved):
+                c.copy_(v)
+
+    return contextlib.nullcontext(), keep_counters()
 
 
 def wrap_model(
@@ -536,6 +604,35 @@ def train_step(
 # language-model loss, MTP, MoE balancing
 
 
+def head_weight(model: torch.nn.Module) -> torch.Tensor | None:
+    """The (V, D) head matrix of a plain or wrapped model for the chunked head losses
+    (`r1kit.rl.losses.head_logprobs`), or None when they cannot use it (no ``lm_head``, or a head
+    sharded by FSDP2, whose weight is only whole inside the model's own forward)."""
+    plain = unwrap_model(model)
+    head = getattr(plain, "lm_head", None)
+    if head is None or not hasattr(plain, "hidden_states"):
+        return None
+    weight = head.weight
+    if type(weight).__name__ == "DTensor" or type(weight.data).__name__ == "DTensor":
+        return None
+    return weight
+
+
+def final_hidden(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, T, D) hidden states after the final norm, without the (B, T, V) head.
+
+    A plain model runs ``hidden_states``; a wrapped one (DDP, ``torch.compile``) runs its own forward
+    so the wrapper's hooks and graph apply, keeping the head to one position per row (``logits_to_keep``).
+    """
+    plain = unwrap_model(model)
+    if plain is model:
+        return plain.hidden_states(input_ids, attention_mask=attention_mask)
+    _, hidden = model(input_ids, attention_mask=attention_mask, return_hidden=True, logits_to_keep=1)
+    return hidden
+
+
 def mtp_weight_at(step: int, total_steps: int, train: TrainConfig) -> float:
     """The MTP loss weight lambda at 0-based ``step``: mtp_weight, then mtp_weight_final after
     ``mtp_switch`` x total_steps (DeepSeek-V3, arXiv 2412.19437: 0.3 then 0.1)."""
@@ -582,20 +679,31 @@ def lm_loss(
     """
     input_ids_BT, targets_BT = batch["input_ids"], batch["targets"]
     mask = batch.get("attention_mask")
-    if mtp_weight > 0:
-        logits_BTV, mtp_logits_BTV = model(input_ids_BT, attention_mask=mask, return_mtp=True)
+    weight = head_weight(model) if mtp_weight <= 0 else None
+    if weight is not None:
+        # the head in chunks over the labelled positions only: no (B, T, V) logits (r1kit.rl.losses)
+        from r1kit.rl.losses import head_cross_entropy
+
+        hidden_BTD = final_hidden(model, input_ids_BT, attention_mask=mask)
+        lm_sum, mtp_logits_BTV = (
+            head_cross_entropy(hidden_BTD, weight, targets_BT, ignore_index=IGNORE_INDEX),
+            None,
+        )
     else:
-        logits_BTV, mtp_logits_BTV = model(input_ids_BT, attention_mask=mask), None
-    vocab = logits_BTV.shape[-1]
-    lm_sum = F.cross_entropy(
-        logits_BTV.reshape(-1, vocab), targets_BT.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+        if mtp_weight > 0:
+            logits_BTV, mtp_logits_BTV = model(input_ids_BT, attention_mask=mask, return_mtp=True)
+        else:
+            logits_BTV, mtp_logits_BTV = model(input_ids_BT, attention_mask=mask), None
+        vocab = logits_BTV.shape[-1]
+        lm_sum = F.cross_entropy(
+            logits_BTV.reshape(-1, vocab), targets_BT.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     lm = lm_sum / token_norm
     metrics = {"lm_loss": lm.detach()}
     loss = lm
     if mtp_logits_BTV is not None:
         mtp_sum = F.cross_entropy(
-            mtp_logits_BTV.reshape(-1, vocab),
+            mtp_logits_BTV.reshape(-1, mtp_logits_BTV.shape[-1]),
             targets_BT[:, 1:].reshape(-1),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
@@ -924,7 +1032,10 @@ class Trainer:
         self.validate_every, self.validate_at_start = validate_every, validate_at_start
         self.validate_on_stop = validate_on_stop
         self.run_dir = Path(run.dir)
-        self.autocast = autocast_for(device, train.precision)
+        width = getattr(getattr(unwrap_model(model), "config", None), "hidden_size", None)
+        self.autocast = autocast_for(device, train.precision, width if isinstance(width, int) else None)
+        if train.activation_checkpointing:
+            enable_activation_checkpointing(model)
         self.wrapped = wrap_model(model, train.strategy, dist, compile=train.compile)
         self.optimizer = build_optimizer(
             model, train.lr, train.weight_decay, (train.beta1, train.beta2), train.eps

@@ -248,7 +248,8 @@ def test_old_logp_comes_from_the_first_update_forward(dense_dir, tmp_path, monke
     rollout, _ = trainer.collect()
     calls = _spy_policy_loss(monkeypatch)
     forwards = []
-    trainer.model.register_forward_hook(lambda *a: forwards.append(1))
+    # the backbone's final norm runs once per pass over the batch (the head is applied outside forward)
+    trainer.model.model.norm.register_forward_hook(lambda *a: forwards.append(1))
     rollout.rewards_B = torch.arange(len(rollout), dtype=torch.float32)  # every group informative
     metrics = trainer.update(rollout)
     assert len(calls) == mu and len(forwards) == mu  # one forward per update, none extra for old_logp
@@ -356,14 +357,24 @@ def test_batch_masks_forced_padding_and_overlong(dense_dir):
     filtered = build_batch(rollout, adv, pad_id=0, overlong_filter=True)
     assert filtered.mask_BT[1].sum() == 0 and filtered.mask_BT[0].tolist() == batch.mask_BT[0].tolist()
 
-    # the padded batch gives every real completion token the log-prob of an unpadded forward
+    # the padded batch gives every counted completion token the log-prob of an unpadded forward, and
+    # the positions that are not counted (forced, padding) exact zeros: the head never runs there
     with torch.no_grad():
-        logp_BT, _ = completion_logprobs(model, batch, temperature=0.7)
+        logp_BT, ent_BT = completion_logprobs(model, batch, temperature=0.7, entropy=True)
         for b, (p, c) in enumerate(zip(prompts, comps)):
             ids = torch.tensor([p + c.token_ids])
             logits = model(ids)[0, len(p) - 1 : -1] / 0.7
-            ref = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
-            torch.testing.assert_close(logp_BT[b, : len(c.token_ids)], ref, rtol=1e-5, atol=1e-5)
+            logq = torch.log_softmax(logits.float(), -1)
+            ref = logq.gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            ref_ent = -(logq.exp() * logq).sum(-1)
+            counted = batch.mask_BT[b, : len(c.token_ids)] == 1
+            torch.testing.assert_close(
+                logp_BT[b, : len(c.token_ids)][counted], ref[counted], rtol=1e-5, atol=1e-5
+            )
+            torch.testing.assert_close(
+                ent_BT[b, : len(c.token_ids)][counted], ref_ent[counted], rtol=1e-5, atol=1e-5
+            )
+        assert (logp_BT[batch.mask_BT == 0] == 0).all() and (ent_BT[batch.mask_BT == 0] == 0).all()
 
     # masked positions (forced, padding) carry no gradient into the loss
     logp = logp_BT.clone().requires_grad_(True)
