@@ -152,6 +152,19 @@ def ends_in_think(text: str) -> bool:
     return text.rfind(THINK_START) > text.rfind(THINK_END)
 
 
+def system_prompt(template: str = "chat", system: str = "") -> str:
+    """The system message a conversation gets under a prompt template: `system`, else R1_SYSTEM_PROMPT for
+    "r1" and none for "chat"."""
+    return system or (R1_SYSTEM_PROMPT if template == "r1" else "")
+
+
+def prompt_messages(prompt: str, template: str = "chat", system: str = "") -> list[dict[str, str]]:
+    """The [system,] user messages of a "chat" or "r1" prompt (`system_prompt` picks the system message)."""
+    system = system_prompt(template, system)
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": prompt}]
+
+
 def format_assistant(reasoning: str, answer: str) -> str:
     """Assistant content in the R1 layout: `<think>\\n{reasoning}\\n</think>\\n{answer}`."""
     return f"{THINK_START}\n{reasoning.strip()}\n{THINK_END}\n{answer.strip()}"
@@ -657,9 +670,12 @@ class Tokenizer:
           text and a newline when given, the prompt, a newline. :meth:`prompt_ids` puts BOS before it.
         """
         if template in ("chat", "r1"):
-            return self.apply_chat_template(self._prompt_messages(prompt, template, system), True) + (
-                self.generation_suffix(template)
+            text = self.apply_chat_template(
+                prompt_messages(prompt, template, system), add_generation_prompt=True
             )
+            if template == "r1" and not ends_in_think(text):
+                text += THINK_START + "\n"  # what `generation_suffix("r1")` gives
+            return text
         if template == "r1-zero":
             return R1_ZERO_TEMPLATE.format(instruction=system or R1_ZERO_INSTRUCTION, prompt=prompt)
         if template == "raw":
@@ -667,13 +683,6 @@ class Tokenizer:
         if template == "text":
             return (system + "\n" if system else "") + prompt + "\n"
         raise ValueError(f"prompt template must be one of {', '.join(PROMPT_TEMPLATES)}; got {template!r}")
-
-    @staticmethod
-    def _prompt_messages(prompt: str, template: str, system: str) -> list[dict[str, str]]:
-        """[system,] user messages of a "chat" or "r1" prompt ("r1" defaults the system prompt)."""
-        system = Tokenizer.system_prompt(template, system)
-        messages = [{"role": "system", "content": system}] if system else []
-        return [*messages, {"role": "user", "content": prompt}]
 
     def generation_suffix(self, template: str = "chat") -> str:
         """Text the "r1" template appends to the chat template's generation prompt: `<think>\\n` when that
@@ -684,11 +693,6 @@ class Tokenizer:
             return ""
         probe = self.apply_chat_template([{"role": "user", "content": "1+1"}], add_generation_prompt=True)
         return "" if ends_in_think(probe) else THINK_START + "\n"
-
-    @staticmethod
-    def system_prompt(template: str = "chat", system: str = "") -> str:
-        """The system message a conversation gets under `template`: `system`, or R1_SYSTEM_PROMPT for "r1"."""
-        return system or (R1_SYSTEM_PROMPT if template == "r1" else "")
 
     def prompt_ids(self, prompt: str, template: str = "chat", system: str = "") -> list[int]:
         """Token ids of :meth:`render_prompt`: BOS first for "text"; for "r1-zero" whatever the tokenizer's

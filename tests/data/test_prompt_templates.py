@@ -306,3 +306,87 @@ def test_server_split_does_not_depend_on_the_chunking(stream):
 def test_server_split_with_the_tag_across_two_chunks():
     deltas, _ = _parse_stream(["<thi", "nk>2+3 is 5 </th", "ink> 5"], [[0], [0], [0]], False)
     assert [(d.kind, d.text) for d in deltas] == [("reasoning", "2+3 is 5"), ("content", "5")]
+
+
+# ------------------------------------------------------------------------- the [prompt] section
+
+PROMPT_STAGES = ["sft", "grpo", "eval", "sample", "distill"]
+MOVED = [
+    ("grpo", "data.template", "raw", "prompt.template"),
+    ("grpo", "data.system", "be brief", "prompt.system"),
+    ("eval", "data.template", "raw", "prompt.template"),
+    ("eval", "data.system", "be brief", "prompt.system"),
+    ("sft", "data.system", "be brief", "prompt.system"),
+    ("sample", "sample.template", "raw", "prompt.template"),
+    ("distill", "sample.system", "be brief", "prompt.system"),
+]
+
+
+def _stage_config(stage):
+    from r1kit import distill, evaluate
+    from r1kit.rl import grpo
+    from r1kit.train import sft
+
+    return {"sft": sft, "grpo": grpo, "eval": evaluate, "sample": distill, "distill": distill}[stage].Config
+
+
+@pytest.mark.parametrize("stage", PROMPT_STAGES)
+def test_every_prompting_stage_reads_one_prompt_section(stage):
+    from r1kit.config import load_config
+    from r1kit.train.sections import PromptSection
+
+    cls = _stage_config(stage)
+    assert load_config(cls, None, []).prompt == PromptSection()
+    config = load_config(cls, None, ["--prompt.template", "r1", "--prompt.system", "Think first."])
+    assert (config.prompt.template, config.prompt.system) == ("r1", "Think first.")
+
+
+@pytest.mark.parametrize(("stage", "old", "value", "new"), MOVED)
+def test_the_former_prompt_keys_name_the_new_one(stage, old, value, new, capsys):
+    from r1kit.cli import main as cli_main
+
+    assert cli_main([stage, f"--{old}", value]) == 2
+    section, _, key = new.partition(".")
+    assert (
+        capsys.readouterr().err.strip()
+        == f"r1kit {stage}: {old} (from --{old}) moved: use [{section}] {key} (--{new})"
+    )
+
+
+def test_plain_text_templates_are_refused_for_sft_and_left_to_the_teacher_in_distillation(capsys):
+    from r1kit.cli import main as cli_main
+    from r1kit.distill import student_prompt
+    from r1kit.train.sections import PromptSection
+
+    assert cli_main(["sft", "--prompt.template", "r1-zero"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "prompt.template must be 'chat' or 'r1', got 'r1-zero'" in err and "\n" not in err
+    assert cli_main(["grpo", "--prompt.template", "r2"]) == 2  # a Literal: the choices are listed
+    assert "r1-zero" in capsys.readouterr().err
+    # distillation: the teacher samples with R1-Zero's template, the student learns its chat template
+    assert student_prompt(PromptSection("r1-zero", "Solve.")) == PromptSection("chat", "")
+    assert student_prompt(PromptSection("r1", "x")) == PromptSection("r1", "x")
+
+
+def test_sft_under_r1_adds_r1s_system_prompt_and_keeps_think_in_the_prompt(chatml):
+    from r1kit.train import sft
+    from r1kit.train.data import ChatExamples
+    from r1kit.train.loop import IGNORE_INDEX
+    from r1kit.train.sections import PromptSection
+
+    data = sft.SFTData(task="addition", task_args={"addition": {"max_digits": 2}}, num_examples=3, seed=1)
+    chats = sft.conversations(data, seed=0, prompt=PromptSection("r1"))
+    assert all(c[0] == {"role": "system", "content": R1_SYSTEM_PROMPT} for c in chats)
+    own = sft.with_system_prompt(
+        [[{"role": "system", "content": "mine"}, *chats[0][1:]]], PromptSection("r1")
+    )
+    assert own[0][0]["content"] == "mine"  # a conversation's own system message stays
+    assert sft.conversations(data, seed=0) == [c[1:] for c in chats]  # "chat": no system prompt
+    examples = ChatExamples(chats, chatml, 512, chatml.generation_suffix("r1"))
+    user = chats[0][1]["content"]
+    ids, targets = examples[0]["input_ids"].tolist(), examples[0]["targets"].tolist()
+    prompt = chatml.prompt_ids(user, "r1")
+    # the prompt of inference, token for token; the first target is the first reasoning token
+    assert ids[: len(prompt)] == prompt
+    first = next(i for i, t in enumerate(targets) if t != IGNORE_INDEX)
+    assert first == len(prompt) - 1
