@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help='JSONL with {"id", "problem", "answer"} lines')
     parser.add_argument("--index", type=int, default=0, help="which problem of the file")
     parser.add_argument("--generate", type=int, default=0, help="greedy tokens per template (0 = none)")
+    parser.add_argument("--templates", default="chat,r1,r1-zero", help="templates to generate with")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -68,10 +69,10 @@ def main() -> None:
         print(f"{'OK  ' if ok else 'FAIL'} {name}")
 
     if args.generate:
-        generate(ours, args.model, row, args.generate)
+        generate(ours, args.model, row, args.generate, args.templates.split(","))
 
 
-def generate(tok: Tokenizer, model_dir: str, row: dict, max_new_tokens: int) -> None:
+def generate(tok: Tokenizer, model_dir: str, row: dict, max_new_tokens: int, templates: list[str]) -> None:
     """Greedy completions under each template, with their split, format rewards and accuracy."""
     import time
 
@@ -84,7 +85,7 @@ def generate(tok: Tokenizer, model_dir: str, row: dict, max_new_tokens: int) -> 
     model, _, _ = load_model(model_dir, device="cpu", dtype="fp32")
     engine = Engine(model, tok)
     problem = Problem(row["id"], row["problem"], row["answer"])
-    for template in ("chat", "r1", "r1-zero"):
+    for template in templates:
         t0 = time.perf_counter()
         (out,) = engine.generate(
             [tok.prompt_ids(problem.prompt, template)],

@@ -2,7 +2,9 @@
 punishment, language consistency.
 
 A reward is a function `(completion: str, problem: Problem) -> float`, where the completion is the
-model output after the generation prompt ("reasoning\\n</think>\\nanswer"). Rewards compose with
+model output after the generation prompt ("reasoning\\n</think>\\nanswer", or R1-Zero's
+"<think> reasoning </think> <answer> answer </answer>"; the tags are read as text, so single think
+tokens and tags split into several tokens score the same). Rewards compose with
 weights:
 
     reward = combine([(accuracy_reward(task), 1.0), (format_reward, 0.2)])

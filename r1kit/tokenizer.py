@@ -9,7 +9,10 @@ directory saved here loads in `transformers.AutoTokenizer` and a model directory
 
 r1kit's own chat format is R1-style (arXiv 2501.12948): the assistant turn is
 `<think>\\n{reasoning}\\n</think>\\n{answer}<eos>` and the generation prompt ends with
-`<think>\\n`, so a completion reads `reasoning\\n</think>\\nanswer`.
+`<think>\\n`, so a completion reads `reasoning\\n</think>\\nanswer`. For checkpoints without think
+tokens, `render_prompt` also has the "r1" template (the model's chat template, R1's system prompt,
+`<think>\\n` opened as text) and "r1-zero" (R1-Zero's plain-text template, answer in `<answer>` tags);
+`split_reasoning` and `tagged_answer` read the tags in the text, whatever their tokenisation.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ R1_ZERO_INSTRUCTION = (
 )
 R1_ZERO_TEMPLATE = "{instruction} User: {prompt}. Assistant:"
 # System prompt of the "r1" template: the R1 layout asked for in words, for an instruct model whose chat
-# template knows nothing of thinking (the generation prompt then opens `<think>` as text).
+# template knows nothing of thinking (the generation prompt then opens `<think>` as text). No worked
+# example with placeholders: SmolLM2-135M copied "reasoning process here </think> final answer here".
 R1_SYSTEM_PROMPT = (
-    "You are a helpful assistant. You first think about the reasoning process step by step and then "
-    "give the user the answer. The reasoning process is enclosed within <think> </think> tags and the "
-    "final answer follows them, i.e., <think>\nreasoning process here\n</think>\nfinal answer here"
+    "You are a helpful assistant. First think through the problem step by step inside <think> </think> "
+    "tags, then write the final answer after </think>."
 )
 
 # R1-style template (arXiv 2501.12948; DeepSeek API guide, api-docs.deepseek.com/guides/reasoning_model). The
