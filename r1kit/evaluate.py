@@ -274,13 +274,20 @@ def completion_lengths(token_ids: Sequence[int], tokenizer: Any) -> tuple[int, i
     """(thinking tokens, answer tokens) of a completion's token ids.
 
     Thinking is everything before the first `</think>`, the whole completion when there is none;
-    the answer is what follows it. The delimiter itself and a final EOS count in neither.
+    the answer is what follows it. The delimiter itself and a final EOS count in neither. Without a
+    `</think>` token (a model whose tokenizer spells the tag in several pieces) the delimiter is found
+    in the decoded text (`r1kit.tokenizer.tag_token_span`).
     """
     ids = list(token_ids)
     eos = getattr(tokenizer, "eos_id", None)
     if ids and eos is not None and ids[-1] == eos:
         ids = ids[:-1]
     end = getattr(tokenizer, "think_end_id", None)
+    if end is None and ids and hasattr(tokenizer, "decode"):
+        from r1kit.tokenizer import tag_token_span
+
+        span = tag_token_span(ids, tokenizer.decode)
+        return (len(ids), 0) if span is None else (span[0], len(ids) - span[1])
     if end is None or end not in ids:
         return len(ids), 0
     cut = ids.index(end)

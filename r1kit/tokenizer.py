@@ -155,6 +155,32 @@ def ends_in_think(text: str) -> bool:
     return text.rfind(THINK_START) > text.rfind(THINK_END)
 
 
+def tag_token_span(ids: Sequence[int], decode, tag: str = THINK_END) -> tuple[int, int] | None:
+    """(start, end): the tokens `ids[start:end]` that spell the first `tag` in `decode(ids)`, or None.
+
+    For a tag that is one token this is (i, i + 1); for a tag the tokenizer writes in several pieces
+    (`</`, `think`, `>`) it covers all of them: `start` is the most tokens whose text ends before the
+    tag begins, `end` the fewest whose text holds the whole tag. Found by bisection over decoded
+    prefixes (O(log L) decodes), so it also holds when a piece straddles the tag's boundary.
+    """
+    ids = list(ids)
+    text = decode(ids)
+    pos = text.find(tag)
+    if pos < 0:
+        return None
+
+    def first(ok) -> int:  # smallest n in [0, len(ids)] with ok(n), ok monotone
+        lo, hi = 0, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+        return lo
+
+    end = first(lambda n: tag in decode(ids[:n]))
+    start = first(lambda n: len(decode(ids[: n + 1])) > pos) if pos > 0 else 0
+    return min(start, end - 1), end
+
+
 def system_prompt(template: str = "chat", system: str = "") -> str:
     """The system message a conversation gets under a prompt template: `system`, else R1_SYSTEM_PROMPT for
     "r1" and none for "chat"."""

@@ -390,3 +390,41 @@ def test_sft_under_r1_adds_r1s_system_prompt_and_keeps_think_in_the_prompt(chatm
     assert ids[: len(prompt)] == prompt
     first = next(i for i, t in enumerate(targets) if t != IGNORE_INDEX)
     assert first == len(prompt) - 1
+
+
+# ------------------------------------------------------------- thinking / answer token counts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2+3 is 5.\n</think>\n5",
+        "</think>5",
+        "a</think>",
+        "x </think> y </think> z",
+        "no tag at all",
+        "</thin",
+    ],
+)
+def test_thinking_and_answer_tokens_on_both_tag_forms(text, r1tok, chatml):
+    from r1kit.evaluate import completion_lengths
+    from r1kit.tokenizer import tag_token_span
+
+    # single token: the counts around the one `</think>` id
+    ids = r1tok.encode(text) + [r1tok.eos_id]
+    single = completion_lengths(ids, r1tok)
+    # several pieces: the same split, found in the text
+    ids = chatml.encode(text) + [chatml.eos_id]
+    span = tag_token_span(ids[:-1], chatml.decode)
+    if THINK_END not in text:
+        assert span is None and completion_lengths(ids, chatml) == (len(ids) - 1, 0)
+        assert single == (len(r1tok.encode(text)), 0)
+        return
+    start, end = span
+    # the tag's pieces, plus at most the whitespace a piece shares with it (" </" is one token)
+    assert chatml.decode(ids[start:end]).strip() == THINK_END
+    head, _, tail = text.partition(THINK_END)
+    assert head.startswith(chatml.decode(ids[:start])) and tail.endswith(chatml.decode(ids[end:-1]))
+    assert len(chatml.decode(ids[:start])) >= len(head.rstrip())
+    assert completion_lengths(ids, chatml) == (start, len(ids) - 1 - end)
+    assert single == (len(r1tok.encode(head)), len(r1tok.encode(tail)))
