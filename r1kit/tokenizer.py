@@ -129,9 +129,9 @@ def split_reasoning(text: str) -> tuple[str, str]:
 def tagged_answer(answer: str) -> str:
     """The final answer inside R1-Zero's `<answer>...</answer>` tags, when `answer` has them, else `answer`.
 
-    `answer` is the text after `</think>` (`split_reasoning`). The last complete block counts (a model
-    that corrects itself ends with its final answer); an `<answer>` never closed (a completion cut at
-    its length limit) yields the text after it. Stripped.
+    `answer` is the text after `</think>` (`split_reasoning`). The last closed block counts (a model
+    that corrects itself ends with its final answer); with no closed block, the text after the last
+    `<answer>` (a completion cut at its length limit). Stripped.
     """
     start = answer.rfind(ANSWER_START)
     if start < 0:

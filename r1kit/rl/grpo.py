@@ -102,8 +102,7 @@ class DataSection:
 class RewardSection:
     """[reward] rule-based rewards, summed with weights.
 
-    names (list): "accuracy" (the task's scorer), "format", "tagged_format" (R1-Zero's: the answer in
-        <answer> tags), "language", or "module:function".
+    names (list): "accuracy" (the task's scorer), "format", "tagged_format" (answer in <answer> tags), "language", or "module:function".
     weights (list): one weight per name.
     overlong_cache (int): DAPO soft overlong window L_cache in tokens (L_max = max_new_tokens); 0 = off.
     overlong_weight (float): weight of the overlong punishment in the reward.

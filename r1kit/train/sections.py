@@ -181,14 +181,13 @@ SFT_TEMPLATES = ("chat", "r1")
 class PromptSection:
     """[prompt] how a problem is shown to the model (`r1kit.tokenizer.Tokenizer.render_prompt`).
 
-    template (str): "chat" (the model's chat template with its generation prompt; r1kit's own template
-        opens `<think>`, R1's protocol), "r1" (the chat template with a system prompt asking for
-        `<think>...</think>` then the answer, and `<think>` opened as text when the template does not:
-        instruct models without think tokens), "r1-zero" (R1-Zero's plain-text template, arXiv
-        2501.12948 Table 1, answer in `<answer>` tags: base models; sampling and RL only) or "raw" (the
-        problem text as is).
-    system (str): system prompt; "" = none for "chat" (R1's usage recommendation) and R1's request for
-        the format for "r1"; with "r1-zero" it replaces the template's instruction sentence.
+    template (str): "chat" (the model's chat template), "r1" (chat template + R1 system prompt + <think> opened), "r1-zero" (R1-Zero's plain text, base models) or "raw".
+        "chat": the chat template with its generation prompt (r1kit's own template opens `<think>`,
+        R1's protocol). "r1": the same with a system prompt asking for `<think>...</think>` then the
+        answer, and `<think>` opened as text when the template does not (instruct models without think
+        tokens). "r1-zero": R1-Zero's plain-text template (arXiv 2501.12948, Table 1), the answer in
+        `<answer>` tags (base models; sampling and RL only). "raw": the problem text as is.
+    system (str): system prompt; "" = none for "chat", R1's format request for "r1"; for "r1-zero" it replaces the instruction sentence.
     """
 
     template: PromptTemplate = "chat"
