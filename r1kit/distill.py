@@ -67,7 +67,14 @@ from r1kit.train.loop import (
 )
 from r1kit.train.pretrain import build_model, fit_stage, start_stage
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection, check_task_args
+from r1kit.train.sections import (
+    LoRASection,
+    ModelDirSection,
+    ModelSection,
+    TokenizerSection,
+    ValSection,
+    check_task_args,
+)
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -158,8 +165,12 @@ class Config:
     val: ValSection = field(default_factory=ValSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-3, warmup_steps=20))
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/distill"))
+    lora: LoRASection = field(default_factory=LoRASection)  # adapters on the student (student.init)
 
     def __post_init__(self) -> None:
+        from r1kit.lora import check_config
+
+        check_config(self.lora, init=self.student.init, where="student.init", strategy=self.train.strategy)
         s = self.sample
         check_positive(s.k, "sample.k")
         check_positive(s.prompts, "sample.prompts")
@@ -604,6 +615,7 @@ def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
         val=config.val,
         train=config.train,
         run=config.run,
+        lora=config.lora,
     )
 
 

@@ -39,6 +39,7 @@ from r1kit.config import ConfigError, check_one_of, check_positive, check_range
 from r1kit.engine import Engine, SamplingParams
 from r1kit.evaluate import EvalParams, evaluate_engine, is_correct
 from r1kit.loaders import load_tokenizer, resolve_device, resolve_model_dir, set_threads
+from r1kit.lora import adapters_disabled, apply_lora
 from r1kit.metrics import pass_at_k
 from r1kit.model import Transformer
 from r1kit.model.counting import flops_per_token
@@ -68,8 +69,9 @@ from r1kit.train.loop import (
     cleanup_distributed,
     setup_distributed,
 )
+from r1kit.train.pretrain import finish_lora
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection, check_task_args
+from r1kit.train.sections import LoRASection, ModelDirSection, check_task_args
 
 PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length_mean")
 
@@ -261,6 +263,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     run: RunSection = field(default_factory=RunSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    lora: LoRASection = field(default_factory=LoRASection)  # the KL reference is then the base weights
 
     def __post_init__(self) -> None:
         r = self.rollout
@@ -291,6 +294,13 @@ class Config:
         check_positive(lo.eps_high, "loss.eps_high", allow_zero=True)
         check_positive(lo.mu, "loss.mu")
         check_positive(lo.ref_reset_every, "loss.ref_reset_every", allow_zero=True)
+        if self.lora.rank and lo.ref_reset_every:
+            raise ConfigError(
+                "with LoRA the KL reference is the base weights (adapter off) and cannot be reset; "
+                "set --loss.ref_reset_every 0 or train fully with --lora.rank 0"
+            )
+        if self.lora.rank and self.train.strategy == "fsdp2":
+            raise ConfigError("LoRA trains under train.strategy 'none' or 'ddp'; use --train.strategy ddp")
         check_positive(self.eval.every, "eval.every", allow_zero=True)
         check_positive(self.eval.samples, "eval.samples", allow_zero=True)
         check_one_of(self.data.template, "data.template", ("chat", "raw"))
@@ -467,8 +477,13 @@ class GRPOTrainer(Stage):
         # GRPO trains the main model only: the MTP head gets no loss (and DDP would see unused parameters)
         for p in self.model.mtp.parameters():
             p.requires_grad_(False)
+        if c.lora.rank:
+            torch.manual_seed(t.seed)  # the LoRA A matrices (a resumed run loads them)
+        self.lora_layers = apply_lora(self.model, c.lora)
+        # the KL reference: with LoRA the policy's own base weights, adapters off (no second copy)
+        self.base_reference = bool(self.lora_layers) and c.loss.beta > 0
         self.ref_model = None
-        if c.loss.beta > 0:
+        if c.loss.beta > 0 and not self.lora_layers:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         # FSDP2 shards the policy in place: the engine samples from a full copy refreshed every step
         sharded = self.dist.distributed and t.strategy == "fsdp2"
@@ -689,10 +704,11 @@ class GRPOTrainer(Stage):
         )
         temperature = c.rollout.temperature if c.rollout.temperature > 0 else 1.0
         t0 = time.perf_counter()
-        if self.ref_model is not None:
-            with torch.no_grad(), self.autocast():
+        if self.ref_model is not None or self.base_reference:
+            ref = self.model if self.base_reference else self.ref_model
+            with torch.no_grad(), self.autocast(), adapters_disabled(ref):
                 for mb in micro:
-                    mb.ref_logp_BT = completion_logprobs(self.ref_model, mb, temperature)[0].float()
+                    mb.ref_logp_BT = completion_logprobs(ref, mb, temperature)[0].float()
         self._update = {
             "temperature": temperature,
             "global_rows": global_rows,
@@ -779,7 +795,8 @@ class GRPOTrainer(Stage):
         )
         seq = max(1, int(metrics["completion/length_mean"]))
         train_fpt = flops_per_token(self.model.config, seq, include_mtp=False)
-        flops = step_flops(train_fpt, sampled, trained, c.loss.mu, self.ref_model is not None)
+        reference = self.ref_model is not None or self.base_reference
+        flops = step_flops(train_fpt, sampled, trained, c.loss.mu, reference)
         metrics["cost/tokens_generated"] = gen_tokens
         metrics["cost/tokens_sampled"] = sampled
         metrics["cost/tokens_trained"] = trained
@@ -874,7 +891,12 @@ class GRPOTrainer(Stage):
         return self._finish(self.loop.run(step_fn=lambda: self.train_step()))
 
     def _finish(self, result: LoopResult) -> GRPOResult:
-        """The summary (summary.json) and the GRPOResult; the loop has saved the model and the plot."""
+        """The summary (summary.json) and the GRPOResult; the loop has saved the model and the plot (with
+        LoRA, `run_dir/model` becomes the merged model and `run_dir/adapter` the adapter)."""
+        if self.lora_layers:
+            finish_lora(
+                self.model, self.run_dir, self.tokenizer, base_model=str(self.model_dir), dist=self.dist
+            )
         cost = dict(result.cost)
         cost["time_split_s"] = dict(self.time_totals)
         metrics: dict[str, Any] = {"steps": result.step, "stopped": result.stop_reason}

@@ -36,6 +36,7 @@ from r1kit.train.loop import (
     setup_distributed,
 )
 from r1kit.train.sections import (  # shared with SFT, distill
+    LoRASection,
     ModelSection,
     TokenizerSection,
     ValSection,
@@ -85,6 +86,12 @@ class Config:
     val: ValSection = field(default_factory=ValSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/pretrain"))
+    lora: LoRASection = field(default_factory=LoRASection)
+
+    def __post_init__(self) -> None:
+        from r1kit.lora import check_config
+
+        check_config(self.lora, init=self.model.init, where="model.init", strategy=self.train.strategy)
 
 
 def load_tokenizer(section: TokenizerSection, model: ModelSection, resume_from: Path | None, texts: Any):
@@ -255,6 +262,14 @@ def fit_stage(
     ``task`` and ``task_args``."""
     if model is None:
         model = build_model(config.model, tokenizer, device, config.train.seed)
+    lora = getattr(config, "lora", None)
+    adapted = False
+    if lora is not None and lora.rank:
+        from r1kit.lora import apply_lora
+
+        # A and B are drawn from the seeded RNG here, after the model (a resumed run overwrites them)
+        torch.manual_seed(config.train.seed + 1)
+        adapted = bool(apply_lora(model, lora))
     data = config.data if data is None else data
     # right-padding with the tokenizer's pad id (pretrain's packed windows are all one length, never padded)
     batches = batch_stream(dataset, config.train, dist, tokenizer.pad_id or 0)
@@ -267,7 +282,7 @@ def fit_stage(
         system=system,
         seed=config.train.seed,
     )
-    return fit(
+    result = fit(
         model,
         batches,
         config.train,
@@ -284,6 +299,28 @@ def fit_stage(
         console=console,
         make_stage=make_stage,
     )
+    if adapted:
+        finish_lora(model, result.run_dir, tokenizer, base_model=_init_of(config), dist=dist)
+    return result
+
+
+def _init_of(config: Any) -> str:
+    """The model directory a stage's config starts from ([model] init, or distillation's [student])."""
+    section = getattr(config, "model", None) or getattr(config, "student", None)
+    return getattr(section, "init", "") or ""
+
+
+def finish_lora(
+    model: torch.nn.Module, run_dir: Path, tokenizer: Any, *, base_model: str, dist: DistInfo
+) -> None:
+    """After a LoRA run (rank 0 writes, every rank waits): ``run_dir/adapter`` holds the adapter alone and
+    ``run_dir/model`` the merged weights (see :func:`r1kit.lora.export_run`)."""
+    from r1kit.lora import export_run
+
+    if dist.is_main:
+        export_run(model, run_dir, tokenizer, base_model)
+    if dist.distributed:
+        torch.distributed.barrier()
 
 
 def run(config: Config, console: Any = None):

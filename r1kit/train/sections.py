@@ -10,6 +10,8 @@
 - :data:`DType` and :func:`normalize_dtype`: the one dtype vocabulary ("auto", "float32", "bfloat16",
   "float16"; "fp32", "bf16", "fp16" accepted and normalised). `r1kit.loaders` maps it to torch dtypes;
   ``[train] precision`` speaks it too (:data:`Precision`).
+- :class:`LoRASection` ``[lora]``: low-rank adapters instead of full fine-tuning (`r1kit.lora`) — pretrain,
+  SFT, GRPO, distillation's student.
 - :func:`check_task_args`: the one ``task_args`` shape, keyed by task name in every stage
   (``task_args = { addition = { min_digits = 1 } }``).
 
@@ -27,6 +29,8 @@ __all__ = [
     "DTYPE_ALIASES",
     "DTYPE_NAMES",
     "DType",
+    "LORA_TARGETS",
+    "LoRASection",
     "ModelDirSection",
     "ModelSection",
     "Precision",
@@ -166,3 +170,55 @@ class ValSection:
             raise ConfigError(f"val.split must be 'train', 'val' or 'test', got {self.split!r}")
         if self.prompt not in ("auto", "chat", "text"):
             raise ConfigError(f"val.prompt must be 'auto', 'chat' or 'text', got {self.prompt!r}")
+
+
+# The linear layers of a block LoRA can adapt; our module names are Hugging Face's (the mapping is the
+# identity). kv_b_proj is left out: MLA's absorbed decode reads its weight directly.
+LORA_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "q_a_proj",
+    "q_b_proj",
+    "kv_a_proj_with_mqa",
+)
+
+
+@dataclass
+class LoRASection:
+    """[lora] low-rank adapters (LoRA, arXiv 2106.09685) instead of full fine-tuning.
+
+    rank (int): adapter rank r; 0 = off (every weight trains). With r > 0 the base weights are frozen and
+        only the adapters train (and go to the optimiser); the run's model/ is the merged model and
+        adapter/ the adapter alone (PEFT's layout).
+    alpha (float): the update is scaled by alpha / rank.
+    dropout (float): dropout on the adapter's input while training, in [0, 1).
+    targets (list[str]): leaf names of the linear layers to adapt in every block (Hugging Face's names):
+        q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (MLA: q_a_proj, q_b_proj,
+        kv_a_proj_with_mqa); the MLP names also adapt MoE shared experts, never routed experts.
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        check_positive(self.rank, "lora.rank", allow_zero=True)
+        if self.rank != int(self.rank):
+            raise ConfigError(f"lora.rank must be an integer, got {self.rank!r}")
+        check_positive(self.alpha, "lora.alpha")
+        check_range(self.dropout, "lora.dropout", 0.0, 0.999)
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            raise ConfigError(
+                f"lora.targets has {unknown}; choose from {list(LORA_TARGETS)} (the block's linear layers)"
+            )
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets is empty; name the layers to adapt, e.g. ['q_proj', 'v_proj']")
