@@ -192,13 +192,12 @@ LORA_TARGETS = (
 class LoRASection:
     """[lora] low-rank adapters (LoRA, arXiv 2106.09685) instead of full fine-tuning.
 
-    rank (int): adapter rank r; 0 = off (every weight trains). With r > 0 the base weights are frozen and
-        only the adapters train (and go to the optimiser); the run's model/ is the merged model and
-        adapter/ the adapter alone (PEFT's layout).
+    rank (int): adapter rank r; 0 = off (full fine-tuning), > 0 = base frozen, only adapters train.
+        The run's model/ is then the merged model and adapter/ the adapter alone (PEFT's layout).
     alpha (float): the update is scaled by alpha / rank.
     dropout (float): dropout on the adapter's input while training, in [0, 1).
-    targets (list[str]): leaf names of the linear layers to adapt in every block (Hugging Face's names):
-        q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (MLA: q_a_proj, q_b_proj,
+    targets (list[str]): the linear layers adapted in every block, by leaf name (Hugging Face's names).
+        Choose from q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (MLA: q_a_proj, q_b_proj,
         kv_a_proj_with_mqa); the MLP names also adapt MoE shared experts, never routed experts.
     """
 
