@@ -49,6 +49,7 @@ from r1kit.train.sections import LORA_TARGETS, LoRASection
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."  # PEFT's key prefix: PeftModel -> LoraModel -> the transformers model
+_DEFAULT_TARGETS = tuple(LoRASection().targets)
 
 
 class LoRALinear(nn.Module):
@@ -147,7 +148,9 @@ def apply_lora(model: nn.Module, section: LoRASection) -> list[str]:
     if has_lora(model):
         raise UserError("this model already carries LoRA adapters; load a merged model directory instead")
     targets = set(section.targets)
-    found: dict[str, list[tuple[nn.Module, str, nn.Linear, str]]] = {t: [] for t in targets}
+    # in module order, never set order: A is drawn from the RNG layer by layer, and a set's order
+    # changes with the process's hash seed (2 DDP ranks or a rerun would draw different adapters)
+    found: list[tuple[nn.Module, str, nn.Linear, str]] = []
     present: set[str] = set()
     for prefix, block in _blocks(model):
         for name, module in block.named_modules():
@@ -156,29 +159,21 @@ def apply_lora(model: nn.Module, section: LoRASection) -> list[str]:
                 present.add(leaf)
                 if leaf in targets:
                     parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
-                    found[leaf].append((parent, leaf, module, f"{prefix}.{name}"))
-    missing = sorted(t for t, hits in found.items() if not hits)
+                    found.append((parent, leaf, module, f"{prefix}.{name}"))
+    missing = sorted(targets - {leaf for _, leaf, _, _ in found})
     if missing:
         family = getattr(getattr(model, "config", None), "family", "this")
         raise UserError(
             f"lora.targets {missing} match no layer of this {family} model; its linear layers are "
-            f"{sorted(present)} (e.g. --lora.targets '{json.dumps(sorted(present & set(_DEFAULT)) or sorted(present))}')"
+            f"{sorted(present)} (e.g. --lora.targets '{json.dumps(sorted(present & set(_DEFAULT_TARGETS)) or sorted(present))}')"
         )
     model.requires_grad_(False)
     names = []
-    for hits in found.values():
-        for parent, leaf, linear, full_name in hits:
-            layer = LoRALinear(linear, section.rank, section.alpha, section.dropout)
-            setattr(parent, leaf, layer.train(linear.training))  # an eval-mode model stays in eval mode
-            names.append(full_name)
-    return sorted(names, key=_natural_key)
-
-
-_DEFAULT = tuple(LoRASection().targets)
-
-
-def _natural_key(name: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in name.split(".")]
+    for parent, leaf, linear, full_name in found:
+        layer = LoRALinear(linear, section.rank, section.alpha, section.dropout)
+        setattr(parent, leaf, layer.train(linear.training))  # an eval-mode model stays in eval mode
+        names.append(full_name)
+    return names
 
 
 @contextlib.contextmanager

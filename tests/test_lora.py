@@ -131,6 +131,23 @@ def test_only_adapters_train_and_kv_b_proj_routed_experts_stay_plain():
     assert not any(".experts." in n for n in trainable)
 
 
+def test_adapters_are_drawn_in_module_order():
+    """A is drawn layer by layer in module order (never in a set's order, which changes with the hash
+    seed), so 2 DDP ranks, a rerun and the single-process run of a comparison draw the same adapters."""
+    import math
+
+    model = _model()
+    torch.manual_seed(7)
+    names = lora.apply_lora(model, _section())
+    layers = lora.lora_layers(model)
+    assert names == list(layers) and len(names) == 14  # 2 blocks x 7 targets, in module order
+    torch.manual_seed(7)
+    for name, layer in layers.items():
+        expected = torch.empty_like(layer.lora_A)
+        torch.nn.init.kaiming_uniform_(expected, a=math.sqrt(5))
+        assert torch.equal(layer.lora_A, expected), name
+
+
 def test_engine_decodes_with_the_adapted_weights():
     """The engine runs the wrapped layers (KV cache, no merge): greedy tokens equal the merged model's."""
     from r1kit.engine import Engine, SamplingParams
@@ -281,6 +298,49 @@ def test_sft_with_lora_resumes_exactly(tmp_path):
     a = load_file(str(tmp_path / "split" / "adapter" / lora.ADAPTER_WEIGHTS))
     b = load_file(str(tmp_path / "straight" / "adapter" / lora.ADAPTER_WEIGHTS))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _ddp_worker(rank: int, port: int, root: str) -> None:
+    """One of 2 gloo ranks (set up as torchrun would) running the LoRA SFT of `_sft_config` under DDP."""
+    import os
+
+    import torch.distributed as dist
+
+    from r1kit.train import sft
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    cfg = _sft_config(Path(root) / "base", Path(root) / "ddp", steps=2)
+    dist.init_process_group("gloo")
+    try:
+        sft.run(replace(cfg, train=replace(cfg.train, strategy="ddp"), lora=replace(cfg.lora, dropout=0.0)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_of_lora_sft_follow_one_rank(tmp_path):
+    """DDP with a frozen base: only adapter gradients are all-reduced, and the trajectory is the
+    single-process one (same adapters drawn on every rank, losses over the global token count)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from r1kit.train import sft
+
+    base = _base_dir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    cfg = _sft_config(base, tmp_path / "one", steps=2)
+    sft.run(replace(cfg, lora=replace(cfg.lora, dropout=0.0)))
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "ddp")
+    assert len(one) == 2 and two == pytest.approx(one, rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "adapter" / lora.ADAPTER_WEIGHTS))
+    b = load_file(str(tmp_path / "ddp" / "adapter" / lora.ADAPTER_WEIGHTS))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
 def test_lora_config_errors_say_what_to_type():
