@@ -300,6 +300,35 @@ def test_sft_with_lora_resumes_exactly(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_pretraining_from_a_model_with_lora_keeps_the_base(tmp_path):
+    from r1kit.train import pretrain
+    from r1kit.train.loop import RunConfig, TrainConfig
+
+    base = _base_dir(tmp_path)
+    cfg = pretrain.Config(
+        model=pretrain.ModelSection(init=str(base)),
+        data=pretrain.PretrainData(task="addition", num_examples=32, seq_len=32),
+        train=TrainConfig(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, device="cpu", threads=1),
+        run=RunConfig(dir=str(tmp_path / "pt"), progress=False, plot=False),
+        lora=LoRASection(rank=2, targets=["gate_proj", "up_proj", "down_proj"]),
+    )
+    pretrain.run(cfg)
+    ckpt = sorted((tmp_path / "pt" / "checkpoints").glob("step_*"))[-1]
+    trained, start = (
+        Transformer.from_pretrained(ckpt).state_dict(),
+        Transformer.from_pretrained(base).state_dict(),
+    )
+    assert all(torch.equal(trained[k], v) for k, v in start.items())
+    assert any(k.endswith("mlp.down_proj.lora_B") and v.abs().max() > 0 for k, v in trained.items())
+    merged = Transformer.from_pretrained(tmp_path / "pt" / "model").state_dict()
+    assert not torch.equal(
+        merged["model.layers.0.mlp.down_proj.weight"], start["model.layers.0.mlp.down_proj.weight"]
+    )
+    assert torch.equal(
+        merged["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"]
+    )
+
+
 def _ddp_worker(rank: int, port: int, root: str) -> None:
     """One of 2 gloo ranks (set up as torchrun would) running the LoRA SFT of `_sft_config` under DDP."""
     import os
