@@ -23,10 +23,12 @@ shared experts ``gate_proj``, ``up_proj``, ``down_proj``. Not targetable: ``kv_b
 decode reads its weight directly), the routed experts (stacked tensors, not linear layers), the router,
 the embedding and the head, and the MTP block (it stays frozen).
 
-Lifecycle: :func:`apply_lora` (freeze the base, wrap the targets) → train → :func:`save_adapter` (the
-adapter alone) and :func:`merged_copy` + ``save_pretrained`` (a plain HF directory with W + (alpha/r) B A,
-which transformers loads). :func:`adapters_disabled` runs the base model (GRPO's KL reference) without a
-second copy of the weights.
+Lifecycle: :func:`prepare` / :func:`apply_lora` (freeze the base, wrap the targets; A drawn from a
+seeded generator in module order) → train → :func:`export_run`: :func:`save_adapter` (the adapter alone)
+and :func:`merged_copy` + ``save_pretrained`` (a plain HF directory with W + (alpha/r) B A, which
+transformers loads). ``save_pretrained`` of an adapted model (a checkpoint) writes the base weights with
+the adapter beside them, and ``Transformer.from_pretrained`` re-attaches it. :func:`adapters_disabled`
+runs the base model (GRPO's KL reference) without a second copy of the weights.
 """
 
 from __future__ import annotations
@@ -60,7 +62,15 @@ class LoRALinear(nn.Module):
     that fuses or reads plain linear layers (fused decode weights) leaves it alone and calls ``forward``.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        """``generator`` (a CPU generator) draws A; None = torch's global RNG."""
         super().__init__()
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
@@ -71,7 +81,10 @@ class LoRALinear(nn.Module):
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **kw))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init, as PEFT's default
+        with torch.no_grad():  # nn.Linear's init (PEFT's default), drawn on the CPU: the same on any device
+            a_cpu = torch.empty(rank, self.in_features)
+            nn.init.kaiming_uniform_(a_cpu, a=math.sqrt(5), generator=generator)
+            self.lora_A.copy_(a_cpu)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._enabled = True
 
@@ -131,12 +144,14 @@ def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"model.layers.{i}", block) for i, block in enumerate(layers)]
 
 
-def apply_lora(model: nn.Module, section: LoRASection) -> list[str]:
+def apply_lora(model: nn.Module, section: LoRASection, seed: int = 0, freeze: bool = True) -> list[str]:
     """Freeze every parameter of ``model`` and wrap its targeted linear layers in place.
 
     Args:
         model: an r1kit Transformer (plain, before DDP / compile wrapping).
         section: the [lora] section; rank 0 does nothing (full fine-tuning: nothing frozen).
+        seed: seeds the draw of the A matrices (own generator: torch's global RNG is left alone).
+        freeze: set ``requires_grad`` False on every base parameter (False: only attach, as loading does).
 
     Returns:
         The wrapped module names (empty when rank is 0). Raises :class:`r1kit.config.UserError` when a
@@ -148,7 +163,7 @@ def apply_lora(model: nn.Module, section: LoRASection) -> list[str]:
     if has_lora(model):
         raise UserError("this model already carries LoRA adapters; load a merged model directory instead")
     targets = set(section.targets)
-    # in module order, never set order: A is drawn from the RNG layer by layer, and a set's order
+    # in module order, never set order: A is drawn from the generator layer by layer, and a set's order
     # changes with the process's hash seed (2 DDP ranks or a rerun would draw different adapters)
     found: list[tuple[nn.Module, str, nn.Linear, str]] = []
     present: set[str] = set()
@@ -167,10 +182,12 @@ def apply_lora(model: nn.Module, section: LoRASection) -> list[str]:
             f"lora.targets {missing} match no layer of this {family} model; its linear layers are "
             f"{sorted(present)} (e.g. --lora.targets '{json.dumps(sorted(present & set(_DEFAULT_TARGETS)) or sorted(present))}')"
         )
-    model.requires_grad_(False)
+    if freeze:
+        model.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
     names = []
     for parent, leaf, linear, full_name in found:
-        layer = LoRALinear(linear, section.rank, section.alpha, section.dropout)
+        layer = LoRALinear(linear, section.rank, section.alpha, section.dropout, generator)
         setattr(parent, leaf, layer.train(linear.training))  # an eval-mode model stays in eval mode
         names.append(full_name)
     return names
@@ -210,6 +227,15 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def merged_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with the adapters merged into the weights (``model`` itself is unchanged)."""
     return merge_lora(copy.deepcopy(model))
+
+
+def prepare(model: nn.Module, section: LoRASection, seed: int = 0) -> list[str]:
+    """What a training stage does with its freshly loaded model: merge an adapter it already carries (a
+    LoRA checkpoint loads as base + adapter; training continues from what it computes), then
+    :func:`apply_lora` with ``section`` and ``seed``. Returns the wrapped names (empty: full training)."""
+    if has_lora(model):
+        merge_lora(model)
+    return apply_lora(model, section, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,11 +347,11 @@ def read_adapter_config(directory: str | Path) -> LoRASection:
         raise ValueError(f"{path}: {err}") from None
 
 
-def load_adapter(model: nn.Module, directory: str | Path) -> list[str]:
+def load_adapter(model: nn.Module, directory: str | Path, freeze: bool = True) -> list[str]:
     """Attach the adapter saved in ``directory`` (by :func:`save_adapter`, or by PEFT for the same
-    architecture) to ``model``: :func:`apply_lora` with its config, then its tensors (cast to the base
-    weights' dtype and device). Returns the wrapped module names; ValueError when tensors are missing,
-    extra or of the wrong shape."""
+    architecture) to ``model``: :func:`apply_lora` with its config (``freeze`` as there), then its
+    tensors (cast to the base weights' dtype and device). Returns the wrapped module names; ValueError
+    when tensors are missing, extra or of the wrong shape."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -333,7 +359,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> list[str]:
     from r1kit.model.hf import regular_file
 
     state = load_file(str(regular_file(directory / ADAPTER_WEIGHTS, "the adapter weights")))
-    names = apply_lora(model, section)
+    names = apply_lora(model, section, freeze=freeze)
     layers = lora_layers(model)
     expected = {f"{_PEFT_PREFIX}{n}.lora_{p}.weight": (layers[n], p) for n in names for p in "AB"}
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

@@ -137,14 +137,16 @@ def test_adapters_are_drawn_in_module_order():
     import math
 
     model = _model()
-    torch.manual_seed(7)
-    names = lora.apply_lora(model, _section())
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    names = lora.apply_lora(model, _section(), seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # its own generator: the global RNG is untouched
     layers = lora.lora_layers(model)
     assert names == list(layers) and len(names) == 14  # 2 blocks x 7 targets, in module order
-    torch.manual_seed(7)
+    generator = torch.Generator().manual_seed(7)
     for name, layer in layers.items():
         expected = torch.empty_like(layer.lora_A)
-        torch.nn.init.kaiming_uniform_(expected, a=math.sqrt(5))
+        torch.nn.init.kaiming_uniform_(expected, a=math.sqrt(5), generator=generator)
         assert torch.equal(layer.lora_A, expected), name
 
 
@@ -298,6 +300,20 @@ def test_sft_with_lora_resumes_exactly(tmp_path):
     a = load_file(str(tmp_path / "split" / "adapter" / lora.ADAPTER_WEIGHTS))
     b = load_file(str(tmp_path / "straight" / "adapter" / lora.ADAPTER_WEIGHTS))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_lora_checkpoint_loads_trainable_and_a_stage_starts_from_it_merged(tmp_path):
+    model = _model()
+    lora.apply_lora(model, _section())
+    _randomise_adapters(model)
+    model.save_pretrained(tmp_path / "ckpt")  # base + adapter, as in a LoRA run's checkpoints
+    loaded = Transformer.from_pretrained(tmp_path / "ckpt").eval()
+    assert all(p.requires_grad for p in loaded.parameters())  # loading attaches; stages decide freezing
+    with torch.no_grad():
+        want = loaded(_ids())
+        assert lora.prepare(loaded, LoRASection(rank=0)) == [] and not lora.has_lora(loaded)
+        torch.testing.assert_close(loaded(_ids()), want, rtol=0, atol=1e-5)  # full training from the merge
+        assert lora.prepare(loaded, _section()) and torch.equal(loaded(_ids()), loaded(_ids()))
 
 
 def test_pretraining_from_a_model_with_lora_keeps_the_base(tmp_path):

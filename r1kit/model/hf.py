@@ -267,7 +267,7 @@ def load_pretrained(cls, path, device=None, dtype=None):
     if os.path.lexists(path / _ADAPTER_CONFIG):  # base weights + a LoRA adapter (an r1kit LoRA checkpoint)
         from r1kit.lora import load_adapter
 
-        load_adapter(model, path)
+        load_adapter(model, path, freeze=False)  # trainable like any loaded model; stages decide
     return model
 
 

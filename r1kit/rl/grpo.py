@@ -35,11 +35,11 @@ from typing import Any, Literal
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from r1kit import lora
 from r1kit.config import ConfigError, check_one_of, check_positive, check_range
 from r1kit.engine import Engine, SamplingParams
 from r1kit.evaluate import EvalParams, evaluate_engine, is_correct
 from r1kit.loaders import load_tokenizer, resolve_device, resolve_model_dir, set_threads
-from r1kit.lora import adapters_disabled, apply_lora
 from r1kit.metrics import pass_at_k
 from r1kit.model import Transformer
 from r1kit.model.counting import flops_per_token
@@ -447,7 +447,8 @@ class GRPOTrainer(Stage):
     `r1kit.train.loop.Trainer`'s. `run(config)` builds it and calls `train()`.
 
     Public attributes a test or a notebook may read: `model` (the plain policy), `train_model`
-    (DDP-wrapped or the same), `ref_model` (None unless beta > 0), `optimizer`, `scheduler`,
+    (DDP-wrapped or the same), `ref_model` (None unless beta > 0; with LoRA always None and
+    `base_reference` True: the reference is `model` with its adapters off), `optimizer`, `scheduler`,
     `engine`, `tokenizer`, `task`, `step`, `dist`, `device`, `loop` (the Trainer: its `meter`,
     `val_metrics` (the last held-out evaluation) and `elapsed()`).
     """
@@ -477,9 +478,9 @@ class GRPOTrainer(Stage):
         # GRPO trains the main model only: the MTP head gets no loss (and DDP would see unused parameters)
         for p in self.model.mtp.parameters():
             p.requires_grad_(False)
-        if c.lora.rank:
-            torch.manual_seed(t.seed)  # the LoRA A matrices (a resumed run loads them)
-        self.lora_layers = apply_lora(self.model, c.lora)
+        self.lora_layers = lora.prepare(self.model, c.lora, seed=t.seed)  # A from train.seed; resume loads it
+        if self.lora_layers:
+            torch.manual_seed(t.seed)  # lora.dropout draws from train.seed (a resume restores the RNG)
         # the KL reference: with LoRA the policy's own base weights, adapters off (no second copy)
         self.base_reference = bool(self.lora_layers) and c.loss.beta > 0
         self.ref_model = None
@@ -706,7 +707,7 @@ class GRPOTrainer(Stage):
         t0 = time.perf_counter()
         if self.ref_model is not None or self.base_reference:
             ref = self.model if self.base_reference else self.ref_model
-            with torch.no_grad(), self.autocast(), adapters_disabled(ref):
+            with torch.no_grad(), self.autocast(), lora.adapters_disabled(ref):
                 for mb in micro:
                     mb.ref_logp_BT = completion_logprobs(ref, mb, temperature)[0].float()
         self._update = {

@@ -262,14 +262,12 @@ def fit_stage(
     ``task`` and ``task_args``."""
     if model is None:
         model = build_model(config.model, tokenizer, device, config.train.seed)
-    lora = getattr(config, "lora", None)
-    adapted = False
-    if lora is not None and lora.rank:
-        from r1kit.lora import apply_lora
+    from r1kit.lora import LoRASection, prepare
 
-        # A and B are drawn from the seeded RNG here, after the model (a resumed run overwrites them)
-        torch.manual_seed(config.train.seed + 1)
-        adapted = bool(apply_lora(model, lora))
+    # a LoRA checkpoint given as the start is merged first; A is drawn from train.seed (resume loads it)
+    adapted = bool(prepare(model, getattr(config, "lora", None) or LoRASection(), seed=config.train.seed))
+    if adapted:
+        torch.manual_seed(config.train.seed)  # lora.dropout draws from train.seed (a resume restores the RNG)
     data = config.data if data is None else data
     # right-padding with the tokenizer's pad id (pretrain's packed windows are all one length, never padded)
     batches = batch_stream(dataset, config.train, dist, tokenizer.pad_id or 0)
