@@ -168,9 +168,7 @@ class Config:
     lora: LoRASection = field(default_factory=LoRASection)  # adapters on the student (student.init)
 
     def __post_init__(self) -> None:
-        from r1kit.lora import check_config
-
-        check_config(self.lora, init=self.student.init, where="student.init", strategy=self.train.strategy)
+        self.lora.check_stage(init=self.student.init, where="student.init", strategy=self.train.strategy)
         s = self.sample
         check_positive(s.k, "sample.k")
         check_positive(s.prompts, "sample.prompts")

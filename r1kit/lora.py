@@ -390,18 +390,3 @@ def export_run(model: nn.Module, run_dir: str | Path, tokenizer: Any = None, bas
     if tokenizer is not None:
         tokenizer.save_pretrained(model_dir)
     return model_dir
-
-
-def check_config(section: LoRASection, *, init: str, where: str, strategy: str = "none") -> None:
-    """Config-time checks of a stage with [lora] on: a pretrained base to adapt and no FSDP2."""
-    from r1kit.config import ConfigError
-
-    if section.rank == 0:
-        return
-    if not init:
-        raise ConfigError(
-            f"lora.rank > 0 adapts a pretrained model: set {where} to a model directory "
-            f"(or --lora.rank 0 for full training of a random init)"
-        )
-    if strategy == "fsdp2":
-        raise ConfigError("LoRA trains under train.strategy 'none' or 'ddp'; use --train.strategy ddp")

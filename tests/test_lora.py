@@ -402,6 +402,8 @@ def test_lora_config_errors_say_what_to_type():
         )
     with pytest.raises(ConfigError, match="ref_reset_every 0"):
         load_config(grpo.Config, None, ["--lora.rank", "4", "--loss.ref_reset_every", "5"])
+    with pytest.raises(ConfigError, match="--train.strategy ddp"):
+        load_config(grpo.Config, None, ["--lora.rank", "4", "--model.path", "x", "--train.strategy", "fsdp2"])
 
 
 def _grpo_config(policy: Path, run_dir: Path, *extra: str):

@@ -299,8 +299,7 @@ class Config:
                 "with LoRA the KL reference is the base weights (adapter off) and cannot be reset; "
                 "set --loss.ref_reset_every 0 or train fully with --lora.rank 0"
             )
-        if self.lora.rank and self.train.strategy == "fsdp2":
-            raise ConfigError("LoRA trains under train.strategy 'none' or 'ddp'; use --train.strategy ddp")
+        self.lora.check_stage(init=self.model.path, where="model.path", strategy=self.train.strategy)
         check_positive(self.eval.every, "eval.every", allow_zero=True)
         check_positive(self.eval.samples, "eval.samples", allow_zero=True)
         check_one_of(self.data.template, "data.template", ("chat", "raw"))

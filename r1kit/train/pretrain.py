@@ -89,9 +89,7 @@ class Config:
     lora: LoRASection = field(default_factory=LoRASection)
 
     def __post_init__(self) -> None:
-        from r1kit.lora import check_config
-
-        check_config(self.lora, init=self.model.init, where="model.init", strategy=self.train.strategy)
+        self.lora.check_stage(init=self.model.init, where="model.init", strategy=self.train.strategy)
 
 
 def load_tokenizer(section: TokenizerSection, model: ModelSection, resume_from: Path | None, texts: Any):

@@ -221,3 +221,16 @@ class LoRASection:
             )
         if self.rank and not self.targets:
             raise ConfigError("lora.targets is empty; name the layers to adapt, e.g. ['q_proj', 'v_proj']")
+
+    def check_stage(self, *, init: str, where: str, strategy: str = "none") -> None:
+        """A stage's checks with [lora] on: a pretrained model to adapt (``init``, the key named ``where``)
+        and no FSDP2 (ConfigError, one line, saying what to type)."""
+        if self.rank == 0:
+            return
+        if not init:
+            raise ConfigError(
+                f"lora.rank > 0 adapts a pretrained model: set {where} to a model directory "
+                f"(or --lora.rank 0 for full training of a random init)"
+            )
+        if strategy == "fsdp2":
+            raise ConfigError("LoRA trains under train.strategy 'none' or 'ddp'; use --train.strategy ddp")

@@ -75,9 +75,7 @@ class Config:
     lora: LoRASection = field(default_factory=LoRASection)
 
     def __post_init__(self) -> None:
-        from r1kit.lora import check_config
-
-        check_config(self.lora, init=self.model.init, where="model.init", strategy=self.train.strategy)
+        self.lora.check_stage(init=self.model.init, where="model.init", strategy=self.train.strategy)
 
 
 def conversations(data: SFTData, seed: int) -> list[list[dict[str, str]]]:
