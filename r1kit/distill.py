@@ -69,6 +69,7 @@ from r1kit.train.pretrain import build_model, fit_stage, start_stage
 from r1kit.train.result import RunResult
 from r1kit.train.sections import (
     SFT_TEMPLATES,
+    LoRASection,
     ModelDirSection,
     ModelSection,
     PromptSection,
@@ -163,8 +164,10 @@ class Config:
     val: ValSection = field(default_factory=ValSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-3, warmup_steps=20))
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/distill"))
+    lora: LoRASection = field(default_factory=LoRASection)  # adapters on the student (student.init)
 
     def __post_init__(self) -> None:
+        self.lora.check_stage(init=self.student.init, where="student.init", strategy=self.train.strategy)
         s = self.sample
         check_positive(s.k, "sample.k")
         check_positive(s.prompts, "sample.prompts")
@@ -618,6 +621,7 @@ def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
         val=config.val,
         train=config.train,
         run=config.run,
+        lora=config.lora,
     )
 
 

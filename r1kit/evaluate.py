@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from r1kit.metrics import best_of_n, maj_at_k, normalize_answer, pass_at_k_many
 from r1kit.report import plot_budget, plot_scaling

@@ -4,6 +4,8 @@ Our state dict uses HF names except for two things translated here:
 - routed experts: ours ``...mlp.experts.gate_up_proj`` (E, 2F, D) / ``...mlp.experts.down_proj`` (E, D, F);
   on disk per expert ``...mlp.experts.{e}.gate_proj.weight`` (F, D), ``up_proj.weight``, ``down_proj.weight``
   (what transformers writes and the DeepSeek-V3 release ships);
+- LoRA adapters (``...q_proj.lora_A`` / ``lora_B``, :mod:`r1kit.lora`): left out of the weights and written
+  beside them as ``adapter_model.safetensors`` + ``adapter_config.json``; loading re-attaches them;
 - MTP: ours ``mtp.0.*``; on disk ``model.layers.{num_hidden_layers}.*`` (the DeepSeek-V3 release layout:
   ``enorm``, ``hnorm``, ``eh_proj``, ``shared_head.norm`` and the block's weights). The release's copies of the
   shared embedding/head inside that layer are ignored on load.
@@ -29,6 +31,7 @@ from r1kit.model.config import ModelConfig
 
 _EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_ADAPTER_CONFIG = "adapter_config.json"  # r1kit.lora.ADAPTER_CONFIG (PEFT's name)
 _FP32_KEYS = re.compile(r"\.e_score_correction_bias$")  # kept fp32 as transformers does
 
 
@@ -261,6 +264,10 @@ def load_pretrained(cls, path, device=None, dtype=None):
     if left:
         raise RuntimeError(f"internal error: tensors left unloaded: {_list_keys(left)}")
     model.generation_eos_ids = eos_ids  # the engine stops on these (Engine's eos_token_ids)
+    if os.path.lexists(path / _ADAPTER_CONFIG):  # base weights + a LoRA adapter (an r1kit LoRA checkpoint)
+        from r1kit.lora import load_adapter
+
+        load_adapter(model, path, freeze=False)  # trainable like any loaded model; stages decide
     return model
 
 
@@ -286,6 +293,8 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     mtp_prefix = f"model.layers.{cfg.num_hidden_layers}."
     for name, tensor in model.state_dict().items():
+        if name.endswith((".lora_A", ".lora_B")):
+            continue  # LoRA adapters are saved apart, in PEFT's layout (r1kit.lora.save_adapter)
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue  # transformers re-ties it from model.embed_tokens.weight
         if name.startswith("mtp.0."):
@@ -353,6 +362,13 @@ def save_pretrained(model, path, max_shard_bytes: int = 5 * 2**30) -> None:
     for stale in path.glob("model*.safetensors*"):
         if stale.name not in names and not (len(shards) > 1 and stale == index_path):
             stale.unlink()
+    from r1kit.lora import has_lora, save_adapter
+
+    if has_lora(model):  # the base weights above, the adapter beside them: load_pretrained re-attaches it
+        save_adapter(model, path)
+    else:  # an adapter left from an earlier save would be attached to these weights on load
+        for stale in (path / _ADAPTER_CONFIG, path / "adapter_model.safetensors"):
+            stale.unlink(missing_ok=True)
     hf = cfg.to_hf_dict()
     hf["dtype"] = _DTYPE_NAMES.get(model.model.embed_tokens.weight.dtype, "float32")
     _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf, indent=2) + "\n"))

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from r1kit import lora
 from r1kit.config import ConfigError, check_positive, check_range
 from r1kit.engine import Engine, SamplingParams
 from r1kit.evaluate import EvalParams, evaluate_engine, is_correct
@@ -68,8 +69,9 @@ from r1kit.train.loop import (
     cleanup_distributed,
     setup_distributed,
 )
+from r1kit.train.pretrain import finish_lora
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection, PromptSection, check_task_args
+from r1kit.train.sections import LoRASection, ModelDirSection, PromptSection, check_task_args
 
 PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length_mean")
 
@@ -258,6 +260,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     run: RunSection = field(default_factory=RunSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    lora: LoRASection = field(default_factory=LoRASection)  # the KL reference is then the base weights
 
     def __post_init__(self) -> None:
         r = self.rollout
@@ -288,6 +291,12 @@ class Config:
         check_positive(lo.eps_high, "loss.eps_high", allow_zero=True)
         check_positive(lo.mu, "loss.mu")
         check_positive(lo.ref_reset_every, "loss.ref_reset_every", allow_zero=True)
+        if self.lora.rank and lo.ref_reset_every:
+            raise ConfigError(
+                "with LoRA the KL reference is the base weights (adapter off) and cannot be reset; "
+                "set --loss.ref_reset_every 0 or train fully with --lora.rank 0"
+            )
+        self.lora.check_stage(init=self.model.path, where="model.path", strategy=self.train.strategy)
         check_positive(self.eval.every, "eval.every", allow_zero=True)
         check_positive(self.eval.samples, "eval.samples", allow_zero=True)
 
@@ -433,7 +442,8 @@ class GRPOTrainer(Stage):
     `r1kit.train.loop.Trainer`'s. `run(config)` builds it and calls `train()`.
 
     Public attributes a test or a notebook may read: `model` (the plain policy), `train_model`
-    (DDP-wrapped or the same), `ref_model` (None unless beta > 0), `optimizer`, `scheduler`,
+    (DDP-wrapped or the same), `ref_model` (None unless beta > 0; with LoRA always None and
+    `base_reference` True: the reference is `model` with its adapters off), `optimizer`, `scheduler`,
     `engine`, `tokenizer`, `task`, `step`, `dist`, `device`, `loop` (the Trainer: its `meter`,
     `val_metrics` (the last held-out evaluation) and `elapsed()`).
     """
@@ -463,8 +473,13 @@ class GRPOTrainer(Stage):
         # GRPO trains the main model only: the MTP head gets no loss (and DDP would see unused parameters)
         for p in self.model.mtp.parameters():
             p.requires_grad_(False)
+        self.lora_layers = lora.prepare(self.model, c.lora, seed=t.seed)  # A from train.seed; resume loads it
+        if self.lora_layers:
+            torch.manual_seed(t.seed)  # lora.dropout draws from train.seed (a resume restores the RNG)
+        # the KL reference: with LoRA the policy's own base weights, adapters off (no second copy)
+        self.base_reference = bool(self.lora_layers) and c.loss.beta > 0
         self.ref_model = None
-        if c.loss.beta > 0:
+        if c.loss.beta > 0 and not self.lora_layers:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         # FSDP2 shards the policy in place: the engine samples from a full copy refreshed every step
         sharded = self.dist.distributed and t.strategy == "fsdp2"
@@ -685,10 +700,11 @@ class GRPOTrainer(Stage):
         )
         temperature = c.rollout.temperature if c.rollout.temperature > 0 else 1.0
         t0 = time.perf_counter()
-        if self.ref_model is not None:
-            with torch.no_grad(), self.autocast():
+        if self.ref_model is not None or self.base_reference:
+            ref = self.model if self.base_reference else self.ref_model
+            with torch.no_grad(), self.autocast(), lora.adapters_disabled(ref):
                 for mb in micro:
-                    mb.ref_logp_BT = completion_logprobs(self.ref_model, mb, temperature)[0].float()
+                    mb.ref_logp_BT = completion_logprobs(ref, mb, temperature)[0].float()
         self._update = {
             "temperature": temperature,
             "global_rows": global_rows,
@@ -775,7 +791,8 @@ class GRPOTrainer(Stage):
         )
         seq = max(1, int(metrics["completion/length_mean"]))
         train_fpt = flops_per_token(self.model.config, seq, include_mtp=False)
-        flops = step_flops(train_fpt, sampled, trained, c.loss.mu, self.ref_model is not None)
+        reference = self.ref_model is not None or self.base_reference
+        flops = step_flops(train_fpt, sampled, trained, c.loss.mu, reference)
         metrics["cost/tokens_generated"] = gen_tokens
         metrics["cost/tokens_sampled"] = sampled
         metrics["cost/tokens_trained"] = trained
@@ -870,7 +887,12 @@ class GRPOTrainer(Stage):
         return self._finish(self.loop.run(step_fn=lambda: self.train_step()))
 
     def _finish(self, result: LoopResult) -> GRPOResult:
-        """The summary (summary.json) and the GRPOResult; the loop has saved the model and the plot."""
+        """The summary (summary.json) and the GRPOResult; the loop has saved the model and the plot (with
+        LoRA, `run_dir/model` becomes the merged model and `run_dir/adapter` the adapter)."""
+        if self.lora_layers:
+            finish_lora(
+                self.model, self.run_dir, self.tokenizer, base_model=str(self.model_dir), dist=self.dist
+            )
         cost = dict(result.cost)
         cost["time_split_s"] = dict(self.time_totals)
         metrics: dict[str, Any] = {"steps": result.step, "stopped": result.stop_reason}

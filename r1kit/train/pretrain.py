@@ -36,6 +36,7 @@ from r1kit.train.loop import (
     setup_distributed,
 )
 from r1kit.train.sections import (  # shared with SFT, distill
+    LoRASection,
     ModelSection,
     TokenizerSection,
     ValSection,
@@ -85,6 +86,10 @@ class Config:
     val: ValSection = field(default_factory=ValSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/pretrain"))
+    lora: LoRASection = field(default_factory=LoRASection)
+
+    def __post_init__(self) -> None:
+        self.lora.check_stage(init=self.model.init, where="model.init", strategy=self.train.strategy)
 
 
 def load_tokenizer(section: TokenizerSection, model: ModelSection, resume_from: Path | None, texts: Any):
@@ -256,6 +261,12 @@ def fit_stage(
     ``task`` and ``task_args``."""
     if model is None:
         model = build_model(config.model, tokenizer, device, config.train.seed)
+    from r1kit.lora import LoRASection, prepare
+
+    # a LoRA checkpoint given as the start is merged first; A is drawn from train.seed (resume loads it)
+    adapted = bool(prepare(model, getattr(config, "lora", None) or LoRASection(), seed=config.train.seed))
+    if adapted:
+        torch.manual_seed(config.train.seed)  # lora.dropout draws from train.seed (a resume restores the RNG)
     data = config.data if data is None else data
     # right-padding with the tokenizer's pad id (pretrain's packed windows are all one length, never padded)
     batches = batch_stream(dataset, config.train, dist, tokenizer.pad_id or 0)
@@ -268,7 +279,7 @@ def fit_stage(
         system=system,
         seed=config.train.seed,
     )
-    return fit(
+    result = fit(
         model,
         batches,
         config.train,
@@ -285,6 +296,28 @@ def fit_stage(
         console=console,
         make_stage=make_stage,
     )
+    if adapted:
+        finish_lora(model, result.run_dir, tokenizer, base_model=_init_of(config), dist=dist)
+    return result
+
+
+def _init_of(config: Any) -> str:
+    """The model directory a stage's config starts from ([model] init, or distillation's [student])."""
+    section = getattr(config, "model", None) or getattr(config, "student", None)
+    return getattr(section, "init", "") or ""
+
+
+def finish_lora(
+    model: torch.nn.Module, run_dir: Path, tokenizer: Any, *, base_model: str, dist: DistInfo
+) -> None:
+    """After a LoRA run (rank 0 writes, every rank waits): ``run_dir/adapter`` holds the adapter alone and
+    ``run_dir/model`` the merged weights (see :func:`r1kit.lora.export_run`)."""
+    from r1kit.lora import export_run
+
+    if dist.is_main:
+        export_run(model, run_dir, tokenizer, base_model)
+    if dist.distributed:
+        torch.distributed.barrier()
 
 
 def run(config: Config, console: Any = None):

@@ -12,6 +12,8 @@
 - :data:`DType` and :func:`normalize_dtype`: the one dtype vocabulary ("auto", "float32", "bfloat16",
   "float16"; "fp32", "bf16", "fp16" accepted and normalised). `r1kit.loaders` maps it to torch dtypes;
   ``[train] precision`` speaks it too (:data:`Precision`).
+- :class:`LoRASection` ``[lora]``: low-rank adapters instead of full fine-tuning (`r1kit.lora`) — pretrain,
+  SFT, GRPO, distillation's student.
 - :func:`check_task_args`: the one ``task_args`` shape, keyed by task name in every stage
   (``task_args = { addition = { min_digits = 1 } }``).
 
@@ -29,6 +31,8 @@ __all__ = [
     "DTYPE_ALIASES",
     "DTYPE_NAMES",
     "DType",
+    "LORA_TARGETS",
+    "LoRASection",
     "ModelDirSection",
     "ModelSection",
     "Precision",
@@ -202,3 +206,67 @@ class PromptSection:
                 f"{self.template!r} (use --prompt.template r1 for an instruct model without think tokens)"
             )
         return self.template
+
+
+# The linear layers of a block LoRA can adapt; our module names are Hugging Face's (the mapping is the
+# identity). kv_b_proj is left out: MLA's absorbed decode reads its weight directly.
+LORA_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "q_a_proj",
+    "q_b_proj",
+    "kv_a_proj_with_mqa",
+)
+
+
+@dataclass
+class LoRASection:
+    """[lora] low-rank adapters (LoRA, arXiv 2106.09685) instead of full fine-tuning.
+
+    rank (int): adapter rank r; 0 = off (full fine-tuning), > 0 = base frozen, only adapters train.
+        The run's model/ is then the merged model and adapter/ the adapter alone (PEFT's layout).
+    alpha (float): the update is scaled by alpha / rank.
+    dropout (float): dropout on the adapter's input while training, in [0, 1).
+    targets (list[str]): the linear layers adapted in every block, by leaf name (Hugging Face's names).
+        Choose from q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (MLA: q_a_proj, q_b_proj,
+        kv_a_proj_with_mqa); the MLP names also adapt MoE shared experts, never routed experts.
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        check_positive(self.rank, "lora.rank", allow_zero=True)
+        if self.rank != int(self.rank):
+            raise ConfigError(f"lora.rank must be an integer, got {self.rank!r}")
+        check_positive(self.alpha, "lora.alpha")
+        check_range(self.dropout, "lora.dropout", 0.0, 0.999)
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            raise ConfigError(
+                f"lora.targets has {unknown}; choose from {list(LORA_TARGETS)} (the block's linear layers)"
+            )
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets is empty; name the layers to adapt, e.g. ['q_proj', 'v_proj']")
+
+    def check_stage(self, *, init: str, where: str, strategy: str = "none") -> None:
+        """A stage's checks with [lora] on: a pretrained model to adapt (``init``, the key named ``where``)
+        and no FSDP2 (ConfigError, one line, saying what to type)."""
+        if self.rank == 0:
+            return
+        if not init:
+            raise ConfigError(
+                f"lora.rank > 0 adapts a pretrained model: set {where} to a model directory "
+                f"(or --lora.rank 0 for full training of a random init)"
+            )
+        if strategy == "fsdp2":
+            raise ConfigError("LoRA trains under train.strategy 'none' or 'ddp'; use --train.strategy ddp")

@@ -33,7 +33,14 @@ from typing import Any
 
 from r1kit.train.loop import RunConfig, TrainConfig, cleanup_distributed, prepare_run_dir  # noqa: F401
 from r1kit.train.pretrain import fit_stage, load_tokenizer, start_stage
-from r1kit.train.sections import ModelSection, PromptSection, TokenizerSection, ValSection, check_task_args
+from r1kit.train.sections import (
+    LoRASection,
+    ModelSection,
+    PromptSection,
+    TokenizerSection,
+    ValSection,
+    check_task_args,
+)
 
 
 @dataclass
@@ -71,8 +78,10 @@ class Config:
     val: ValSection = field(default_factory=ValSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4, warmup_steps=10))
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/sft"))
+    lora: LoRASection = field(default_factory=LoRASection)
 
     def __post_init__(self) -> None:
+        self.lora.check_stage(init=self.model.init, where="model.init", strategy=self.train.strategy)
         self.prompt.sft_template()  # "chat" or "r1": the plain-text templates have no conversation
 
 
