@@ -131,6 +131,7 @@ class DecodeStep:
         self.eager_row_steps = 0
         self.compiled_calls = 0
         self._compiled = None
+        self._cuda = False
         self._fused: tuple[list[dict], Tensor | None] = ([], None)
 
     @staticmethod
@@ -168,9 +169,9 @@ class DecodeStep:
                 self._compiled = self._build_compiled()
             if attn is None:  # one graph whether or not the call has padding
                 attn = torch.ones((tokens.shape[0], cache.max_len), dtype=torch.long, device=tokens.device)
-            logits = self._compiled(
-                tokens, positions, index, attn, cache.layers, fused or None, head, length + 1
-            )
+            args = (tokens, positions, index, attn, cache.layers, fused or None, head)
+            # CPU: the slots written so far (a dynamic size); CUDA: the whole cache (no int argument at all)
+            logits = self._compiled(*args) if self._cuda else self._compiled(*args, length + 1)
             self.compiled_calls += 1
         else:
             end = length + 1
@@ -187,13 +188,15 @@ class DecodeStep:
 
         CPU: dynamic shapes, attention over the slots written so far (attention is a large part of a small
         model's step; attending over the whole cache measured ~2x slower there). CUDA: static shapes,
-        attention over the whole cache with a mask, captured in CUDA graphs (`reduce-overhead`).
+        attention over the whole cache with a mask, captured in CUDA graphs (`reduce-overhead`). Not yet run
+        on a GPU: where inductor declines the capture (the cache is an input mutated in place; it then logs
+        "skipping cudagraphs"), the step still runs compiled, without graphs.
         """
         model = self.model
-        cuda = next(model.parameters()).device.type == "cuda"
+        self._cuda = cuda = next(model.parameters()).device.type == "cuda"
 
-        def step(tokens, positions, index, attn, layers, fused, head, end):
-            if cuda:  # static shapes: the whole cache, unwritten slots and padding masked
+        def step(tokens, positions, index, attn, layers, fused, head, end=None):
+            if end is None:  # static shapes: the whole cache, unwritten slots and padding masked
                 first = next(iter(layers[0].values()))
                 slots = first.shape[2] if "k" in layers[0] else first.shape[1]
                 key_mask = (torch.arange(slots, device=tokens.device)[None, :] <= index) & (attn != 0)

@@ -229,12 +229,13 @@ def test_compiled_step_gives_the_eager_tokens_in_one_graph():
     torch._dynamo.reset()
     counters.clear()
     model = make_model("qwen2")
-    params = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
     eager = Engine(model, compile="off")
     compiled = Engine(model, compile="on")
-    for prompts in (PROMPTS, PROMPTS[:2] + [[1, 2, 3, 4, 5, 6, 7, 8, 9]]):
-        want = [c.token_ids for c in eager.generate(prompts, params)]
-        assert [c.token_ids for c in compiled.generate(prompts, params)] == want
+    # 3 rows, then 4 rows (a prompt sampled twice) with a longer prompt: other batch size and cache length
+    for prompts, n in ((PROMPTS, 1), (PROMPTS[:1] + [[1, 2, 3, 4, 5, 6, 7, 8, 9]], 2)):
+        p = [SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True, n=n)] * len(prompts)
+        want = [c.token_ids for c in eager.generate(prompts, p)]
+        assert [c.token_ids for c in compiled.generate(prompts, p)] == want
     assert compiled.decoder.compiled_calls == 2 * 5
     assert counters["stats"]["unique_graphs"] == 1
     assert not counters["recompiles"]
