@@ -149,6 +149,7 @@ class Engine:
         compile: "auto" (default; the `R1KIT_ENGINE_COMPILE` environment variable overrides it),
             "on" or "off": whether the decode step runs through `torch.compile` (`DecodeStep`).
         head_dtype: "model" or "bf16": decode with a bf16 copy of the output head (`DecodeWeights`).
+        fuse_weights: decode with fused q/k/v and gate/up copies; None = on CUDA only (`DecodeStep`).
     """
 
     def __init__(
@@ -159,11 +160,12 @@ class Engine:
         eos_token_ids=None,
         compile: str | None = None,
         head_dtype: str = "model",
+        fuse_weights: bool | None = None,
     ):
         self.model = model
         self.decoder = None
         if DecodeStep.supports(model):
-            self.decoder = DecodeStep(model, _compile_choice(compile), head_dtype)
+            self.decoder = DecodeStep(model, _compile_choice(compile), head_dtype, fuse_weights=fuse_weights)
         self.tokenizer = tokenizer
         self.eos_token_ids = _resolve_eos_ids(model, tokenizer, eos_token_ids)
         self.compact_fraction = compact_fraction

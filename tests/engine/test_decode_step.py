@@ -72,7 +72,7 @@ def test_decode_step_matches_forward_on_a_padded_batch(name):
     width, steps, max_len = 7, 5, 16
     ids, mask = padded(PROMPTS, width)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    fused, _ = DecodeWeights(model).get()
+    fused, _ = DecodeWeights(model, fuse=True).get()
     if name != "deepseek_v3":
         assert all("qkv" in f and "gate_up" in f for f in fused)
     caches = [model.new_cache(3, max_len) for _ in range(4)]
@@ -120,7 +120,7 @@ def reference_greedy(model, prompts, new):
 def test_engine_greedy_equals_full_forward_and_the_old_path(name):
     model = make_model(name)
     params = SamplingParams(temperature=0, max_new_tokens=10, ignore_eos=True)
-    fast = Engine(model, compile="off")
+    fast = Engine(model, compile="off", fuse_weights=True)
     assert fast.decoder is not None
     old = Engine(model, compile="off")
     old.decoder = None  # the model's forward, as before the decode step existed
@@ -143,7 +143,7 @@ def test_sampled_logprobs_equal_the_old_path():
 def test_fused_weights_follow_an_in_place_update():
     """A GRPO-style in-place update (optimizer step) is picked up at the next call; no change, no rebuild."""
     model = make_model("llama")
-    engine = Engine(model, compile="off")
+    engine = Engine(model, compile="off", fuse_weights=True)
     params = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
     engine.generate(PROMPTS, params)
     engine.generate(PROMPTS, params)
@@ -170,10 +170,10 @@ def test_wrapped_projection_is_not_fused():
     with torch.no_grad():
         wrapped.weight.copy_(attn.q_proj.weight)
     attn.q_proj = wrapped
-    fused, _ = DecodeWeights(model).get()
+    fused, _ = DecodeWeights(model, fuse=True).get()
     assert "qkv" not in fused[0] and "gate_up" in fused[0] and "qkv" in fused[1]
     params = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
-    got = [c.token_ids for c in Engine(model, compile="off").generate(PROMPTS, params)]
+    got = [c.token_ids for c in Engine(model, compile="off", fuse_weights=True).generate(PROMPTS, params)]
     assert got == reference_greedy(model, PROMPTS, 6)
 
 
@@ -194,6 +194,12 @@ def test_bf16_head_copy_is_close():
     got = step(tok, pos, attn, cache_b)
     assert got.dtype == ref.dtype and cache_b.length == 8
     torch.testing.assert_close(got, ref, rtol=0, atol=0.05)
+
+
+def test_fusion_is_off_by_default_on_cpu():
+    step = Engine(make_model("llama"), compile="off").decoder
+    step.begin()
+    assert step.weights.get()[0] == [] and not step.weights.fuse
 
 
 def test_compile_choice_is_checked(monkeypatch):
@@ -230,7 +236,7 @@ def test_compiled_step_gives_the_eager_tokens_in_one_graph():
     counters.clear()
     model = make_model("qwen2")
     eager = Engine(model, compile="off")
-    compiled = Engine(model, compile="on")
+    compiled = Engine(model, compile="on", fuse_weights=True)
     # 3 rows, then 4 rows (a prompt sampled twice) with a longer prompt: other batch size and cache length
     for prompts, n in ((PROMPTS, 1), (PROMPTS[:1] + [[1, 2, 3, 4, 5, 6, 7, 8, 9]], 2)):
         p = [SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True, n=n)] * len(prompts)
