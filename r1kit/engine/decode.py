@@ -131,7 +131,7 @@ class DecodeStep:
         model,
         compile: str = "auto",
         head_dtype: str = "model",
-        compile_after: int = 1_000_000,
+        compile_after: int = 2_000_000,
         fuse_weights: bool | None = None,
     ):
         if compile not in COMPILE_CHOICES:
