@@ -2,11 +2,12 @@
 
 `DecodeStep` runs `Transformer.decode_step` (the gpt-fast recipe: the cache slot and the positions are
 tensors, the cache is written with `index_put_`, packed GQA, fused q/k/v and gate/up weights), eagerly or
-through `torch.compile`. The compiled step attends over the whole preallocated cache with a mask, so its
-shapes do not change from step to step and one graph serves a whole call; the eager step attends over
-the slots written so far.
+through `torch.compile`. On CUDA the compiled step attends over the whole preallocated cache with a mask,
+so its shapes never change (what CUDA graphs need); on CPU it is compiled with dynamic shapes and attends
+over the slots written so far (whole-cache attention measured ~2x slower there), one graph for every batch
+size, cache length and slot. The eager step attends over the slots written so far.
 
-Fused weights are copies made for decoding, keyed by the version counters of the weights they come from
+Fused weights (on CUDA by default) are copies made for decoding, keyed by the version counters of the weights they come from
 (`Tensor._version`, bumped by every in-place update: an optimizer step, `load_state_dict`), so a GRPO
 policy update is seen at the next call and an unchanged model is not copied again. A projection that is
 not a plain `nn.Linear` (a LoRA wrapper, a quantised layer) is left unfused: that block runs its own
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from r1kit.config import ConfigError
 
 COMPILE_CHOICES = ("auto", "on", "off")
 HEAD_DTYPES = ("model", "bf16")
@@ -53,7 +56,7 @@ class DecodeWeights:
 
     def __init__(self, model, head_dtype: str = "model", fuse: bool = True):
         if head_dtype not in HEAD_DTYPES:
-            raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
+            raise ConfigError(f"head_dtype must be one of {', '.join(HEAD_DTYPES)}; got {head_dtype!r}")
         self.model, self.head_dtype, self.fuse = model, head_dtype, fuse
         self._key = None
         self._value: tuple[list[dict], Tensor | None] = ([], None)
@@ -135,7 +138,7 @@ class DecodeStep:
         fuse_weights: bool | None = None,
     ):
         if compile not in COMPILE_CHOICES:
-            raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {compile!r}")
+            raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}; got {compile!r}")
         self.model, self.compile, self.compile_after = model, compile, compile_after
         if fuse_weights is None:
             fuse_weights = next(model.parameters()).device.type == "cuda"
