@@ -308,8 +308,11 @@ def main(argv: list[str] | None = None) -> None:
                     roofline(ours.config, context, tps, peak.flops),
                 )
             )
-        builds = engines["eager"].decoder.weights.builds
-        notes.append(f"{name}: fused decode weights built {builds} time(s) over the eager engine's calls")
+        w = engines["eager"].decoder.weights
+        notes.append(
+            f"{name}: decode weight copies (fused q/k/v, gate/up: {w.fuse}; bf16 head only in bf16-head) "
+            f"built {w.builds} time(s) over the eager engine's calls"
+        )
 
     # (c) MTP speculative decoding, greedy, model (b) + a self-distilled MTP block
     if "c" not in args.only:
