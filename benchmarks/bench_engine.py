@@ -2,12 +2,19 @@
 
 Run: `python benchmarks/bench_engine.py` (or `./run.sh bench bench_engine`); `--quick` for a smoke run.
 
-Rows: (a) a ~1M-parameter Qwen2 and (b) a ~20M-parameter DeepSeek-V3-style model (MLA + MoE), each
-built by transformers with random weights, saved, and loaded into r1kit. Both sides sample
-(temperature 1, no top-k/top-p), use their KV cache, and produce exactly `--new` tokens per row (no
-EOS). Then (c) MTP speculative decoding against plain greedy decoding on model (b) with an MTP block
-briefly self-distilled on the model's own greedy outputs (acceptance stays ~5% on random weights), or
-on a checkpoint with a trained MTP block (`--mtp-checkpoint DIR`).
+Rows, each built by transformers with random weights, saved, and loaded into r1kit:
+(a) a ~1M-parameter Qwen2, batch `--batch` x `--new`; (b) a ~20M-parameter DeepSeek-V3-style model
+(MLA + MoE), same batch; (d) a Llama of width 256 and 3 layers, batch 48 x 96; (e) the Qwen2.5-0.5B
+shape cut to 2 layers (width 896, 14/2 heads, vocabulary 151,936, tied head), batch 16 x 32; (f) a
+held-out Qwen3 shape (per-head q/k norm, head_dim 64 != width / heads, untied head), batch 32 x 64.
+Both sides sample (temperature 1, no top-k/top-p), use their KV cache, and produce exactly the
+requested tokens per row (no EOS). r1kit runs in each of its decode modes: eager (`compile="off"`),
+compiled (`compile="on"`: `torch.compile` of the decode step; the first call's extra time is printed
+as the compile time, apart from the steady-state tokens/s) and, for (e), with a bf16 head copy
+(`head_dtype="bf16"`). "greedy =" says whether each mode's greedy tokens equal transformers'
+(16 new tokens per row). Then (c) MTP speculative decoding against plain greedy decoding on model
+(b) with an MTP block briefly self-distilled on the model's own greedy outputs (acceptance stays ~5%
+on random weights), or on a checkpoint with a trained MTP block (`--mtp-checkpoint DIR`).
 Roofline fraction = forward FLOPs per token (r1kit.model.counting, at the mean context length) x
 tokens/s / measured fp32 matmul peak (r1kit.train.cost).
 """
@@ -71,28 +78,54 @@ def hf_configs():
         eos_token_id=None,
         pad_token_id=0,
     )
-    return {"(a) Qwen2 ~1M": qwen, "(b) DeepSeek-V3 MLA+MoE ~20M": v3}
-
-
-def qwen05b_config(layers: int):
-    """The Qwen2.5-0.5B shape (hidden 896, MLP 4864, 14 heads, 2 KV heads, vocabulary 151,936, tied),
-    `layers` of its 24 blocks, random weights: where the head dominates decode."""
-    import transformers
-
-    return transformers.Qwen2Config(
-        vocab_size=151_936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=layers,
-        num_attention_heads=14,
+    llama = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=3,
+        num_attention_heads=4,
         num_key_value_heads=2,
         tie_word_embeddings=True,
-        max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
+        max_position_embeddings=1024,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=0,
     )
+    qwen05 = transformers.Qwen2Config(
+        vocab_size=151_936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=2,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    qwen3 = transformers.Qwen3Config(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        tie_word_embeddings=False,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    # name -> (config, batch, new tokens); None = --batch / --new
+    return {
+        "(a) Qwen2 ~1M": (qwen, None, None),
+        "(b) DeepSeek-V3 MLA+MoE ~20M": (v3, None, None),
+        "(d) Llama 256x3": (llama, 48, 96),
+        "(e) Qwen2.5-0.5B shape, 2 layers, vocab 151,936": (qwen05, 16, 32),
+        "(f) held-out Qwen3 256x4, head_dim 64, vocab 4096": (qwen3, 32, 64),
+    }
 
 
 def make_prompts(batch: int, seed: int = 0) -> list[list[int]]:
@@ -150,10 +183,18 @@ def self_distill_mtp(model: Transformer, prompts, new: int, steps: int) -> None:
     model.eval()
 
 
+def first_call_and_steady(fn, repeats: int) -> tuple[float, float]:
+    """(seconds of the first call, best seconds of `repeats` later calls): compile time shows in the first."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    return first, timed(fn, repeats=repeats)[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--new", type=int, default=128, help="new tokens per row")
+    parser.add_argument("--batch", type=int, default=64, help="batch of rows (a) and (b)")
+    parser.add_argument("--new", type=int, default=128, help="new tokens per row of (a) and (b)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spec-batch", type=int, nargs="+", default=[1, 64])
@@ -162,21 +203,19 @@ def main(argv: list[str] | None = None) -> None:
         help="an r1kit/HF checkpoint with a trained MTP block for (c) (default: self-distilled)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
-    parser.add_argument("--dtype", default="float32", help="weights of both sides: float32 or bfloat16")
-    parser.add_argument(
-        "--shape",
-        choices=["tiny", "qwen2.5-0.5b"],
-        default="tiny",
-        help="row (a)'s model: the ~1M Qwen2, or the Qwen2.5-0.5B shape (--layers of its 24 blocks)",
-    )
-    parser.add_argument("--layers", type=int, default=24, help="blocks of the qwen2.5-0.5b shape")
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["a", "b", "c"],
-        default=["a", "b", "c"],
+        choices=["a", "b", "c", "d", "e", "f"],
+        default=["a", "b", "c", "d", "e", "f"],
         help="rows to run (default all)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["eager", "compiled", "bf16-head"],
+        default=["eager", "compiled", "bf16-head"],
+        help="r1kit decode modes to time (bf16-head only on row (e))",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -185,79 +224,106 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     torch.manual_seed(0)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    peak = lookup_device_peak(device, "bf16" if dtype == torch.bfloat16 else "fp32")
-    prompts = make_prompts(args.batch)
-    ids, mask = left_pad(prompts)
-    ids, mask = ids.to(device), mask.to(device)
-    configs = hf_configs()
-    if args.shape == "qwen2.5-0.5b":
-        configs[f"(a) Qwen2.5-0.5B shape, {args.layers} layers"] = qwen05b_config(args.layers)
-        del configs["(a) Qwen2 ~1M"]
-        configs = dict(sorted(configs.items()))
-    context = sum(len(p) for p in prompts) / len(prompts) + args.new / 2
-    rows = []
+    peak = lookup_device_peak("cpu", "fp32")
+    rows, notes = [], []
     loaded = {}
-    for name, config in configs.items():
+    for name, (config, batch, new) in hf_configs().items():
         if name[1] not in args.only and not (name[1] == "b" and "c" in args.only and not args.mtp_checkpoint):
             continue
+        batch, new = batch or args.batch, new or args.new
+        if args.quick:
+            batch, new = min(batch, 8), min(new, 16)
+        prompts = make_prompts(batch)
+        ids, mask = left_pad(prompts)
+        context = sum(len(p) for p in prompts) / len(prompts) + new / 2
         hf = transformers.AutoModelForCausalLM.from_config(config).eval()
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(tmp)
-            ours = Transformer.from_pretrained(tmp, device=device, dtype=dtype).eval()
-        hf = hf.to(device=device, dtype=dtype)
+            ours = Transformer.from_pretrained(tmp).eval()
         loaded[name] = ours
-        tokens = args.batch * args.new
+        if name[1] not in args.only:
+            continue  # model (b) loaded only as the base of (c)
+        tokens = batch * new
 
-        def run_hf(hf=hf):
+        def run_hf(hf=hf, ids=ids, mask=mask, new=new, sample=True):
             with torch.no_grad():
+                kw = (
+                    dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+                    if sample
+                    else dict(do_sample=False)
+                )
                 out = hf.generate(
                     input_ids=ids,
                     attention_mask=mask,
-                    do_sample=True,
-                    temperature=1.0,
-                    top_k=0,
-                    top_p=1.0,
-                    max_new_tokens=args.new,
-                    min_new_tokens=args.new,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
                     pad_token_id=0,
+                    **kw,
                 )
-            assert out.shape[1] == ids.shape[1] + args.new
+            assert out.shape[1] == ids.shape[1] + new
+            return out[:, ids.shape[1] :].tolist()
 
-        engine = Engine(ours)
-        params = SamplingParams(temperature=1.0, max_new_tokens=args.new, seed=0)
+        modes = [m for m in args.modes if m != "bf16-head" or name[1] == "e"]
+        engines = {
+            "eager": Engine(ours, compile="off"),
+            "compiled": Engine(ours, compile="on"),
+            "bf16-head": Engine(ours, compile="off", head_dtype="bf16"),
+        }
+        params = SamplingParams(temperature=1.0, max_new_tokens=new, seed=0, ignore_eos=True)
 
-        def run_ours(engine=engine, params=params):
+        def run_ours(engine, prompts=prompts, params=params, new=new):
             outs = engine.generate(prompts, params)
-            assert all(len(o.token_ids) == args.new for o in outs)
+            assert all(len(o.token_ids) == new for o in outs)
 
-        if name[1] not in args.only:
-            continue  # model (b) loaded only as the base of (c)
-        t_hf, t_ours = timed(run_hf, run_ours, repeats=args.repeats)
+        # greedy parity (16 new tokens), and the compile of the compiled mode, before any timing
+        greedy_new = min(new, 16)
+        want = run_hf(new=greedy_new, sample=False)
+        greedy = SamplingParams(temperature=0, max_new_tokens=greedy_new, ignore_eos=True)
+        same = {}
+        compile_s = None
+        for mode in modes:
+            if mode == "compiled":
+                first, steady = first_call_and_steady(lambda: run_ours(engines["compiled"]), 1)  # noqa: B023
+                compile_s = first - steady
+            got = [o.token_ids for o in engines[mode].generate(prompts, greedy)]
+            same[mode] = got == want
+        fns = [run_hf] + [lambda m=m: run_ours(engines[m]) for m in modes]  # noqa: B023
+        times = timed(*fns, repeats=args.repeats)
+        t_hf = times[0]
         n_params = param_count(ours)
-        for who, t in (("transformers generate", t_hf), ("r1kit Engine", t_ours)):
+        for who, t in zip(["transformers generate", *modes], times):
             tps = tokens / t
+            label = who if who.startswith("transformers") else f"r1kit Engine, {who}"
+            if who == "compiled" and compile_s is not None:
+                label += f" (compile {compile_s:.1f} s, not in tok/s)"
+            if who in same:
+                label += f", greedy = transformers: {same[who]}"
             rows.append(
                 (
-                    name,
+                    f"{name}, batch {batch} x {new}",
                     f"{n_params / 1e6:.1f}M",
-                    who,
+                    label,
                     f"{tps:,.0f}",
                     f"{t_hf / t:.2f}x",
                     roofline(ours.config, context, tps, peak.flops),
                 )
             )
+        w = engines["eager"].decoder.weights
+        notes.append(
+            f"{name}: decode weight copies (fused q/k/v, gate/up: {w.fuse}; bf16 head only in bf16-head) "
+            f"built {w.builds} time(s) over the eager engine's calls"
+        )
 
     # (c) MTP speculative decoding, greedy, model (b) + a self-distilled MTP block
     if "c" not in args.only:
         args.spec_batch = []
     elif args.mtp_checkpoint:
-        mtp_model = Transformer.from_pretrained(args.mtp_checkpoint, device=device, dtype=dtype).eval()
+        mtp_model = Transformer.from_pretrained(args.mtp_checkpoint).eval()
         cfg = mtp_model.config
     else:
         base = loaded["(b) DeepSeek-V3 MLA+MoE ~20M"]
         cfg = ModelConfig(**{**base.config.__dict__, "num_mtp_layers": 1})
-        mtp_model = Transformer(cfg, device=device, dtype=dtype).eval()
+        mtp_model = Transformer(cfg).eval()
         mtp_model.load_state_dict(base.state_dict(), strict=False)
         torch.manual_seed(1)
         self_distill_mtp(mtp_model, make_prompts(32, seed=5), args.new, steps=60 if not args.quick else 5)
@@ -291,14 +357,13 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
 
-    print(
-        f"\nbatch {args.batch} x {args.new} new tokens, sampling T=1, KV cache, {args.dtype} weights; {peak.name}: "
-        f"peak {peak.flops / 1e9:.0f} GFLOP/s ({peak.source})\n"
-    )
+    print(f"\nsampling T=1, KV cache; {peak.name}: peak {peak.flops / 1e9:.0f} GFLOP/s ({peak.source})\n")
     print("| model | params | engine | tokens/s | vs baseline | roofline |")
     print("|---|---|---|---|---|---|")
     for name, n, who, tps, ratio, frac in rows:
         print(f"| {name} | {n} | {who} | {tps} | {ratio} | {frac:.1%} |")
+    for note in notes:
+        print(note)
     print(
         f"\ncommand: python {shlex.join(sys.argv)}  (torch {torch.__version__}, transformers {transformers.__version__})"
     )

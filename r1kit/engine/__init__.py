@@ -20,6 +20,7 @@ Modules:
     budget    `BudgetForcing`: thinking caps and "Wait" insertion on the device (s1, arXiv 2501.19393).
     batch     `DecodeBatch`: prefill, fan-out, the decode step (plain and MTP speculative),
               `select` (drop finished rows) and `merge` (admit a prefilled batch).
+    decode    `DecodeStep`: the one-token decode step (eager or torch.compile), fused decode weights.
     session   `EngineSession`: continuous batching over one running `DecodeBatch`.
     engine    `Engine` (generate, stream, session) and `GenerationStream`, the loop of one call.
 Per-row sampling and the counter-based RNG live in `r1kit.sampling`.

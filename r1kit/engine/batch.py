@@ -65,6 +65,7 @@ class DecodeBatch:
         self.model, self.tokenizer = engine.model, engine.tokenizer
         self.eos_ids = list(engine.eos_token_ids)
         self.last_logits_only = engine.last_logits_only
+        self.decoder = getattr(engine, "decoder", None)
         params = params if params is not None else SamplingParams()
         per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(per_prompt) != len(prompts):
@@ -109,6 +110,8 @@ class DecodeBatch:
         self.padded = min(lens) != width
         positions = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
         self.cache = self.model.new_cache(len(lens), width + slots, device=self.device, dtype=self.dtype)
+        if self.decoder is not None:
+            self.decoder.begin()  # fused decode weights current with this call's model weights
         attn = mask[:, :width] if self.padded else None
         # only the last position's logits are needed (the first token of each row)
         keep = {"logits_to_keep": 1} if self.last_logits_only else {}
@@ -275,6 +278,10 @@ class DecodeBatch:
 
     def _forward(self) -> Tensor:
         """Feed `next_input` (B,) at each row's position; return the (B, V) next-token logits."""
+        if self.decoder is not None:
+            logits = self.decoder(self.next_input, self.pos, self.attn if self.padded else None, self.cache)
+            self.pos = self.pos + 1
+            return logits
         attn = self.attn[:, : self.cache.length + 1] if self.padded else None
         out = self.model(
             self.next_input[:, None], attention_mask=attn, positions=self.pos[:, None], cache=self.cache

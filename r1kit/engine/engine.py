@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from r1kit.engine.batch import DecodeBatch
+from r1kit.engine.decode import COMPILE_CHOICES, DecodeStep
 from r1kit.engine.params import Completion, SamplingParams, StreamDelta
 from r1kit.engine.session import EngineSession
 
@@ -107,6 +108,19 @@ def _resolve_eos_ids(model, tokenizer, explicit) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
+def _compile_choice(explicit: str | None) -> str:
+    """`explicit`, else $R1KIT_ENGINE_COMPILE, else "auto"; a value not in COMPILE_CHOICES is a UserError."""
+    import os
+
+    from r1kit.config import UserError
+
+    value = explicit if explicit is not None else os.environ.get("R1KIT_ENGINE_COMPILE", "auto")
+    if value not in COMPILE_CHOICES:
+        where = "Engine(compile=...)" if explicit is not None else "R1KIT_ENGINE_COMPILE"
+        raise UserError(f"{where} must be one of {', '.join(COMPILE_CHOICES)}; got {value!r}")
+    return value
+
+
 class Engine:
     """Batched generation for a `Transformer` (or any model with the same forward / cache contract).
 
@@ -128,10 +142,30 @@ class Engine:
         eos_token_ids: the resolved end-of-turn ids (a tuple; `SamplingParams.ignore_eos` ignores them).
         last_logits_only: whether the model's forward takes `logits_to_keep` (r1kit's Transformer),
             so a prefill computes only the last position's logits.
+        decoder: the `DecodeStep` that runs one-token decode steps on r1kit's `Transformer` (None for
+            other models, which decode through `model.forward`).
+
+    Decode speed (r1kit's `Transformer` only; README "Decode step"):
+        compile: "auto" (default; the `R1KIT_ENGINE_COMPILE` environment variable overrides it),
+            "on" or "off": whether the decode step runs through `torch.compile` (`DecodeStep`).
+        head_dtype: "model" or "bf16": decode with a bf16 copy of the output head (`DecodeWeights`).
+        fuse_weights: decode with fused q/k/v and gate/up copies; None = on CUDA only (`DecodeStep`).
     """
 
-    def __init__(self, model, tokenizer=None, compact_fraction: float = 0.125, eos_token_ids=None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        compact_fraction: float = 0.125,
+        eos_token_ids=None,
+        compile: str | None = None,
+        head_dtype: str = "model",
+        fuse_weights: bool | None = None,
+    ):
         self.model = model
+        self.decoder = None
+        if DecodeStep.supports(model):
+            self.decoder = DecodeStep(model, _compile_choice(compile), head_dtype, fuse_weights=fuse_weights)
         self.tokenizer = tokenizer
         self.eos_token_ids = _resolve_eos_ids(model, tokenizer, eos_token_ids)
         self.compact_fraction = compact_fraction

@@ -128,6 +128,37 @@ class Attention(nn.Module):
         out = _sdpa(q, k, v, mask, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
+    def decode_step(self, x, cos, sin, slot, index, mask, end=None, qkv=None):
+        """One-token decode: x (B, 1, D) -> (B, 1, D), K/V written at cache slot ``index`` ((1,) long tensor).
+
+        The step ``torch.compile`` captures: the slot is a tensor (``index_put_``, no Python-int shapes), the
+        keys are the whole preallocated cache (``end`` None; ``mask`` (B, 1, 1, L) hides unwritten slots and
+        padding) or its first ``end`` slots (eager). Packed GQA: the ``rep`` query heads that share a kv head
+        are folded into the query axis, so one (B, Hkv, rep, Dh) x (B, Hkv, S, Dh) attention runs with no
+        ``enable_gqa`` broadcast. ``qkv``: an optional fused (weight, bias) of q/k/v (decode-time copy).
+        """
+        b = x.shape[0]
+        h, hk, dh = self.n_heads, self.n_kv_heads, self.head_dim
+        if qkv is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = F.linear(x, qkv[0], qkv[1]).split([h * dh, hk * dh, hk * dh], dim=-1)
+        q, k = q.view(b, 1, h, dh), k.view(b, 1, hk, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, 1, Dh)
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, 1, Dh)
+        slot["k"][:, :, index] = k
+        slot["v"][:, :, index] = v.view(b, 1, hk, dh).transpose(1, 2)
+        keys, values = slot["k"], slot["v"]
+        if end is not None:
+            keys, values = keys[:, :, :end], values[:, :, :end]
+        # query head j*rep + r uses kv head j: (B, H, 1, Dh) -> (B, Hkv, rep, Dh), the rep heads as queries
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, hk, h // hk, dh), keys, values, attn_mask=mask, scale=self.scale
+        )
+        return self.o_proj(out.reshape(b, 1, h * dh))
+
 
 class MLAttention(nn.Module):
     """Multi-head latent attention (DeepSeek-V2/V3), HF parameter names.
@@ -211,6 +242,16 @@ class MLAttention(nn.Module):
         cache_slot["c_kv"][:, start:end] = c_kv
         cache_slot["k_pe"][:, start:end] = k_pe
         c_all, pe_all = cache_slot["c_kv"][:, :end], cache_slot["k_pe"][:, :end]
+        if mask is None and t > 1:  # causal over slots: query i (slot start+i) sees keys <= start+i
+            q_idx = torch.arange(start, end, device=q_nope.device)[:, None]
+            mask = torch.arange(end, device=q_nope.device)[None, :] <= q_idx
+        return self._latent_attend(q_nope, q_pe, c_all, pe_all, mask)
+
+    def _latent_attend(self, q_nope, q_pe, c_all, pe_all, mask):
+        """q_nope (B, H, T, nope), q_pe (B, H, T, R) over the latent keys c_all (B, S, C), pe_all (B, S, R);
+        mask broadcastable to (B, H, T, S) or None -> (B, H, T, v_dim)."""
+        b, h, t, _ = q_nope.shape
+        end = c_all.shape[1]
         w_kv = self.kv_b_proj.weight.view(h, self.nope + self.v_dim, self.kv_rank)
         w_uk, w_uv = w_kv[:, : self.nope], w_kv[:, self.nope :]
         q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)
@@ -219,14 +260,32 @@ class MLAttention(nn.Module):
             q_latent.reshape(b, h * t, self.kv_rank),
             c_all.transpose(1, 2),
         ).view(b, h, t, end)
-        if mask is None and t > 1:  # causal over slots: query i (slot start+i) sees keys <= start+i
-            q_idx = torch.arange(start, end, device=scores.device)[:, None]
-            mask = torch.arange(end, device=scores.device)[None, :] <= q_idx
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = (scores * self.scale).softmax(dim=-1, dtype=torch.float32).to(c_all.dtype)
         out_latent = torch.bmm(probs.view(b, h * t, end), c_all).view(b, h, t, self.kv_rank)
         return torch.einsum("bhtc,hdc->bhtd", out_latent, w_uv)
+
+    def decode_step(self, x, cos, sin, slot, index, mask, end=None, qkv=None):
+        """One-token decode over the latent cache (absorbed path): x (B, 1, D) -> (B, 1, D).
+
+        Same contract as ``Attention.decode_step``: the latent and roped key are written at slot ``index``
+        ((1,) long tensor) with ``index_put_``; attention runs over the whole cache (``end`` None, ``mask``
+        (B, 1, 1, L)) or its first ``end`` slots. ``qkv`` is unused (MLA has no fused projection).
+        """
+        b, h = x.shape[0], self.n_heads
+        q = self._query(x).view(b, 1, h, self.nope + self.rope).transpose(1, 2)
+        q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
+        c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope], dim=-1)
+        q_pe = apply_rope(q_pe, cos, sin, self.interleave)
+        k_pe = apply_rope(k_pe[:, None], cos, sin, self.interleave)[:, 0]  # (B, 1, R)
+        slot["c_kv"][:, index] = self.kv_a_layernorm(c_kv)
+        slot["k_pe"][:, index] = k_pe
+        c_all, pe_all = slot["c_kv"], slot["k_pe"]
+        if end is not None:
+            c_all, pe_all = c_all[:, :end], pe_all[:, :end]
+        out = self._latent_attend(q_nope, q_pe, c_all, pe_all, mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, 1, h * self.v_dim))
 
 
 class KVCache:

@@ -160,3 +160,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., D) -> (..., D)."""
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def decode_step(self, x: torch.Tensor, gate_up: tuple | None = None) -> torch.Tensor:
+        """``forward`` with an optional fused (weight (2F, D), bias) of gate/up (a decode-time copy)."""
+        if gate_up is None:
+            return self(x)
+        gate, up = F.linear(x, gate_up[0], gate_up[1]).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)

@@ -38,6 +38,17 @@ class Block(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_slot, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def decode_step(self, x, cos, sin, slot, index, mask, end=None, fused=None):
+        """One-token decode (B, 1, D) -> (B, 1, D), cache written at slot ``index`` (see
+        ``Attention.decode_step``). ``fused``: optional decode-time ``{"qkv": (w, b), "gate_up": (w, b)}``."""
+        fused = fused or {}
+        x = x + self.self_attn.decode_step(
+            self.input_layernorm(x), cos, sin, slot, index, mask, end, fused.get("qkv")
+        )
+        h = self.post_attention_layernorm(x)
+        mlp = self.mlp.decode_step(h, fused["gate_up"]) if "gate_up" in fused else self.mlp(h)
+        return x + mlp
+
 
 class SharedHead(nn.Module):
     """The MTP block's output norm (DeepSeek-V3 ``shared_head.norm``); the head matrix is the model's lm_head."""
@@ -188,6 +199,45 @@ class Transformer(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
         return self.model.norm(x)
+
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        index: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        cache_layers: list[dict[str, torch.Tensor]],
+        end: int | None = None,
+        fused: list[dict] | None = None,
+        head: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits of one new token per row, the static-shape step ``torch.compile`` captures.
+
+        Args:
+            tokens: (B,) long, the token of each row at cache slot ``index``.
+            positions: (B,) long rope positions.
+            index: (1,) long tensor, the cache slot written (every row at the same slot).
+            key_mask: (B, S) bool, the keys each row may attend to (S = the cache's ``max_len`` when ``end`` is
+                None, else ``end``); None = all of the first ``end`` slots.
+            cache_layers: ``KVCache.layers`` (written in place; ``cache.length`` is the caller's to advance).
+            end: attend over slots [0, end) only (eager: a Python int is fine there); None = the whole cache.
+            fused: per block, optional decode-time fused weights (``Block.decode_step``).
+            head: optional decode-time copy of ``lm_head.weight`` (V, D), e.g. in bf16; logits come back in
+                the model dtype.
+        Returns:
+            (B, V) logits. Same numbers as ``forward`` on the same cache up to float rounding.
+        """
+        x = self.model.embed_tokens(tokens[:, None])
+        cos, sin = self.rotary(positions[:, None], x.dtype)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        for i, layer in enumerate(self.model.layers):
+            x = layer.decode_step(
+                x, cos, sin, cache_layers[i], index, mask, end, None if fused is None else fused[i]
+            )
+        hidden = self.model.norm(x[:, 0])
+        if head is None:
+            return self.lm_head(hidden)
+        return torch.nn.functional.linear(hidden.to(head.dtype), head).to(hidden.dtype)
 
     def mtp_logits(
         self,
