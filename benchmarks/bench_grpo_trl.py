@@ -169,7 +169,7 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> 
         "data.task": f"jsonl:{problems_file}",
         "data.task_args": f'{{"jsonl:{problems_file}" = {{hash_split = false}}}}',
         "data.train_problems": str(len(prompts)),
-        "data.template": "raw",
+        "prompt.template": "raw",
         "reward.names": "bench_grpo_trl:bench_reward",
         "reward.weights": "1.0",
         "rollout.prompts_per_step": str(args.prompts_per_step),

@@ -486,6 +486,11 @@ RENAMED_KEYS: dict[str, str] = {
     **{f"optim.{k}": f"train.{k}" for k in _OPTIM_KEYS},
     "loss.micro_batch_size": "train.micro_batch_size",
     "val.num_problems": "val.problems",
+    # one [prompt] section for every stage that renders problems (r1kit.train.sections.PromptSection)
+    "data.template": "prompt.template",
+    "data.system": "prompt.system",
+    "sample.template": "prompt.template",
+    "sample.system": "prompt.system",
 }
 #: Sections that moved as a whole: old name -> new name.
 RENAMED_SECTIONS: dict[str, str] = {"optim": "train"}

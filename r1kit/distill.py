@@ -67,7 +67,15 @@ from r1kit.train.loop import (
 )
 from r1kit.train.pretrain import build_model, fit_stage, start_stage
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection, check_task_args
+from r1kit.train.sections import (
+    SFT_TEMPLATES,
+    ModelDirSection,
+    ModelSection,
+    PromptSection,
+    TokenizerSection,
+    ValSection,
+    check_task_args,
+)
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -85,8 +93,6 @@ class SampleSection:
     split (str): split the prompts come from ("train": evaluation splits stay unseen).
     prompts (int): prompts per task.
     seed (int): seed of the prompt draw and of the sampling streams.
-    template (str): "chat" (chat template + generation prompt) or "raw".
-    system (str): system message of the prompts and of the written conversations ("" = none).
     k (int): completions sampled per prompt.
     temperature (float): teacher sampling temperature.
     top_p (float): nucleus mass.
@@ -108,8 +114,6 @@ class SampleSection:
     split: str = "train"
     prompts: int = 1000
     seed: int = 0
-    template: Literal["chat", "raw"] = "chat"
-    system: str = ""
     k: int = 8
     temperature: float = 0.6
     top_p: float = 0.95
@@ -153,6 +157,7 @@ class Config:
 
     teacher: TeacherSection = field(default_factory=TeacherSection)
     sample: SampleSection = field(default_factory=SampleSection)
+    prompt: PromptSection = field(default_factory=PromptSection)
     student: ModelSection = field(default_factory=ModelSection)
     distill: DistillSection = field(default_factory=DistillSection)
     val: ValSection = field(default_factory=ValSection)
@@ -339,7 +344,8 @@ def rejection_sample(
         )  # fmt: skip
         counts = _select_traces_of(
             label, probs, result, rows, rng, verify=verify, require_format=require_format,
-            keep=keep, max_per_prompt=max_per_prompt, dedupe=dedupe, system=system,
+            keep=keep, max_per_prompt=max_per_prompt, dedupe=dedupe,
+            system=system if template in ("chat", "r1") else "",  # r1-zero's replaces its instruction
         )  # fmt: skip
         counts["seconds"] = time.perf_counter() - t0
         stats[label] = _sample_stats(counts)
@@ -496,8 +502,8 @@ def run_sample(config: Config, console: Any = None) -> SampleRunResult:
             max_per_prompt=s.max_per_prompt,
             dedupe=s.dedupe,
             seed=s.seed,
-            template=s.template,
-            system=s.system,
+            template=config.prompt.template,
+            system=config.prompt.system,
             batch_prompts=s.batch_prompts,
             progress=config.run.progress,
             console=console,
@@ -588,6 +594,14 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
     return a.backend.get_vocab(with_added_tokens=True) == b.backend.get_vocab(with_added_tokens=True)
 
 
+def student_prompt(prompt: PromptSection) -> PromptSection:
+    """The [prompt] the student trains and validates with: the teacher's "chat" or "r1"; "chat" (and no
+    system prompt) when the teacher was prompted with a plain-text template ("r1-zero", "raw")."""
+    if prompt.template in SFT_TEMPLATES:
+        return prompt
+    return PromptSection(template="chat")
+
+
 def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
     """The `r1kit.train.sft` config of trace distillation."""
     task = config.sample.tasks[0]
@@ -598,9 +612,9 @@ def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
             files=files,
             task=task,
             task_args={task: task_kwargs(config.sample.task_args, task)},
-            system=config.sample.system,
             max_len=config.distill.max_len,
         ),
+        prompt=student_prompt(config.prompt),
         val=config.val,
         train=config.train,
         run=config.run,
@@ -697,8 +711,10 @@ def _run_logits(config: Config, files: list[str], console: Any = None):
             )
         student = build_model(config.student, tokenizer, device, train.seed)
         check_same_vocabulary(teacher, student)
-        examples = ChatExamples(read_conversations(files), tokenizer, d.max_len)
-        data = _sft_config(config, files, "").data
+        sft_config = _sft_config(config, files, "")
+        data, prompt = sft_config.data, sft_config.prompt
+        chats = sft.with_system_prompt(read_conversations(files), prompt)
+        examples = ChatExamples(chats, tokenizer, d.max_len, tokenizer.generation_suffix(prompt.template))
         return fit_stage(
             config,
             examples,
@@ -707,8 +723,8 @@ def _run_logits(config: Config, files: list[str], console: Any = None):
             device=device,
             resume_from=resume_from,
             stage="distill",
-            stage_prompt="chat",
-            system=data.system,
+            stage_prompt=prompt.template,
+            system=prompt.system,
             console=console,
             model=student,
             data=data,

@@ -38,14 +38,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from r1kit.metrics import best_of_n, maj_at_k, normalize_answer, pass_at_k_many
 from r1kit.report import plot_budget, plot_scaling
 from r1kit.seeding import stable_seed
 from r1kit.train.log import RateProgress
 from r1kit.train.result import RunResult
-from r1kit.train.sections import DType, ModelDirSection, check_task_args, normalize_dtype
+from r1kit.train.sections import DType, ModelDirSection, PromptSection, check_task_args, normalize_dtype
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -63,8 +63,6 @@ class DataSection:
     splits (list[str]): held-out splits to evaluate ("test", "val"; "train" to measure memorisation).
     problems (int): problems per (task, split).
     seed (int): seed of the problem draw.
-    template (str): "chat" (chat template + generation prompt, R1's protocol) or "raw" (the prompt text).
-    system (str): system message ("" = none, as R1 recommends).
     """
 
     tasks: list[str] = field(default_factory=lambda: ["addition"])
@@ -72,8 +70,6 @@ class DataSection:
     splits: list[str] = field(default_factory=lambda: ["test"])
     problems: int = 100
     seed: int = 0
-    template: Literal["chat", "raw"] = "chat"
-    system: str = ""
 
     def __post_init__(self) -> None:
         check_task_args(self.task_args, "data.task_args", self.tasks)
@@ -173,6 +169,7 @@ class Config:
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
+    prompt: PromptSection = field(default_factory=PromptSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
     budget: BudgetSection = field(default_factory=BudgetSection)
     run: RunSection = field(default_factory=RunSection)
@@ -277,13 +274,20 @@ def completion_lengths(token_ids: Sequence[int], tokenizer: Any) -> tuple[int, i
     """(thinking tokens, answer tokens) of a completion's token ids.
 
     Thinking is everything before the first `</think>`, the whole completion when there is none;
-    the answer is what follows it. The delimiter itself and a final EOS count in neither.
+    the answer is what follows it. The delimiter itself and a final EOS count in neither. Without a
+    `</think>` token (a model whose tokenizer spells the tag in several pieces) the delimiter is found
+    in the decoded text (`r1kit.tokenizer.tag_token_span`).
     """
     ids = list(token_ids)
     eos = getattr(tokenizer, "eos_id", None)
     if ids and eos is not None and ids[-1] == eos:
         ids = ids[:-1]
     end = getattr(tokenizer, "think_end_id", None)
+    if end is None and ids and hasattr(tokenizer, "decode"):
+        from r1kit.tokenizer import tag_token_span
+
+        span = tag_token_span(ids, tokenizer.decode)
+        return (len(ids), 0) if span is None else (span[0], len(ids) - span[1])
     if end is None or end not in ids:
         return len(ids), 0
     cut = ids.index(end)
@@ -698,7 +702,7 @@ def evaluate_engine(
         bar.close()
     seconds = time.perf_counter() - t0
     greedy_outs, sample_outs = _split_outputs(outs, requests, len(problems), len(arms))
-    texts = [tokenizer.decode(ids) for ids in prompt_ids] if template == "chat" else None
+    texts = [tokenizer.decode(ids) for ids in prompt_ids] if template != "raw" else None
     return [
         _arm_result(task, problems, tokenizer, greedy_outs[a] if arm.greedy else None, sample_outs[a],
                     texts, scorers, ks, label, split, seconds)
@@ -1080,7 +1084,7 @@ def run(config: Config, console: Any = None) -> EvalRunResult:
     forward_flops = flops_per_token(model.config, 0, include_mtp=False) / 3
     out_dir = Path(config.run.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    s, d = config.sampling, config.data
+    s, d, p = config.sampling, config.data, config.prompt
     results: list[EvalResult] = []
     meter.start()
     for name in d.tasks:
@@ -1088,7 +1092,7 @@ def run(config: Config, console: Any = None) -> EvalRunResult:
         for split in d.splits:
             problems = task.problems(split=split, n=d.problems, seed=d.seed)
             result = evaluate(
-                model, tokenizer, task, problems, s, config.budget, template=d.template, system=d.system,
+                model, tokenizer, task, problems, s, config.budget, template=p.template, system=p.system,
                 label=name, split=split, progress=config.run.progress, console=console,
             )  # fmt: skip
             generated = result.timing["generated_tokens"] + result.timing.get("budget_generated_tokens", 0.0)
@@ -1104,7 +1108,8 @@ def run(config: Config, console: Any = None) -> EvalRunResult:
             "temperature": s.temperature,
             "top_p": s.top_p,
             "max_new_tokens": s.max_new_tokens,
-            "template": d.template,
+            "template": p.template,
+            "system": p.system,
         },
         "results": [r.summary() for r in results],
         "cost": cost,

@@ -2,7 +2,9 @@
 punishment, language consistency.
 
 A reward is a function `(completion: str, problem: Problem) -> float`, where the completion is the
-model output after the generation prompt ("reasoning\\n</think>\\nanswer"). Rewards compose with
+model output after the generation prompt ("reasoning\\n</think>\\nanswer", or R1-Zero's
+"<think> reasoning </think> <answer> answer </answer>"; the tags are read as text, so single think
+tokens and tags split into several tokens score the same). Rewards compose with
 weights:
 
     reward = combine([(accuracy_reward(task), 1.0), (format_reward, 0.2)])
@@ -21,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from r1kit.tasks.base import Problem, Task
-from r1kit.tokenizer import THINK_END, THINK_START, split_reasoning
+from r1kit.tokenizer import ANSWER_END, ANSWER_START, THINK_END, THINK_START, split_reasoning
 
 Reward = Callable[[str, Problem], float]
 # Language reward: letters beyond this many characters of reasoning are not looked at.
@@ -38,21 +40,45 @@ def accuracy_reward(task: Task) -> Reward:
     return accuracy
 
 
-def format_reward(completion: str, problem: Problem | None = None) -> float:
-    """1.0 for "[<think>]reasoning</think>answer" with a non-empty answer and no stray tags, else 0.0.
-
-    The opening `<think>` is optional (the generation prompt holds it); the closing tag must appear
-    exactly once and the answer after it must be non-empty.
-    """
+def _format_ok(completion: Any, require_answer_tags: bool) -> bool:
+    """The R1 layout check behind `format_reward` and `tagged_format_reward` (tags read as text)."""
     if not isinstance(completion, str) or completion.count(THINK_END) != 1:
-        return 0.0
+        return False
     head, _, answer = completion.partition(THINK_END)
     head = head.lstrip()
     if head.startswith(THINK_START):
         head = head[len(THINK_START) :]
     if THINK_START in head or THINK_START in answer or not answer.strip():
-        return 0.0
-    return 1.0
+        return False
+    if ANSWER_START in head or ANSWER_END in head:
+        return False
+    tagged = ANSWER_START in answer or ANSWER_END in answer
+    if not tagged:
+        return not require_answer_tags
+    # R1-Zero's layout: the whole answer part is one <answer>...</answer> block with something inside
+    body = answer.strip()
+    if not (body.startswith(ANSWER_START) and body.endswith(ANSWER_END)):
+        return False
+    inner = body[len(ANSWER_START) : len(body) - len(ANSWER_END)]
+    return ANSWER_START not in inner and ANSWER_END not in inner and bool(inner.strip())
+
+
+def format_reward(completion: str, problem: Problem | None = None) -> float:
+    """1.0 for "[<think>]reasoning</think>answer" with a non-empty answer and no stray tags, else 0.0.
+
+    The opening `<think>` is optional (the generation prompt holds it); the closing tag must appear
+    exactly once and the answer after it must be non-empty. When the answer uses R1-Zero's tags it
+    must be exactly one non-empty `<answer>...</answer>` block (whitespace around it allowed), and
+    the reasoning holds no answer tag. The tags are read as text: single added tokens and tags a
+    tokenizer splits into several pieces score the same.
+    """
+    return 1.0 if _format_ok(completion, require_answer_tags=False) else 0.0
+
+
+def tagged_format_reward(completion: str, problem: Problem | None = None) -> float:
+    """R1-Zero's format reward (arXiv 2501.12948, Table 1 layout): `format_reward` with the answer
+    required in `<answer>...</answer>`: "<think> reasoning </think> <answer> answer </answer>"."""
+    return 1.0 if _format_ok(completion, require_answer_tags=True) else 0.0
 
 
 def overlong_penalty(length: int, max_length: int, cache_length: int) -> float:
@@ -173,7 +199,8 @@ def load_reward(spec: str) -> Reward:
 
 
 def get_reward(name: str, task: Task | None = None, **kwargs: Any) -> Reward:
-    """A reward by name: "accuracy" (needs task), "format", "overlong" (max_length, cache_length, ...),
+    """A reward by name: "accuracy" (needs task), "format", "tagged_format" (answer in `<answer>` tags),
+    "overlong" (max_length, cache_length, ...),
     "language" (language=...), or "module:function"."""
     if name == "accuracy":
         if task is None:
@@ -181,6 +208,8 @@ def get_reward(name: str, task: Task | None = None, **kwargs: Any) -> Reward:
         return accuracy_reward(task)
     if name == "format":
         return format_reward
+    if name == "tagged_format":
+        return tagged_format_reward
     if name == "overlong":
         return overlong_reward(**kwargs)
     if name == "language":
@@ -188,7 +217,8 @@ def get_reward(name: str, task: Task | None = None, **kwargs: Any) -> Reward:
     if ":" in name:
         return load_reward(name)
     raise ValueError(
-        f"unknown reward {name!r}; valid: accuracy, format, overlong, language, or 'module:function'"
+        f"unknown reward {name!r}; valid: accuracy, format, tagged_format, overlong, language, or "
+        "'module:function'"
     )
 
 

@@ -9,7 +9,10 @@ directory saved here loads in `transformers.AutoTokenizer` and a model directory
 
 r1kit's own chat format is R1-style (arXiv 2501.12948): the assistant turn is
 `<think>\\n{reasoning}\\n</think>\\n{answer}<eos>` and the generation prompt ends with
-`<think>\\n`, so a completion reads `reasoning\\n</think>\\nanswer`.
+`<think>\\n`, so a completion reads `reasoning\\n</think>\\nanswer`. For checkpoints without think
+tokens, `render_prompt` also has the "r1" template (the model's chat template, R1's system prompt,
+`<think>\\n` opened as text) and "r1-zero" (R1-Zero's plain-text template, answer in `<answer>` tags);
+`split_reasoning` and `tagged_answer` read the tags in the text, whatever their tokenisation.
 """
 
 from __future__ import annotations
@@ -36,8 +39,29 @@ THINK_START, THINK_END = "<think>", "</think>"
 # Order fixes the ids of a trained vocabulary: 0..5; the think tags take the last two ids.
 SPECIAL_TOKENS = (BOS, EOS, PAD, SYSTEM, USER, ASSISTANT)
 THINK_TOKENS = (THINK_START, THINK_END)
-# How a problem's prompt becomes model input (Tokenizer.render_prompt).
-PROMPT_TEMPLATES = ("chat", "raw", "text")
+# R1-Zero's final-answer tags (arXiv 2501.12948, Table 1); always plain text, never added tokens.
+ANSWER_START, ANSWER_END = "<answer>", "</answer>"
+# How a problem's prompt becomes model input (Tokenizer.render_prompt); `[prompt] template` takes the
+# first three, "raw" and "text" are the plain-text layouts of `r1kit.evaluate` and pretraining.
+PROMPT_TEMPLATES = ("chat", "r1", "r1-zero", "raw", "text")
+
+# DeepSeek-R1-Zero's training template (arXiv 2501.12948, Table 1), word for word: plain text for a base
+# model, no chat template; `{instruction}` is R1_ZERO_INSTRUCTION unless a system prompt replaces it.
+R1_ZERO_INSTRUCTION = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+    "</answer>."
+)
+R1_ZERO_TEMPLATE = "{instruction} User: {prompt}. Assistant:"
+# System prompt of the "r1" template: the R1 layout asked for in words, for an instruct model whose chat
+# template knows nothing of thinking (the generation prompt then opens `<think>` as text). No worked
+# example with placeholders: SmolLM2-135M copied "reasoning process here </think> final answer here".
+R1_SYSTEM_PROMPT = (
+    "You are a helpful assistant. First think through the problem step by step inside <think> </think> "
+    "tags, then write the final answer after </think>."
+)
 
 # R1-style template (arXiv 2501.12948; DeepSeek API guide, api-docs.deepseek.com/guides/reasoning_model). The
 # assistant content may hold "<think>...</think>answer" (an SFT
@@ -100,6 +124,74 @@ def split_reasoning(text: str) -> tuple[str, str]:
     if head.startswith(THINK_START):
         head = head[len(THINK_START) :].strip()
     return head, tail.strip() if sep else ""
+
+
+def tagged_answer(answer: str) -> str:
+    """The final answer inside R1-Zero's `<answer>...</answer>` tags, when `answer` has them, else `answer`.
+
+    `answer` is the text after `</think>` (`split_reasoning`). The last complete block counts (a model
+    that corrects itself ends with its final answer); an `<answer>` never closed (a completion cut at
+    its length limit) yields the text after it. Stripped.
+    """
+    start = answer.rfind(ANSWER_START)
+    if start < 0:
+        return answer.strip()
+    end = answer.find(ANSWER_END, start)
+    if end < 0:  # the last block is open: fall back to the last closed one, else the open text
+        closed = answer.rfind(ANSWER_END, 0, start)
+        if closed >= 0:
+            start = answer.rfind(ANSWER_START, 0, closed)
+            if start >= 0:
+                return answer[start + len(ANSWER_START) : closed].strip()
+        return answer[answer.rfind(ANSWER_START) + len(ANSWER_START) :].strip()
+    return answer[start + len(ANSWER_START) : end].strip()
+
+
+def ends_in_think(text: str) -> bool:
+    """Whether `text` (a rendered prompt) leaves a `<think>` block open: its generation starts in reasoning.
+
+    Works on the text, so the tags may be single added tokens or plain text over several tokens.
+    """
+    return text.rfind(THINK_START) > text.rfind(THINK_END)
+
+
+def tag_token_span(ids: Sequence[int], decode, tag: str = THINK_END) -> tuple[int, int] | None:
+    """(start, end): the tokens `ids[start:end]` that spell the first `tag` in `decode(ids)`, or None.
+
+    For a tag that is one token this is (i, i + 1); for a tag the tokenizer writes in several pieces
+    (`</`, `think`, `>`) it covers all of them: `start` is the most tokens whose text ends before the
+    tag begins, `end` the fewest whose text holds the whole tag. Found by bisection over decoded
+    prefixes (O(log L) decodes), so it also holds when a piece straddles the tag's boundary.
+    """
+    ids = list(ids)
+    text = decode(ids)
+    pos = text.find(tag)
+    if pos < 0:
+        return None
+
+    def first(ok) -> int:  # smallest n in [0, len(ids)] with ok(n), ok monotone
+        lo, hi = 0, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+        return lo
+
+    end = first(lambda n: tag in decode(ids[:n]))
+    start = first(lambda n: len(decode(ids[: n + 1])) > pos) if pos > 0 else 0
+    return min(start, end - 1), end
+
+
+def system_prompt(template: str = "chat", system: str = "") -> str:
+    """The system message a conversation gets under a prompt template: `system`, else R1_SYSTEM_PROMPT for
+    "r1" and none for "chat"."""
+    return system or (R1_SYSTEM_PROMPT if template == "r1" else "")
+
+
+def prompt_messages(prompt: str, template: str = "chat", system: str = "") -> list[dict[str, str]]:
+    """The [system,] user messages of a "chat" or "r1" prompt (`system_prompt` picks the system message)."""
+    system = system_prompt(template, system)
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": prompt}]
 
 
 def format_assistant(reasoning: str, answer: str) -> str:
@@ -595,26 +687,52 @@ class Tokenizer:
     def render_prompt(self, prompt: str, template: str = "chat", system: str = "") -> str:
         """The text a model continues for a problem's `prompt` (a user message), by `template`:
 
-        - "chat": the chat template over [the system message,] the user message, with the generation
-          prompt (R1's protocol: for r1kit's template the response starts inside `<think>`);
+        - "chat": the model's chat template over [the system message,] the user message, with the
+          generation prompt (for r1kit's template the response starts inside `<think>`);
+        - "r1": the same with `system` defaulting to R1_SYSTEM_PROMPT, and `<think>\\n` appended
+          as text when the generation prompt does not open a thinking block itself (R1's forced start;
+          a model without think tokens then writes the tags as text);
+        - "r1-zero": R1-Zero's plain-text template (arXiv 2501.12948, Table 1), no chat template;
+          `system` replaces its instruction sentence. For base models;
         - "raw": the prompt text itself (`system` is not used);
         - "text": the layout of pretraining documents (`r1kit.train.data.problem_text`): the system
           text and a newline when given, the prompt, a newline. :meth:`prompt_ids` puts BOS before it.
         """
-        if template == "chat":
-            messages = [{"role": "system", "content": system}] if system else []
-            messages.append({"role": "user", "content": prompt})
-            return self.apply_chat_template(messages, add_generation_prompt=True)
+        if template in ("chat", "r1"):
+            text = self.apply_chat_template(
+                prompt_messages(prompt, template, system), add_generation_prompt=True
+            )
+            if template == "r1" and not ends_in_think(text):
+                text += THINK_START + "\n"  # what `generation_suffix("r1")` gives
+            return text
+        if template == "r1-zero":
+            return R1_ZERO_TEMPLATE.format(instruction=system or R1_ZERO_INSTRUCTION, prompt=prompt)
         if template == "raw":
             return prompt
         if template == "text":
             return (system + "\n" if system else "") + prompt + "\n"
         raise ValueError(f"prompt template must be one of {', '.join(PROMPT_TEMPLATES)}; got {template!r}")
 
+    def generation_suffix(self, template: str = "chat") -> str:
+        """Text the "r1" template appends to the chat template's generation prompt: `<think>\\n` when that
+        prompt does not already open a thinking block (r1kit's and DeepSeek-R1's do), else "" (and
+        always "" for other templates). SFT puts the same text in the prompt part (`encode_chats`), so
+        training and inference see the same ids there."""
+        if template != "r1":
+            return ""
+        probe = self.apply_chat_template([{"role": "user", "content": "1+1"}], add_generation_prompt=True)
+        return "" if ends_in_think(probe) else THINK_START + "\n"
+
     def prompt_ids(self, prompt: str, template: str = "chat", system: str = "") -> list[int]:
-        """Token ids of :meth:`render_prompt` (with BOS first for "text"; the chat template writes its own)."""
+        """Token ids of :meth:`render_prompt`: BOS first for "text"; for "r1-zero" whatever the tokenizer's
+        own post-processor adds to plain text (as `transformers` `tokenizer(text)`: Llama's BOS, nothing for
+        SmolLM2 or r1kit's tokenizer); the chat template writes its own."""
         text = self.render_prompt(prompt, template, system)
-        return self.encode(text, add_bos=True) if template == "text" else self.encode(text)
+        if template == "text":
+            return self.encode(text, add_bos=True)
+        if template == "r1-zero":
+            return self.backend.encode(text, add_special_tokens=True).ids
+        return self.encode(text)
 
     def encode_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered chat (with the generation prompt): what the engine feeds the model.
@@ -705,8 +823,10 @@ class Tokenizer:
         """
         return self.encode_chats([messages])[0]
 
-    def _chat_pieces(self, messages: Sequence[dict]) -> list[tuple[str, int]]:
-        """The text of a chat cut at its assistant spans: [(piece, is_assistant), ...] (see encode_chat)."""
+    def _chat_pieces(self, messages: Sequence[dict], generation_suffix: str = "") -> list[tuple[str, int]]:
+        """The text of a chat cut at its assistant spans: [(piece, is_assistant), ...] (see encode_chat);
+        `generation_suffix` (the "r1" template's `<think>\\n`) joins each generation prompt when the
+        assistant turn starts with it."""
         full = self.apply_chat_template(messages)
         pieces: list[tuple[str, int]] = []
         pos = 0
@@ -714,6 +834,8 @@ class Tokenizer:
             if message.get("role") != "assistant":
                 continue
             prefix = self.apply_chat_template(messages[:i], add_generation_prompt=True)
+            if generation_suffix and full.startswith(prefix + generation_suffix):
+                prefix += generation_suffix
             # the last message's render is the full chat: no need to render it twice
             upto = full if i == len(messages) - 1 else self.apply_chat_template(messages[: i + 1])
             if not (upto.startswith(prefix) and full.startswith(upto)):
@@ -723,13 +845,20 @@ class Tokenizer:
         pieces.append((full[pos:], 0))
         return [(text, flag) for text, flag in pieces if text]
 
-    def encode_chats(self, conversations: Sequence[Sequence[dict]]) -> list[tuple[list[int], list[int]]]:
-        """`encode_chat` over many conversations, the pieces encoded in one batch (parallel in Rust)."""
+    def encode_chats(
+        self, conversations: Sequence[Sequence[dict]], generation_suffix: str = ""
+    ) -> list[tuple[list[int], list[int]]]:
+        """`encode_chat` over many conversations, the pieces encoded in one batch (parallel in Rust).
+
+        generation_suffix: text that inference appends to the generation prompt (`generation_suffix("r1")`);
+        where an assistant turn starts with it, it is prompt (mask 0), encoded with the generation
+        prompt, so the ids match `prompt_ids(..., "r1")` token for token.
+        """
         # each piece becomes one or more texts to encode: system/user text holding an added token's
         # string is cut as in `encode_prompt`, so the prompt ids match inference exactly
         cut: list[list[tuple[list[str], int]]] = []
         for messages in conversations:
-            pieces = self._chat_pieces(list(messages))
+            pieces = self._chat_pieces(list(messages), generation_suffix)
             full = "".join(text for text, _ in pieces)
             spans = self._text_spans(list(messages), full, False)
             parts, pos = [], 0

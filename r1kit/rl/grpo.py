@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from r1kit.config import ConfigError, check_one_of, check_positive, check_range
+from r1kit.config import ConfigError, check_positive, check_range
 from r1kit.engine import Engine, SamplingParams
 from r1kit.evaluate import EvalParams, evaluate_engine, is_correct
 from r1kit.loaders import load_tokenizer, resolve_device, resolve_model_dir, set_threads
@@ -69,7 +69,7 @@ from r1kit.train.loop import (
     setup_distributed,
 )
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection, check_task_args
+from r1kit.train.sections import ModelDirSection, PromptSection, check_task_args
 
 PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length_mean")
 
@@ -88,15 +88,11 @@ class DataSection:
     task (str): task name for `r1kit.tasks.get_task` ("addition", "countdown", "gym:NAME", "jsonl:FILE", ...).
     task_args (dict): keyword arguments of the task keyed by its name, e.g. {addition = {digits = 4}}.
     train_problems (int): size of the training pool drawn from the "train" split (cycled, reshuffled per epoch).
-    template (str): "chat" (chat template + generation prompt, R1: starts in <think>) or "raw" (prompt as is).
-    system (str): system message for the chat template; empty = none (R1's usage recommendation).
     """
 
     task: str = "addition"
     task_args: dict[str, Any] = field(default_factory=dict)
     train_problems: int = 10000
-    template: Literal["chat", "raw"] = "chat"
-    system: str = ""
 
     def __post_init__(self) -> None:
         check_task_args(self.task_args, "data.task_args", [self.task])
@@ -106,7 +102,8 @@ class DataSection:
 class RewardSection:
     """[reward] rule-based rewards, summed with weights.
 
-    names (list): "accuracy" (the task's scorer), "format", "language", or "module:function".
+    names (list): "accuracy" (the task's scorer), "format", "tagged_format" (R1-Zero's: the answer in
+        <answer> tags), "language", or "module:function".
     weights (list): one weight per name.
     overlong_cache (int): DAPO soft overlong window L_cache in tokens (L_max = max_new_tokens); 0 = off.
     overlong_weight (float): weight of the overlong punishment in the reward.
@@ -249,12 +246,13 @@ class EvalSection:
 
 @dataclass
 class Config:
-    """`r1kit grpo` configuration: the policy ([model]), its task ([data]), [reward], [rollout], [loss],
+    """`r1kit grpo` configuration: the policy ([model]), its task ([data]) and [prompt], [reward], [rollout], [loss],
     the loop's [train] and [run] sections (GRPO's defaults: `TrainSection`, `RunSection`) and the
     held-out [eval]. `train.seed` seeds the prompt order and the sampling streams."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
+    prompt: PromptSection = field(default_factory=PromptSection)
     reward: RewardSection = field(default_factory=RewardSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     loss: LossSection = field(default_factory=LossSection)
@@ -293,7 +291,6 @@ class Config:
         check_positive(lo.ref_reset_every, "loss.ref_reset_every", allow_zero=True)
         check_positive(self.eval.every, "eval.every", allow_zero=True)
         check_positive(self.eval.samples, "eval.samples", allow_zero=True)
-        check_one_of(self.data.template, "data.template", ("chat", "raw"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -602,8 +599,8 @@ class GRPOTrainer(Stage):
                     problems,
                     self._sampling_params(rounds),
                     self.reward_fn,
-                    template=c.data.template,
-                    system=c.data.system,
+                    template=c.prompt.template,
+                    system=c.prompt.system,
                     overlong_cache=c.reward.overlong_cache,
                     overlong_weight=c.reward.overlong_weight,
                     prompt_cache=self.prompt_cache,
@@ -821,8 +818,8 @@ class GRPOTrainer(Stage):
                 temperature=c.eval.temperature,
                 top_p=c.eval.top_p,
                 max_new_tokens=c.eval.max_new_tokens or c.rollout.max_new_tokens,
-                template=c.data.template,
-                system=c.data.system,
+                template=c.prompt.template,
+                system=c.prompt.system,
                 seed=stable_seed("eval", c.eval.seed, c.train.seed),
                 dist=self.dist,
                 device=self.device,

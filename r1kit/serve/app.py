@@ -295,7 +295,8 @@ class ServeState:
             raise APIError(400, str(err), param="messages", code="chat_template_limit") from None
         except Exception as err:  # a template rejecting a role or an order of messages
             raise APIError(400, f"the chat template rejected the messages: {err}", param="messages") from None
-        return ids, self.tokenizer.decode(ids[-4:]).rstrip().endswith(THINK_START)
+        # a tail of 16 tokens: a `<think>` the template writes as text spans several tokens
+        return ids, self.tokenizer.decode(ids[-16:]).rstrip().endswith(THINK_START)
 
     def completion_prompts(self, body: CompletionRequest) -> list[list[int]]:
         """Tokenise `prompt` (str, list of str, token ids, or list of token-id lists)."""

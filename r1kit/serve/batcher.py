@@ -105,6 +105,10 @@ class OutputParser:
     whitespace around the delimiter is trimmed), applies stop strings to the answer, and ends
     the choice at `max_tokens`. Text that could still turn into a delimiter or a stop string is
     held back until the next piece decides it, so streaming and non-streaming agree exactly.
+    The tags are matched in the text, so a model whose tokenizer has no think tokens (`<`, `think`,
+    `>` as three pieces) splits the same. When the prompt did not open `<think>`
+    (`starts_in_reasoning` False), output that starts with a generated `<think>` is reasoning up to
+    `</think>`; any other output is all content.
     """
 
     def __init__(self, index: int, params: GenerationParams, think_end_id: int | None = None):
@@ -116,6 +120,11 @@ class OutputParser:
         self.in_reasoning = params.split_reasoning and params.starts_in_reasoning
         self.at_reasoning_start = self.in_reasoning
         self.at_content_start = True
+        # not started in reasoning: output is held until it shows whether it opens with "<think>"
+        self.maybe_opens = params.split_reasoning and not params.starts_in_reasoning
+        self.opened = False  # a generated "<think>" opened the reasoning
+        self.head = ""  # the output held while `maybe_opens`
+        self.head_tokens = 0
         self.pending = ""  # reasoning text held back (possible delimiter or trailing whitespace)
         self.content_pending = ""  # answer text held back (possible stop string or leading space)
         self.tokens = 0
@@ -139,10 +148,14 @@ class OutputParser:
         if self.in_reasoning:
             self.reasoning_tokens += self._count_reasoning(token_ids)
         self.tokens += n_new
+        held = self.maybe_opens
+        self.head_tokens += n_new if held else 0
         if self.split:
             self._feed_chat(text, events)
         else:
             self._emit_content(text, events)
+        if held and not self.maybe_opens and self.opened:
+            self.reasoning_tokens += self.head_tokens  # the pieces up to and including the "<think>"
         if not self.finished and self.tokens >= self.max_tokens:
             self.finish("length", events)
         return events
@@ -152,6 +165,10 @@ class OutputParser:
         events = [] if events is None else events
         if self.finished:
             return events
+        if self.maybe_opens:  # ended while it could still have been a "<think>": it is content
+            self.maybe_opens = False
+            self._emit_content(self.head, events)
+            self.head = ""
         if self.in_reasoning:
             text = self.pending
             if self.at_reasoning_start:
@@ -179,6 +196,16 @@ class OutputParser:
         return "content" if self.split else "text"
 
     def _feed_chat(self, text: str, events: list[Event]) -> None:
+        if self.maybe_opens:
+            buf = self.head + text
+            stripped = buf.lstrip()
+            if len(stripped) < len(THINK_START) and THINK_START.startswith(stripped):
+                self.head = buf  # empty so far, or maybe the start of a generated "<think>"
+                return
+            self.maybe_opens, self.head = False, ""
+            if stripped.startswith(THINK_START):
+                self.in_reasoning = self.at_reasoning_start = self.opened = True
+            text = buf
         if not self.in_reasoning:
             self._emit_content(text, events)
             return

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from r1kit.seeding import stable_fraction, stable_hash
-from r1kit.tokenizer import format_assistant, split_reasoning
+from r1kit.tokenizer import format_assistant, split_reasoning, tagged_answer
 
 SPLITS = ("train", "val", "test")
 # Share of the problem space held out for each evaluation split; the rest is train.
@@ -62,8 +62,11 @@ def rng_for(*parts: object) -> random.Random:
 
 
 def final_answer(completion: str) -> str:
-    """The answer part of a completion (after `</think>`), stripped and cut to MAX_ANSWER_CHARS."""
-    return split_reasoning(completion if isinstance(completion, str) else "")[1][:MAX_ANSWER_CHARS]
+    """The answer of a completion, stripped and cut to MAX_ANSWER_CHARS: the text after `</think>`, and of
+    that the inside of R1-Zero's `<answer>...</answer>` when present (`r1kit.tokenizer.tagged_answer`).
+    "" without `</think>`. The tags may be single tokens or plain text: this reads the decoded text."""
+    answer = split_reasoning(completion if isinstance(completion, str) else "")[1]
+    return tagged_answer(answer)[:MAX_ANSWER_CHARS]
 
 
 def clamp_score(value: Any) -> float:
@@ -91,7 +94,8 @@ class Task:
         raise NotImplementedError
 
     def check(self, answer: str, problem: Problem) -> float:
-        """Score the extracted final answer (text after `</think>`) against `problem`."""
+        """Score the extracted final answer (`final_answer`: after `</think>`, inside `<answer>` tags when
+        present) against `problem`."""
         return 1.0 if answer.strip() == problem.answer.strip() else 0.0
 
     def score(self, completion: str, problem: Problem) -> float:

@@ -216,14 +216,22 @@ def chat_example(ids: Sequence[int], assistant_mask: Sequence[int], max_len: int
 class ChatExamples:
     """SFT conversations tokenised with ``tokenizer.encode_chat`` (see :func:`chat_example`).
 
-    Conversations without any assistant token inside ``max_len`` are dropped.
+    Conversations without any assistant token inside ``max_len`` are dropped. ``generation_suffix`` is the
+    text the prompt template appends to the generation prompt (``Tokenizer.generation_suffix``, the "r1"
+    template's ``<think>\\n``): it counts as prompt, not target.
     """
 
-    def __init__(self, conversations: Sequence[Sequence[dict]], tokenizer: Any, max_len: int):
+    def __init__(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        tokenizer: Any,
+        max_len: int,
+        generation_suffix: str = "",
+    ):
         self.examples: list[dict[str, torch.Tensor]] = []
         encode = getattr(tokenizer, "encode_chats", None)
         if encode is not None:  # r1kit's Tokenizer: one batched (parallel) encode
-            encoded = encode(conversations)
+            encoded = encode(conversations, generation_suffix) if generation_suffix else encode(conversations)
         else:
             encoded = [tokenizer.encode_chat(list(messages)) for messages in conversations]
         for ids, mask in encoded:

@@ -166,7 +166,8 @@ def greedy_validator(
     Args:
         task_name, task_args: the stage's task and its ``task_args`` (keyed by task name, as every stage's
             config), used when ``val.task`` is empty.
-        prompt: "chat" (the chat template with the generation prompt) or "text" (BOS + system + prompt +
+        prompt: "chat" (the chat template with the generation prompt), "r1" (the same with R1's system
+            prompt and `<think>` opened, `Tokenizer.render_prompt`) or "text" (BOS + system + prompt +
             newline, the layout of :func:`r1kit.train.data.problem_text` documents).
         system: system prompt put before each problem ("" = none).
     """
@@ -177,7 +178,7 @@ def greedy_validator(
     name = val.task or task_name
     task = get_task(name, **task_kwargs(val.task_args if val.task else task_args, name))
     problems = task.problems(split=val.split, n=val.problems, seed=seed)
-    prompt_ids = render_prompts(tokenizer, problems, "chat" if prompt == "chat" else "text", system)
+    prompt_ids = render_prompts(tokenizer, problems, prompt if prompt in ("chat", "r1") else "text", system)
     # seed None as ever: the engine draws the (unused) greedy seed from torch's RNG, once per call
     params = EvalParams(k=0, greedy=True, max_new_tokens=val.max_new_tokens, seed=None)
 

@@ -7,6 +7,8 @@
 - :class:`TokenizerSection` ``[tokenizer]``: a tokenizer directory, or the size of one trained on the fly.
 - :class:`ValSection` ``[val]``: greedy held-out accuracy with an optional early stop — pretrain, SFT,
   distillation.
+- :class:`PromptSection` ``[prompt]``: how a problem becomes the model's prompt (template, system prompt)
+  — SFT, GRPO, eval, sample, distillation.
 - :data:`DType` and :func:`normalize_dtype`: the one dtype vocabulary ("auto", "float32", "bfloat16",
   "float16"; "fp32", "bf16", "fp16" accepted and normalised). `r1kit.loaders` maps it to torch dtypes;
   ``[train] precision`` speaks it too (:data:`Precision`).
@@ -30,6 +32,7 @@ __all__ = [
     "ModelDirSection",
     "ModelSection",
     "Precision",
+    "PromptSection",
     "TokenizerSection",
     "ValSection",
     "check_task_args",
@@ -166,3 +169,37 @@ class ValSection:
             raise ConfigError(f"val.split must be 'train', 'val' or 'test', got {self.split!r}")
         if self.prompt not in ("auto", "chat", "text"):
             raise ConfigError(f"val.prompt must be 'auto', 'chat' or 'text', got {self.prompt!r}")
+
+
+# The templates a user picks (r1kit.tokenizer.PROMPT_TEMPLATES adds "text", pretraining's layout).
+PromptTemplate = Literal["chat", "r1", "r1-zero", "raw"]
+# SFT trains on conversations, so only the chat-template forms apply to it.
+SFT_TEMPLATES = ("chat", "r1")
+
+
+@dataclass
+class PromptSection:
+    """[prompt] how a problem is shown to the model (`r1kit.tokenizer.Tokenizer.render_prompt`).
+
+    template (str): "chat" (the model's chat template with its generation prompt; r1kit's own template
+        opens `<think>`, R1's protocol), "r1" (the chat template with a system prompt asking for
+        `<think>...</think>` then the answer, and `<think>` opened as text when the template does not:
+        instruct models without think tokens), "r1-zero" (R1-Zero's plain-text template, arXiv
+        2501.12948 Table 1, answer in `<answer>` tags: base models; sampling and RL only) or "raw" (the
+        problem text as is).
+    system (str): system prompt; "" = none for "chat" (R1's usage recommendation) and R1's request for
+        the format for "r1"; with "r1-zero" it replaces the template's instruction sentence.
+    """
+
+    template: PromptTemplate = "chat"
+    system: str = ""
+
+    def sft_template(self, stage: str = "sft") -> str:
+        """The template SFT conversations are encoded with: "chat" or "r1"; a ConfigError for the
+        plain-text templates, which have no conversation to train on."""
+        if self.template not in SFT_TEMPLATES:
+            raise ConfigError(
+                f"{stage} trains on chat conversations: prompt.template must be 'chat' or 'r1', got "
+                f"{self.template!r} (use --prompt.template r1 for an instruct model without think tokens)"
+            )
+        return self.template

@@ -33,7 +33,7 @@ from typing import Any
 
 from r1kit.train.loop import RunConfig, TrainConfig, cleanup_distributed, prepare_run_dir  # noqa: F401
 from r1kit.train.pretrain import fit_stage, load_tokenizer, start_stage
-from r1kit.train.sections import ModelSection, TokenizerSection, ValSection, check_task_args
+from r1kit.train.sections import ModelSection, PromptSection, TokenizerSection, ValSection, check_task_args
 
 
 @dataclass
@@ -46,7 +46,6 @@ class SFTData:
         {addition = {min_digits = 1, max_digits = 4}}.
     num_examples (int): problems drawn from the task's train split.
     seed (int): seed of that draw; -1 = train.seed.
-    system (str): system prompt added to task conversations ("" = none, as R1 recommends).
     max_len (int): tokens kept per conversation (longer ones are cut; ones with no assistant token left dropped).
     """
 
@@ -55,7 +54,6 @@ class SFTData:
     task_args: dict[str, Any] = field(default_factory=dict)
     num_examples: int = 20000
     seed: int = -1
-    system: str = ""
     max_len: int = 256
 
     def __post_init__(self) -> None:
@@ -69,40 +67,63 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     data: SFTData = field(default_factory=SFTData)
+    prompt: PromptSection = field(default_factory=PromptSection)
     val: ValSection = field(default_factory=ValSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4, warmup_steps=10))
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/sft"))
 
+    def __post_init__(self) -> None:
+        self.prompt.sft_template()  # "chat" or "r1": the plain-text templates have no conversation
 
-def conversations(data: SFTData, seed: int) -> list[list[dict[str, str]]]:
+
+def with_system_prompt(
+    chats: list[list[dict[str, str]]], prompt: PromptSection
+) -> list[list[dict[str, str]]]:
+    """``chats`` with the system prompt of ``prompt`` (``prompt.system``, or R1's under "r1") put first in
+    each conversation that has no system message, as inference renders it."""
+    from r1kit.tokenizer import system_prompt
+
+    system = system_prompt(prompt.template, prompt.system)
+    if not system:
+        return chats
+    return [
+        chat if chat and chat[0].get("role") == "system" else [{"role": "system", "content": system}, *chat]
+        for chat in chats
+    ]
+
+
+def conversations(
+    data: SFTData, seed: int, prompt: PromptSection | None = None
+) -> list[list[dict[str, str]]]:
     """The SFT conversations: ``data.files`` (chat JSONL, e.g. what ``r1kit sample`` writes), else
     ``data.num_examples`` train problems of the task (drawn with ``data.seed``, or ``seed`` when that is
-    -1) as user prompt + worked solution via ``task.sft_messages``. ``data.system`` is prepended to task
-    conversations."""
+    -1) as user prompt + worked solution via ``task.sft_messages``. The system prompt of ``prompt``
+    (:func:`with_system_prompt`) goes first in each conversation that has none."""
     from r1kit.train.data import problem_messages, read_conversations
 
+    prompt = prompt or PromptSection()
     if data.files:
-        return read_conversations(data.files)
+        return with_system_prompt(read_conversations(data.files), prompt)
     from r1kit.tasks import get_task, task_kwargs
 
     task = get_task(data.task, **task_kwargs(data.task_args, data.task))
     draw_seed = seed if data.seed < 0 else data.seed
     problems = task.problems(split="train", n=data.num_examples, seed=draw_seed)
-    chats = [problem_messages(task, p) for p in problems]
-    if data.system:
-        chats = [[{"role": "system", "content": data.system}, *chat] for chat in chats]
-    return chats
+    return with_system_prompt([problem_messages(task, p) for p in problems], prompt)
 
 
-def greedy_validator(val: ValSection, data: SFTData, tokenizer: Any, seed: int = 0):
+def greedy_validator(
+    val: ValSection, data: SFTData, tokenizer: Any, seed: int = 0, prompt: PromptSection | None = None
+):
     """``validate(model, step) -> {"val_accuracy", "val_length"}`` for chat models: greedy decoding of
-    ``val.problems`` held-out problems (``val.task`` or ``data.task``) behind the chat template (and
-    ``data.system``), scored by the task. See :func:`r1kit.train.pretrain.greedy_validator`."""
+    ``val.problems`` held-out problems (``val.task`` or ``data.task``) behind ``prompt``'s template and
+    system prompt, scored by the task. See :func:`r1kit.train.pretrain.greedy_validator`."""
     from r1kit.train import pretrain
 
-    prompt = "chat" if val.prompt == "auto" else val.prompt
+    prompt = prompt or PromptSection()
+    template = prompt.sft_template() if val.prompt == "auto" else val.prompt
     return pretrain.greedy_validator(
-        val, data.task, data.task_args, tokenizer, prompt=prompt, system=data.system, seed=seed
+        val, data.task, data.task_args, tokenizer, prompt=template, system=prompt.system, seed=seed
     )
 
 
@@ -116,14 +137,16 @@ def run(config: Config, console: Any = None):
     dist, device = start_stage(config.train)
     try:
         resume_from = prepare_run_dir(config.run)
-        chats = conversations(config.data, config.train.seed)
+        chats = conversations(config.data, config.train.seed, config.prompt)
         tokenizer = load_tokenizer(
             config.tokenizer,
             config.model,
             resume_from,
             lambda: ("\n".join(m["content"] for m in chat) for chat in chats),
         )
-        examples = ChatExamples(chats, tokenizer, config.data.max_len)
+        template = config.prompt.sft_template()
+        # under "r1" the `<think>\n` inference forces is prompt (mask 0), as `prompt_ids` encodes it
+        examples = ChatExamples(chats, tokenizer, config.data.max_len, tokenizer.generation_suffix(template))
         return fit_stage(
             config,
             examples,
@@ -132,8 +155,8 @@ def run(config: Config, console: Any = None):
             device=device,
             resume_from=resume_from,
             stage="sft",
-            stage_prompt="chat",
-            system=config.data.system,
+            stage_prompt=template,
+            system=config.prompt.system,
             console=console,
         )
     finally:

@@ -58,5 +58,5 @@ def test_chat_prompt_opens_the_thinking_block(tok):
 
 
 def test_unknown_template_names_the_valid_ones(tok):
-    with pytest.raises(ValueError, match="chat, raw, text"):
+    with pytest.raises(ValueError, match="chat, r1, r1-zero, raw, text"):
         tok.render_prompt("1+2", "markdown")

@@ -16,6 +16,7 @@ from r1kit.train.data import ChatExamples, chat_example, collate
 from r1kit.train.log import read_metrics
 from r1kit.train.loop import IGNORE_INDEX, RunConfig, TrainConfig
 from r1kit.train.pretrain import ModelSection, TokenizerSection
+from r1kit.train.sections import PromptSection
 
 #            <bos> user  user  user  <asst> a1    a2   <eos>
 IDS = [0, 10, 11, 12, 5, 20, 21, 1]
@@ -179,10 +180,8 @@ def test_sft_data_from_a_task_or_a_chat_jsonl(tmp_path: Path):
 
     from r1kit.tasks import get_task
 
-    data = sft.SFTData(
-        task="addition", task_args={"addition": {"max_digits": 2}}, num_examples=5, seed=7, system="be brief"
-    )
-    chats = sft.conversations(data, seed=0)
+    data = sft.SFTData(task="addition", task_args={"addition": {"max_digits": 2}}, num_examples=5, seed=7)
+    chats = sft.conversations(data, seed=0, prompt=PromptSection(system="be brief"))
     task = get_task("addition", max_digits=2)
     expected = [task.sft_messages(p) for p in task.problems(split="train", n=5, seed=7)]
     assert chats == [[{"role": "system", "content": "be brief"}, *chat] for chat in expected]
