@@ -415,6 +415,7 @@ def score_problems(
     greedy: Sequence[Any] | None = None,
     prompts: Sequence[str] | None = None,
     scorers: dict[str, Callable[[Any, Any], float]] | None = None,
+    all_answer: Sequence[bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every sample and build the per-problem records.
 
@@ -426,6 +427,8 @@ def score_problems(
         greedy: (P,) greedy completions, or None.
         prompts: (P,) prompt texts to store (default: the problems' prompts).
         scorers: best-of-N scorers from `make_scorers`.
+        all_answer: (P,) whether a problem's completions without think tags are all answer
+            (`r1kit.tasks.base.answer_only`); default False (R1's rule: no `</think>`, no answer).
 
     Returns:
         (P,) dicts: id, prompt, reference, samples (texts), scores, correct, answers (normalised),
@@ -434,13 +437,16 @@ def score_problems(
         answer_tokens}.
     """
     from r1kit.metrics import majority_vote
+    from r1kit.tasks.base import scoring_text
 
     scorers = scorers or {}
     records = []
     for i, (problem, outs) in enumerate(zip(problems, samples)):
-        scores = [float(task.score(c.text, problem)) for c in outs]
+        whole = bool(all_answer[i]) if all_answer is not None else False
+        read = [scoring_text(c.text, whole) for c in outs]
+        scores = [float(task.score(text, problem)) for text in read]
         lengths = [completion_lengths(c.token_ids, tokenizer) for c in outs]
-        answers = [extract_answer(c.text) for c in outs]
+        answers = [extract_answer(text) for text in read]
         record: dict[str, Any] = {
             "id": problem.id,
             "prompt": prompts[i] if prompts is not None else problem.prompt,
@@ -460,8 +466,8 @@ def score_problems(
             think, answer = completion_lengths(g.token_ids, tokenizer)
             record["greedy"] = {
                 "text": g.text,
-                "score": float(task.score(g.text, problem)),
-                "answer": extract_answer(g.text),
+                "score": float(task.score(scoring_text(g.text, whole), problem)),
+                "answer": extract_answer(scoring_text(g.text, whole)),
                 "think_tokens": think,
                 "answer_tokens": answer,
             }
@@ -785,9 +791,12 @@ def evaluate_engine(
     seconds = time.perf_counter() - t0
     greedy_outs, sample_outs = _split_outputs(outs, requests, len(problems), len(arms))
     texts = [tokenizer.decode(ids) for ids in prompt_ids] if template != "raw" else None
+    from r1kit.tasks.base import answer_only
+
+    whole = [answer_only(t, template) for t in texts] if texts is not None else None
     results = [
         _arm_result(task, problems, tokenizer, greedy_outs[a] if arm.greedy else None, sample_outs[a],
-                    texts, scorers, ks, label, split, seconds)
+                    texts, scorers, ks, label, split, seconds, whole)
         for a, arm in enumerate(arms)
     ]  # fmt: skip
     digest = data_hash(problems)
@@ -808,10 +817,18 @@ def _arm_result(
     label: str,
     split: str,
     seconds: float,
+    all_answer: Sequence[bool] | None = None,
 ) -> EvalResult:
     """The `EvalResult` of one arm of `evaluate_engine` from its completions."""
     records = score_problems(
-        task, problems, samples, tokenizer, greedy=greedy, prompts=texts, scorers=scorers
+        task,
+        problems,
+        samples,
+        tokenizer,
+        greedy=greedy,
+        prompts=texts,
+        scorers=scorers,
+        all_answer=all_answer,
     )
     metrics, curves = aggregate(records, ks)
     tokens = sum(len(c.token_ids) for group in samples for c in group)

@@ -28,7 +28,7 @@ import torch
 from r1kit.engine import Completion, Engine, SamplingParams
 from r1kit.rewards import overlong_penalty
 from r1kit.rl.losses import HEAD_CHUNK, entropy_from_logits, head_logprobs, token_logprobs
-from r1kit.tasks.base import Problem
+from r1kit.tasks.base import Problem, answer_only, scoring_text
 from r1kit.train.loop import final_hidden, head_weight
 
 
@@ -123,20 +123,25 @@ def score_completions(
     overlong_cache: int = 0,
     overlong_weight: float = 1.0,
     max_new_tokens: int = 0,
+    all_answer: Sequence[bool] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Rewards of completions: (total_B, parts) with parts name -> (B,) unweighted values.
+
+    `all_answer` (B,): rows whose completions without think tags are all answer
+    (`r1kit.tasks.base.answer_only`: an instruct model's own chat template); default none.
 
     `reward_fn` is a `CombinedReward` (its `breakdown` gives the parts) or any `(text, problem) ->
     float`. With `overlong_cache` > 0, DAPO's soft overlong punishment on the token count (L_max =
     `max_new_tokens`, window `overlong_cache`) is added with weight `overlong_weight` as part "overlong".
     """
     totals, parts = [], {}
-    for c, p in zip(completions, problems):
+    for i, (c, p) in enumerate(zip(completions, problems)):
+        text = scoring_text(c.text, bool(all_answer[i]) if all_answer is not None else False)
         if hasattr(reward_fn, "breakdown"):
-            values = reward_fn.breakdown(c.text, p)
+            values = reward_fn.breakdown(text, p)
             total = values.pop("total")
         else:
-            total = float(reward_fn(c.text, p))
+            total = float(reward_fn(text, p))
             values = {}
         if overlong_cache > 0:
             values["overlong"] = overlong_penalty(len(c.token_ids), max_new_tokens, overlong_cache)
@@ -179,6 +184,7 @@ def sample_groups(
     completions = engine.generate(prompt_ids, params)
     t1 = time.perf_counter()
     row_problems = [problems[c.prompt_index] for c in completions]
+    whole = [answer_only(tokenizer.decode(ids), template) for ids in prompt_ids]
     rewards_B, parts = score_completions(
         reward_fn,
         completions,
@@ -186,6 +192,7 @@ def sample_groups(
         overlong_cache=overlong_cache,
         overlong_weight=overlong_weight,
         max_new_tokens=params.max_new_tokens,
+        all_answer=[whole[c.prompt_index] for c in completions],
     )
     t2 = time.perf_counter()
     rows_prompt_ids = [prompt_ids[c.prompt_index] for c in completions]

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from r1kit.seeding import stable_fraction, stable_hash
-from r1kit.tokenizer import format_assistant, split_reasoning, tagged_answer
+from r1kit.tokenizer import (
+    THINK_END,
+    THINK_START,
+    ends_in_think,
+    format_assistant,
+    split_reasoning,
+    tagged_answer,
+)
 
 SPLITS = ("train", "val", "test")
 # Share of the problem space held out for each evaluation split; the rest is train.
@@ -67,6 +74,22 @@ def final_answer(completion: str) -> str:
     "" without `</think>`. The tags may be single tokens or plain text: this reads the decoded text."""
     answer = split_reasoning(completion if isinstance(completion, str) else "")[1]
     return tagged_answer(answer)[:MAX_ANSWER_CHARS]
+
+
+def answer_only(prompt_text: str, template: str) -> bool:
+    """Whether completions of this prompt are all answer when they carry no think tag: an instruct model's
+    own chat template (`template` "chat") that does not open `<think>` (SmolLM2, Qwen2.5-Instruct), as the
+    server's `reasoning_content` split reads them. r1kit's template and "r1" open `<think>` (reasoning
+    must be closed); "r1-zero", "raw" and "text" keep R1's rule (no `</think>`, no answer)."""
+    return template == "chat" and not ends_in_think(prompt_text)
+
+
+def scoring_text(completion: str, all_answer: bool) -> str:
+    """The completion as the scorers read it: with `all_answer` (see `answer_only`) a completion that
+    has no `</think>` and does not open `<think>` itself is read as all answer; otherwise unchanged."""
+    if not all_answer or THINK_END in completion or completion.lstrip().startswith(THINK_START):
+        return completion
+    return THINK_END + completion
 
 
 def clamp_score(value: Any) -> float:
