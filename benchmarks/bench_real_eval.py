@@ -8,7 +8,8 @@ maths file or folder in any layout `math:` reads (`{"id", "problem", "answer"}` 
 "#### 42", parquet, ...) or a preset name (gsm8k, math500, aime24, amc: the hub). Several --data
 values run one after the other. Prints one table per arm (its title: the model's name and sha256,
 a "data sha256" row, and `boxed_anywhere`: a diagnostic, the share of completions whose last \\boxed{}
-anywhere is right, also without `</think>`) and writes a JSON with the metrics, the data hash, the model hash, the protocol
+anywhere is right, also without `</think>`, and `last_number`: the share whose last number is
+right, lm-eval's GSM8K flexible extract) and writes a JSON with the metrics, the data hash, the model hash, the protocol
 and timing of each (arm, dataset), and the per-problem records (prompt, completions, scores) next to
 it (`<out without .json>/records_*.jsonl`). `--k 0` runs greedy only.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -44,10 +46,22 @@ def _cpu() -> str:
     return f"{model}; {' '.join(wide) or 'no avx512/amx flags'}"
 
 
-def _task(data: str, split: str):
+def _last_number_right(text: str, reference: str) -> float:
+    """1.0 when the last number in `text` equals the numeric `reference` (a diagnostic, not a score)."""
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    if not numbers:
+        return 0.0
+    try:
+        return float(float(numbers[-1].replace(",", "")) == float(reference.replace(",", "")))
+    except ValueError:
+        return 0.0
+
+
+def _task(data: str, split: str, hash_split: bool = False, instruction: str | None = None):
     if data in PRESETS:
         return get_task(data), data
-    return get_task(f"math:{data}", hash_split=False), Path(data).stem
+    kwargs = {} if instruction is None else {"instruction": instruction}
+    return get_task(f"math:{data}", hash_split=hash_split, **kwargs), Path(data).stem
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,7 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-problems", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--template", default="chat", choices=["chat", "raw"])
+    ap.add_argument("--template", default="chat", choices=["chat", "r1", "r1-zero", "raw"])
+    ap.add_argument(
+        "--hash-split", action="store_true", help="a JSONL file's hash split (default: all of it)"
+    )
+    ap.add_argument(
+        "--instruction", default=None, help='text appended to each prompt (default R1\'s; "" = none)'
+    )
     ap.add_argument("--system", default="")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench_real_eval.json")
@@ -91,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": [],
     }
     for data in args.data:
-        task, label = _task(data, args.split)
+        task, label = _task(data, args.split, args.hash_split, args.instruction)
         problems = task.problems(args.split, n=args.problems or None)
         results = []
         for arm_name, params in arms.items():
@@ -109,6 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
             texts = [[r["greedy"]["text"]] if "greedy" in r else r["samples"] for r in result.records]
             boxed = [[math_score(t, r["reference"]) for t in ts] for ts, r in zip(texts, result.records)]
             result.metrics["boxed_anywhere"] = sum(sum(b) / len(b) for b in boxed) / len(boxed)
+            # and the last number anywhere (lm-eval's GSM8K "flexible-extract"): what a prose answer
+            # ("The sum of 3 and 83 is 86.") means, which the verifier (LaTeX only, no sympy parsing of
+            # model text) does not read
+            last = [
+                [_last_number_right(t, r["reference"]) for t in ts] for ts, r in zip(texts, result.records)
+            ]
+            result.metrics["last_number"] = sum(sum(b) / len(b) for b in last) / len(last)
             results.append(result)
             report["runs"].append(
                 {
