@@ -37,6 +37,8 @@ from r1kit.tasks.base import Problem, ProceduralTask, rng_for
 _Expr = tuple[str, int]
 # Random attempts used to estimate a problem's hit rate.
 HIT_TRIALS = 64
+# The verified-search reward reads at most this many characters of the thinking.
+MAX_TRACE_CHARS = 8192
 # One step of a step-chain answer: "a op b=c".
 _STEP = re.compile(r"\s*(\d{1,12})\s*([-+*/])\s*(\d{1,12})\s*=\s*(\d{1,12})\s*")
 
@@ -294,3 +296,25 @@ class CountdownTask(ProceduralTask):
 def search_success(rate: float, attempts: int) -> float:
     """P(at least one of `attempts` independent random attempts hits) for a problem of hit rate `rate`."""
     return 1.0 - math.pow(1.0 - rate, attempts)
+
+
+def verified_search_reward(completion: str, problem: Problem) -> float:
+    """-1.0 when the thinking claims a hit it did not make (a line ending " ok" whose step chain does not
+    replay to the target), else 0.0: a reward term that makes a false "ok" worse than an honest "no".
+
+    Without it a false claim costs the same as giving up (both score 0), so GRPO can learn to stop
+    verifying instead of searching longer. Use it as ``reward.names = ["accuracy", "format",
+    "r1kit.tasks.countdown:verified_search_reward"]``. Never raises.
+    """
+    try:
+        think = completion.split("</think>", 1)[0] if isinstance(completion, str) else ""
+        numbers, target = problem.meta["numbers"], problem.meta["target"]
+        for line in think[:MAX_TRACE_CHARS].split("\n"):
+            line = line.strip()
+            if line.endswith(" ok"):
+                chain = line.split(",", 1)[1] if line.startswith("Wait,") else line
+                if not check_steps(chain.strip(), numbers, target):
+                    return -1.0
+        return 0.0
+    except Exception:  # odd input: no claim to judge
+        return 0.0

@@ -131,3 +131,17 @@ def test_by_name_with_task_args_and_bad_args():
     ):
         with pytest.raises(ValueError):
             CountdownTask(**bad)
+
+
+def test_verified_search_reward_by_hand():
+    from r1kit.tasks.countdown import verified_search_reward
+
+    p = _problem([2, 7, 5], 10)
+    honest = "7+2=9,9+5=14 no\nWait, 7-2=5,5+5=10 ok\n</think>\n7-2=5,5+5=10"
+    assert verified_search_reward(honest, p) == 0.0
+    false_ok = "7+2=9,9+5=14 ok\n</think>\n7+2=9,9+5=14"  # claims a hit: 14 is not 10
+    assert verified_search_reward(false_ok, p) == -1.0
+    bad_sum = "7+2=9,9+5=10 ok\n</think>\n7+2=9,9+5=10"  # wrong arithmetic, claimed ok
+    assert verified_search_reward(bad_sum, p) == -1.0
+    assert verified_search_reward("7+2=9,9+5=14 no\n</think>\n7+2=9,9+5=14", p) == 0.0  # honest give-up
+    assert verified_search_reward(None, p) == 0.0 and verified_search_reward("x" * 100000, p) == 0.0
