@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import math
+import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +46,7 @@ from r1kit.model import Transformer
 from r1kit.model.counting import flops_per_token
 from r1kit.rewards import combine, get_reward
 from r1kit.rl import losses  # called as losses.policy_loss so tests can spy on it
+from r1kit.rl.curriculum import PassRateTracker, balanced_subset, correctness, group_pass_rates, take_rows
 from r1kit.rl.losses import group_advantages
 from r1kit.rl.rollout import (
     PromptStream,
@@ -130,6 +132,14 @@ class RolloutSection:
     dynamic_sampling (bool): DAPO: drop groups with all-equal rewards and refill with new prompts.
     max_sampling_rounds (int): extra sampling rounds per step to refill; then dropped groups fill the rest.
     overlong_filter (bool): DAPO: exclude truncated completions (finish "length") from the loss.
+    pass_rate_filter (list): [lo, hi]: skip, before sampling, a prompt whose running pass-rate estimate is
+        not strictly between lo and hi ([0.0, 1.0]: always or never solved when last seen; GRESO, arXiv
+        2506.02177); prompts not seen yet always run; [] = off (`r1kit.rl.curriculum`).
+    pass_rate_alpha (float): weight of the newest group in the running estimate (1.0 = the last group's).
+    pass_rate_retry (int): a skipped prompt runs again after this many skips in a row (0 = never).
+    hard_prompt_samples (int): completions sampled for a hard prompt (estimate below hard_pass_rate),
+        cut to group_size keeping its successes (at most half) first (Reinforce-Ada, arXiv 2510.04996); 0 = off.
+    hard_pass_rate (float): the estimate below which a prompt is hard.
     """
 
     prompts_per_step: int = 32
@@ -142,6 +152,11 @@ class RolloutSection:
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 3
     overlong_filter: bool = False
+    pass_rate_filter: list[float] = field(default_factory=list)
+    pass_rate_alpha: float = 1.0
+    pass_rate_retry: int = 2
+    hard_prompt_samples: int = 0
+    hard_pass_rate: float = 0.25
 
 
 @dataclass
@@ -274,6 +289,7 @@ class Config:
         check_range(r.top_p, "rollout.top_p", 1e-9, 1.0)
         check_positive(r.max_new_tokens, "rollout.max_new_tokens")
         check_positive(r.max_sampling_rounds, "rollout.max_sampling_rounds", allow_zero=True)
+        check_curriculum(r)
         if len(self.reward.names) != len(self.reward.weights):
             raise ConfigError(
                 f"reward.names has {len(self.reward.names)} entries but reward.weights has "
@@ -299,6 +315,23 @@ class Config:
         self.lora.check_stage(init=self.model.path, where="model.path", strategy=self.train.strategy)
         check_positive(self.eval.every, "eval.every", allow_zero=True)
         check_positive(self.eval.samples, "eval.samples", allow_zero=True)
+
+
+def check_curriculum(r: RolloutSection) -> None:
+    """The pass-rate keys of [rollout] (`r1kit.rl.curriculum`)."""
+    f = r.pass_rate_filter
+    if f and (len(f) != 2 or not 0.0 <= f[0] < f[1] <= 1.0):
+        raise ConfigError(
+            f"rollout.pass_rate_filter is [lo, hi] with 0 <= lo < hi <= 1, e.g. [0.0, 1.0]; got {f}"
+        )
+    check_range(r.pass_rate_alpha, "rollout.pass_rate_alpha", 1e-9, 1.0)
+    check_positive(r.pass_rate_retry, "rollout.pass_rate_retry", allow_zero=True)
+    check_range(r.hard_pass_rate, "rollout.hard_pass_rate", 0.0, 1.0)
+    if r.hard_prompt_samples and r.hard_prompt_samples < r.group_size:
+        raise ConfigError(
+            f"rollout.hard_prompt_samples ({r.hard_prompt_samples}) must be 0 (off) or at least "
+            f"rollout.group_size ({r.group_size})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,6 +528,18 @@ class GRPOTrainer(Stage):
         )
         self.reward_fn = build_reward(c, self.task)
         self.prompt_cache: dict[str, list[int]] = {}
+        r = c.rollout
+        # per-prompt pass-rate estimates: the difficulty filter and the hard-prompt sampling (None = off)
+        self.curriculum = (
+            PassRateTracker(
+                r.pass_rate_filter or None,
+                alpha=r.pass_rate_alpha,
+                retry=r.pass_rate_retry,
+                hard_below=r.hard_pass_rate if r.hard_prompt_samples else 0.0,
+            )
+            if r.pass_rate_filter or r.hard_prompt_samples
+            else None
+        )
 
         self.loop = Trainer(
             self.model,
@@ -552,6 +597,8 @@ class GRPOTrainer(Stage):
             "time_totals": dict(self.time_totals),
             "first_eval": dict(self.first_eval),
             "ref_step": self.ref_step,
+            # this rank's estimates (rank 0's in the checkpoint); every rank resumes from them
+            "curriculum": self.curriculum.state_dict() if self.curriculum is not None else {},
         }
 
     def load_state_dict(self, extra: dict[str, Any]) -> None:
@@ -565,6 +612,8 @@ class GRPOTrainer(Stage):
         if "last_eval" in extra and not extra.get("validation"):  # a checkpoint from before the one loop
             self.loop.val_metrics = dict(extra["last_eval"])
         self.ref_step = int(extra.get("ref_step", 0))
+        if self.curriculum is not None and extra.get("curriculum"):
+            self.curriculum.load_state_dict(extra["curriculum"])
         self._sync_policy()
         if self.ref_model is not None:
             ref_dir = self.run_dir / "reference"
@@ -593,6 +642,70 @@ class GRPOTrainer(Stage):
             seed=stable_seed(self.config.train.seed, self.step, self.dist.rank, round_),
         )
 
+    def _sample(self, problems: list, round_: int) -> tuple[Any, float, float, float, int]:
+        """G scored completions per problem; with the hard-prompt rule, `hard_prompt_samples` for the hard
+        ones cut to G by `balanced_subset` (groups keep the order of `problems`). Updates the pass-rate
+        estimates. Returns (rollout, generate s, score s, tokens the engine computed, hard groups)."""
+        c, r = self.config, self.config.rollout
+        G, tracker = r.group_size, self.curriculum
+        hard = [tracker is not None and tracker.is_hard(p.id) for p in problems]
+        parts = []  # (positions in problems, rollout with G rows per problem)
+        t_gen = t_score = computed = 0.0
+        for want_hard in (False, True):
+            chosen = [i for i, h in enumerate(hard) if h == want_hard]
+            if not chosen:
+                continue
+            params = self._sampling_params(round_)
+            M = r.hard_prompt_samples if want_hard else G
+            if want_hard:
+                params = replace(params, n=M, seed=stable_seed(params.seed, "hard"))
+            self.policy.eval()
+            with self.autocast():
+                rollout, tg, ts = sample_groups(
+                    self.engine,
+                    self.tokenizer,
+                    [problems[i] for i in chosen],
+                    params,
+                    self.reward_fn,
+                    template=c.prompt.template,
+                    system=c.prompt.system,
+                    overlong_cache=c.reward.overlong_cache,
+                    overlong_weight=c.reward.overlong_weight,
+                    prompt_cache=self.prompt_cache,
+                )
+            t_gen, t_score = t_gen + tg, t_score + ts
+            # what the engine computed: each group's prompt once (shared prefill), every completion
+            computed += sum(len(rollout.prompt_ids[i]) for i in range(0, len(rollout), M))
+            computed += sum(len(comp.token_ids) for comp in rollout.completions)
+            correct_B = correctness(rollout)
+            if tracker is not None:
+                ids = [rollout.problems[i].id for i in range(0, len(rollout), M)]
+                tracker.observe(ids, group_pass_rates(correct_B, M))
+            if want_hard:
+                rng = random.Random(stable_seed(params.seed, "subset"))
+                rows = []
+                for j in range(len(chosen)):
+                    keep = balanced_subset(correct_B[j * M : (j + 1) * M].tolist(), G, rng)
+                    rows += [j * M + k for k in keep]
+                rollout = take_rows(rollout, rows)
+            parts.append((chosen, rollout))
+        if len(parts) == 1:
+            return parts[0][1], t_gen, t_score, computed, sum(hard)
+        # put the groups back in the order of `problems`
+        where = {}
+        for k, (chosen, _) in enumerate(parts):
+            for j, i in enumerate(chosen):
+                where[i] = (k, j)
+        merged = Rollout.concat([p[1] for p in parts])
+        offsets = [0]
+        for _, ro in parts:
+            offsets.append(offsets[-1] + len(ro))
+        order = []
+        for i in range(len(problems)):
+            k, j = where[i]
+            order += list(range(offsets[k] + j * G, offsets[k] + (j + 1) * G))
+        return take_rows(merged, order), t_gen, t_score, computed, sum(hard)
+
     def collect(self) -> tuple[Any, dict[str, float]]:
         """Sample and score this rank's rollout for the step (dynamic sampling included)."""
         c = self.config
@@ -603,26 +716,18 @@ class GRPOTrainer(Stage):
         t_gen = t_score = 0.0
         rounds = sampled = 0
         request = target
+        skipped = hard_groups = 0
         while True:
-            problems = self.prompts.take(request)
-            self.policy.eval()
-            with self.autocast():
-                rollout, tg, ts = sample_groups(
-                    self.engine,
-                    self.tokenizer,
-                    problems,
-                    self._sampling_params(rounds),
-                    self.reward_fn,
-                    template=c.prompt.template,
-                    system=c.prompt.system,
-                    overlong_cache=c.reward.overlong_cache,
-                    overlong_weight=c.reward.overlong_weight,
-                    prompt_cache=self.prompt_cache,
-                )
+            if self.curriculum is None:
+                problems = self.prompts.take(request)
+            else:
+                pool = len(self.prompts.problems)
+                problems, n_skip = self.curriculum.select(self.prompts.take, request, 4 * request + pool)
+                skipped += n_skip
+            rollout, tg, ts, computed, n_hard = self._sample(problems, rounds)
             t_gen, t_score = t_gen + tg, t_score + ts
-            # what the engine computed this round: each group's prompt once (shared prefill), every completion
-            sampled += sum(len(rollout.prompt_ids[i]) for i in range(0, len(rollout), G))
-            sampled += sum(len(comp.token_ids) for comp in rollout.completions)
+            sampled += computed
+            hard_groups += n_hard
             useful_N = informative_groups(rollout.rewards_B, G)
             n_groups += useful_N.numel()
             n_zero += int((~useful_N).sum())
@@ -648,6 +753,11 @@ class GRPOTrainer(Stage):
             batch = Rollout.concat([batch, filler.select_groups(need, G)])
         stats = {
             "groups/zero_std_frac": n_zero / max(n_groups, 1),
+            **(
+                {"curriculum/skipped": float(skipped), "curriculum/hard_groups": float(hard_groups)}
+                if self.curriculum is not None
+                else {}
+            ),
             "groups/sampling_rounds": float(rounds),
             "time/generate": t_gen,
             "time/score": t_score,
