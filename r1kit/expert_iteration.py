@@ -195,7 +195,7 @@ class _Budget:
         return bool(self.limit) and self.used >= self.limit
 
 
-def _sample_round(model, tokenizer, task, problems, config: Config, round_: int, meter_device):
+def _sample_round(model, tokenizer, task, problems, config: Config, round_: int, meter_device, console=None):
     """Round `round_`'s rejection sampling; returns (SampleResult, sampled tokens, FLOPs, cost)."""
     e, d = config.ei, config.data
     meter = CostMeter(meter_device).start()
@@ -215,6 +215,8 @@ def _sample_round(model, tokenizer, task, problems, config: Config, round_: int,
             seed=stable_seed(config.train.seed, "ei", round_),
             template=d.template,
             system=d.system,
+            progress=config.run.progress,
+            console=console,
         )
     total = result.stats["total"]
     generated = int(total["generated_tokens"])
@@ -226,16 +228,38 @@ def _sample_round(model, tokenizer, task, problems, config: Config, round_: int,
     return result, sampled, flops, meter.stop().summary()
 
 
+def _lengths(chats: list, tokenizer: Any, max_len: int) -> list[int]:
+    """Input lengths of the SFT examples of these conversations (as `ChatExamples` builds them)."""
+    return [int(x["input_ids"].numel()) for x in ChatExamples(chats, tokenizer, max_len).examples]
+
+
+def _flops_split(model_config: Any) -> tuple[float, float]:
+    """(matmul FLOPs per token, attention FLOPs per token per position) of training, as the SFT loop meters."""
+    fm = flops_per_token(model_config, 0)
+    return fm, flops_per_token(model_config, 1) - fm
+
+
+def sft_steps_within(
+    chats: list, tokenizer: Any, model_config: Any, max_len: int, batch_size: int, seed: int, budget: float
+) -> int:
+    """SFT steps over these conversations (batch `batch_size`, data-order `seed`) whose training FLOPs, as
+    the loop will meter them, fit in `budget`: an SFT arm at exactly another arm's FLOPs."""
+    lengths = _lengths(chats, tokenizer, max_len)
+    fm, fa = _flops_split(model_config)
+    stream = BatchStream(lengths, batch_size, seed=seed)
+    total, steps = 0.0, 0
+    while True:
+        f = sum(lengths[i] * fm + lengths[i] ** 2 * fa for i in stream.next_global_indices())
+        if total + f > budget:
+            return steps
+        total, steps = total + f, steps + 1
+
+
 def _plan_sft(model, tokenizer, rows, config: Config, seed: int) -> tuple[int, list[float]]:
     """(SFT steps this round's traces ask for, the FLOPs of each as the loop will meter them)."""
-    chats = [row["messages"] for row in rows]
-    lengths = [
-        int(x["input_ids"].numel()) for x in ChatExamples(chats, tokenizer, config.ei.max_len).examples
-    ]
+    lengths = _lengths([row["messages"] for row in rows], tokenizer, config.ei.max_len)
     wanted = max(1, math.ceil(len(lengths) * config.ei.epochs / config.train.batch_size))
-    fm = flops_per_token(model.config, 0)
-    fa = flops_per_token(model.config, 1) - fm
-    return wanted, sft_step_flops(lengths, config.train.batch_size, seed, wanted, fm, fa)
+    return wanted, sft_step_flops(lengths, config.train.batch_size, seed, wanted, *_flops_split(model.config))
 
 
 def _prompts_within(stream: PromptStream, model, tokenizer, config: Config, budget: _Budget) -> int:
@@ -257,6 +281,13 @@ def _prompts_within(stream: PromptStream, model, tokenizer, config: Config, budg
     return n
 
 
+def grpo_prompt_stream(data: DataSection, seed: int) -> tuple[Any, PromptStream]:
+    """(task, prompt stream) of GRPO's [data] and `train.seed`, as `r1kit.rl.grpo.GRPOTrainer` builds them
+    on one rank: the same pool of `data.train_problems` train problems, read in the same order."""
+    task = get_task(data.task, **task_kwargs(data.task_args, data.task))
+    return task, PromptStream(task.problems(split="train", n=data.train_problems, seed=seed), seed=seed)
+
+
 def run(config: Config, console: Any = None) -> ExpertIterationResult:
     """Expert iteration as configured (see the module docstring); returns an `ExpertIterationResult`."""
     console = console or Console()
@@ -266,9 +297,7 @@ def run(config: Config, console: Any = None) -> ExpertIterationResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     policy_dir = resolve_model_dir(config.model.path)
     tokenizer_dir = find_tokenizer_dir(policy_dir, config.model.tokenizer)
-    task = get_task(d.task, **task_kwargs(d.task_args, d.task))
-    # GRPO's prompts, in GRPO's order (`r1kit.rl.grpo.GRPOTrainer`: the same pool, the same stream seed)
-    stream = PromptStream(task.problems(split="train", n=d.train_problems, seed=t.seed), seed=t.seed)
+    task, stream = grpo_prompt_stream(d, t.seed)
     held_out = task.problems(split=config.eval.split, n=config.eval.problems, seed=config.eval.seed)
     budget = _Budget(e.budget_flops)
     costs: list[dict[str, Any]] = []
@@ -278,15 +307,20 @@ def run(config: Config, console: Any = None) -> ExpertIterationResult:
     metrics_path.write_text("")
     stop_reason, first_eval, last_eval = "max_rounds", {}, {}
     round_, exhausted = 0, False
+    loaded: Path | None = None
+    evaluated: Path | None = None
     t0 = time.perf_counter()
     while True:
-        model, tokenizer, _ = load_model(policy_dir, str(tokenizer_dir), t.device, "fp32")
+        if loaded != policy_dir:  # a new policy (or the first); a round that kept nothing leaves it as it was
+            model, tokenizer, _ = load_model(policy_dir, str(tokenizer_dir), t.device, "fp32")
+            loaded = policy_dir
         device = next(model.parameters()).device
         row: dict[str, Any] = {"step": round_, "flops": budget.used}
         n_prompts = _prompts_within(stream, model, tokenizer, config, budget) if not exhausted else 0
         stop = "max_rounds" if e.rounds and round_ >= e.rounds else ("budget" if not n_prompts else None)
         if config.eval.every and (round_ % config.eval.every == 0 or stop):
-            last_eval = _evaluate(model, tokenizer, task, held_out, config)
+            if evaluated != policy_dir:  # the same weights score the same: no second evaluation
+                last_eval, evaluated = _evaluate(model, tokenizer, task, held_out, config), policy_dir
             first_eval = first_eval or dict(last_eval)
             row.update(last_eval)
         if stop:
@@ -295,7 +329,7 @@ def run(config: Config, console: Any = None) -> ExpertIterationResult:
             break
         problems = stream.take(n_prompts)
         result, sampled, sample_flops, sample_cost = _sample_round(
-            model, tokenizer, task, problems, config, round_, device
+            model, tokenizer, task, problems, config, round_, device, console
         )
         costs.append(sample_cost)
         budget.used += sample_flops
@@ -304,7 +338,6 @@ def run(config: Config, console: Any = None) -> ExpertIterationResult:
         wanted, planned = _plan_sft(model, tokenizer, result.rows, config, seed) if result.rows else (0, [])
         steps = steps_within(planned, budget.left)
         exhausted = steps < wanted  # the next SFT step would cross the budget: this is the last round
-        del model
         round_dir = run_dir / f"round_{round_:03d}"
         traces = distill.write_chat_jsonl(round_dir / "traces.jsonl", result.rows)
         info: dict[str, Any] = {
@@ -393,4 +426,14 @@ def _log(path: Path, history: list[dict[str, Any]], row: dict[str, Any]) -> None
         fh.write(json.dumps(row, default=float) + "\n")
 
 
-__all__ = ["Config", "EISection", "ExpertIterationResult", "run", "sft_step_flops", "steps_within"]
+__all__ = [
+    "Config",
+    "EISection",
+    "ExpertIterationResult",
+    "ModelDirSection",
+    "grpo_prompt_stream",
+    "run",
+    "sft_step_flops",
+    "sft_steps_within",
+    "steps_within",
+]

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from test_distill import FakeCompletion  # the engine's Completion, as rejection sampling reads it
 
 from r1kit import distill, expert_iteration
 from r1kit.config import ConfigError
@@ -20,16 +20,6 @@ from r1kit.tokenizer import Tokenizer
 from r1kit.train.data import read_conversations
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-
-
-@dataclass
-class FakeCompletion:
-    text: str
-    token_ids: list[int]
-    finish_reason: str = "stop"
-    sample_index: int = 0
-    logprobs: list[float] = field(default_factory=list)
-    mask: list[int] = field(default_factory=list)
 
 
 def scripted(a: int, b: int) -> list[tuple[str, str]]:
@@ -196,3 +186,42 @@ def test_the_flop_total_stops_at_the_budget(policy_dir, tmp_path, spy):
 def test_a_run_needs_a_stop():
     with pytest.raises(ConfigError, match="ei.rounds"):
         expert_iteration.Config()
+
+
+def test_an_sft_arm_at_a_flop_budget_spends_it_as_the_loop_meters(policy_dir, tmp_path):
+    from r1kit.model import ModelConfig
+    from r1kit.train import sft
+    from r1kit.train.sections import ModelSection, ValSection
+
+    tok = Tokenizer.from_pretrained(policy_dir)
+    cfg = ModelConfig.from_hf_dict(json.loads((policy_dir / "config.json").read_text()))
+    chats = [
+        [
+            {"role": "user", "content": f"{a}+{b}"},
+            {"role": "assistant", "content": f"<think>\nx\n</think>\n{a + b}"},
+        ]
+        for a, b in ((12, 30), (5, 7), (41, 41), (3, 99), (60, 2))
+    ]
+    path = distill.write_chat_jsonl(tmp_path / "chats.jsonl", [{"messages": c} for c in chats])
+    budget = 1.5e7
+    steps = expert_iteration.sft_steps_within(chats, tok, cfg, 48, 2, 7, budget)
+    assert steps >= 1
+    res = sft.run(
+        sft.Config(
+            model=ModelSection(init=str(policy_dir)),
+            data=sft.SFTData(files=[str(path)], max_len=48),
+            val=ValSection(every=0),
+            train=sft.TrainConfig(steps=steps, batch_size=2, seed=7, device="cpu", warmup_steps=0),
+            run=sft.RunConfig(dir=str(tmp_path / "sft"), progress=False),
+        )
+    )
+    assert res.cost["flops"] <= budget
+    # one step more would have crossed it
+    more = expert_iteration.sft_steps_within(chats, tok, cfg, 48, 2, 7, budget + 1e9)
+    assert more > steps
+    fm = flops_per_token(cfg, 0)
+    fa = flops_per_token(cfg, 1) - fm
+    lengths = [len(tok.encode_chat(c)[0][:49]) - 1 for c in chats]
+    next_step = expert_iteration.sft_step_flops(lengths, 2, 7, steps + 1, fm, fa)
+    assert sum(next_step[:steps]) == pytest.approx(res.cost["flops"])
+    assert sum(next_step) > budget
