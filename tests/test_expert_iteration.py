@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,30 @@ def test_an_sft_arm_at_a_flop_budget_spends_it_as_the_loop_meters(policy_dir, tm
     next_step = expert_iteration.sft_step_flops(lengths, 2, 7, steps + 1, fm, fa)
     assert sum(next_step[:steps]) == pytest.approx(res.cost["flops"])
     assert sum(next_step) > budget
+
+
+def test_an_unchanged_policy_is_not_evaluated_again(policy_dir, tmp_path, monkeypatch):
+    """Rounds that keep nothing leave the weights as they were: their rows reuse the last evaluation."""
+    real = distill.rejection_sample
+    calls = []
+
+    def nothing_right(model, tokenizer, tasks, problems, **kwargs):
+        class Wrong(ScriptedEngine):
+            def generate(self, prompts, params):
+                out = super().generate(prompts, params)
+                wrong = [c for c in out if c.sample_index == 1]  # each prompt's wrong answer, k times
+                return [replace(wrong[i // len(scripted(0, 0))], sample_index=i % 4) for i in range(len(out))]
+
+        return real(Wrong(tokenizer), tokenizer, tasks, problems, **kwargs)
+
+    def fake_eval(model, tokenizer, task, problems, config):
+        calls.append(fingerprint(model))
+        return {"eval/pass@1": 0.0, "eval/length_mean": 3.0}
+
+    monkeypatch.setattr(distill, "rejection_sample", nothing_right)
+    monkeypatch.setattr(expert_iteration, "_evaluate", fake_eval)
+    config = _config(policy_dir, tmp_path, rounds=3)
+    config.eval.every = 1
+    result = expert_iteration.run(config)
+    assert [r["kept"] for r in result.rounds] == [0, 0, 0] and result.model_dir == policy_dir
+    assert len(calls) == 1 and all("eval/pass@1" in row for row in result.history)
