@@ -58,7 +58,6 @@ from r1kit.report import (
     write_demo_report,
 )
 from r1kit.rl import grpo
-from r1kit.rl.rollout import PromptStream
 from r1kit.tasks import MixtureTask, get_task
 from r1kit.tokenizer import Tokenizer
 from r1kit.train import pretrain, sft
@@ -86,6 +85,10 @@ class Recipe:
         student: ModelConfig overrides of the tiny-llama preset for the dense student.
         student_pretrain_steps: the student first learns the pretraining corpus (R1's students were
             pretrained base models, not random networks); 0 = distil into a random init.
+        grpo_train_problems: GRPO's prompt pool (expert iteration and the oracle read the same stream).
+        ei_prompts / ei_epochs: expert iteration's prompts per round and passes over each round's traces.
+        ei_eval_every: expert iteration's held-out evaluation every N rounds (its learning curve; 0 =
+            none, the demo's default: its models are evaluated at the end like every other).
     """
 
     vocab_size: int = 320
@@ -126,7 +129,7 @@ class Recipe:
     grpo_train_problems: int = 20000
     ei_prompts: int = 256
     ei_epochs: float = 1.0
-    ei_eval_every: int = 2
+    ei_eval_every: int = 0
     max_new_tokens: int = 96
     eval_problems: int = 128
     eval_k: int = 8
@@ -150,6 +153,7 @@ class Recipe:
             tokenizer_texts=1000,
             corpus=1000,
             sft_examples=2000,
+            sft_batch=8,  # so that GRPO's few FLOPs still buy the SFT arms a step or two
             pretrain_steps=10,
             sft_max_steps=20,
             val_every=10,
@@ -160,7 +164,6 @@ class Recipe:
             grpo_eval_every=2,
             grpo_train_problems=200,
             ei_prompts=8,
-            ei_eval_every=1,
             max_new_tokens=48,
             eval_problems=16,
             eval_k=4,
@@ -446,11 +449,7 @@ def cold_start_set(recipe: Recipe, config: Config, chats: Path, sft_steps: int) 
 def oracle_conversations(recipe: Recipe, config: Config, n: int) -> list[str]:
     """Gold worked solutions of the RL prompts, in GRPO's order (the same pool and prompt stream), as
     JSONL lines: the oracle teacher R1 did not have."""
-    data = _rl_data(recipe)
-    task = get_task(data.task, **data.task_args[data.task])
-    stream = PromptStream(
-        task.problems(split="train", n=data.train_problems, seed=config.seed), seed=config.seed
-    )
+    task, stream = expert_iteration.grpo_prompt_stream(_rl_data(recipe), config.seed)
     return [json.dumps({"messages": problem_messages(task, p)}) for p in stream.take(n)]
 
 
@@ -474,6 +473,11 @@ def stage_sft_arm(
     steps = expert_iteration.sft_steps_within(
         chats, tokenizer, model_cfg, recipe.seq_len, recipe.sft_batch, config.seed + 1, budget_flops
     )
+    if not steps:  # not one step fits in the budget: the arm is its starting checkpoint, at 0 FLOPs
+        console.print(f"[yellow]{name}: {budget_flops:.3g} FLOPs do not buy one SFT step; no training")
+        (run_dir / name).mkdir(parents=True, exist_ok=True)
+        cost = {"flops": 0.0, "tokens": 0, "wall_s": 0.0, "steps": 0}
+        return RunResult(run_dir / name, metrics={"model_dir": str(init), "steps": 0}, cost=cost)
     cfg = sft.Config(
         model=sft.ModelSection(init=str(init)),
         tokenizer=sft.TokenizerSection(path=str(run_dir / "tokenizer")),
