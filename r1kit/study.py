@@ -19,15 +19,15 @@ length-vs-compute plot (held-out pass@1 and mean completion length against FLOPs
 iteration, which are both evaluated during training on the same held-out problems), and the budget
 curves. Each seed's run directory is a demo's (``<run_dir>/<task>/seed<S>/``).
 
-    r1kit study --seeds 3 --threads 2                      # ~20 minutes per seed on 2 CPU cores
-    r1kit study --quick true --seeds 1 --run_dir runs/study-quick
+    r1kit study --seeds 3 --threads 2   # roughly the demo plus two arms per seed (estimated ~20 min on 2 idle cores)
+    r1kit study --quick true --seeds 1 --run_dir runs/study-quick   # a smoke test
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from r1kit.config import UserError
 from r1kit.loaders import set_threads
 from r1kit.report import (
     StageReport,
+    format_number,
     mean_spread,
     plot_budget_seeds,
     plot_learning_curves,
@@ -48,7 +49,29 @@ from r1kit.report import (
 from r1kit.train.cost import format_duration, summarize_costs
 from r1kit.train.log import stage_header
 
-STUDY_TASKS = {"addition": (demo.Recipe.full, demo.Recipe.quick)}
+
+def _addition_quick() -> demo.Recipe:
+    """The demo's smoke-test preset, shrunk further: a smoke test of the study's pipeline."""
+    return replace(
+        demo.Recipe.quick(),
+        corpus=500,
+        sft_examples=1000,
+        ei_prompts=4,
+        ei_eval_every=1,
+        eval_problems=8,
+        eval_k=2,
+        val_problems=8,
+        budget_caps=(16, 40),
+        budget_waits=(),
+    )
+
+
+def _addition_full() -> demo.Recipe:
+    """The demo's recipe, with expert iteration evaluated every 2 rounds (its learning curve)."""
+    return replace(demo.Recipe.full(), ei_eval_every=2)
+
+
+STUDY_TASKS = {"addition": (_addition_full, _addition_quick)}
 """Task name -> (full recipe, quick recipe): the demo's addition task (4-digit and hard 5-digit splits).
 Another task joins the study with a `demo.Recipe` preset here."""
 
@@ -64,7 +87,7 @@ class Config:
     first_seed (int): the first seed.
     arms (list[str]): GRPO's controls: "expert iteration", "SFT on cold-start set", "oracle SFT".
     distill (bool): also the demo's rejection sampling and distilled student (stage "student").
-    quick (bool): the demo's smoke-test preset (seconds to a minute per seed; the numbers mean nothing).
+    quick (bool): a smoke-test preset (the demo's, shrunk further; the numbers mean nothing).
     device (str): "auto", "cpu", "cuda".
     threads (int): torch CPU threads; 0 = torch's default (compare runs only at one thread count).
     dollars_per_hour (float): price of a device-hour; 0 = the cost module's default.
@@ -87,12 +110,11 @@ class Config:
         unknown = [t for t in self.tasks if t not in STUDY_TASKS]
         if unknown or not self.tasks:
             raise UserError(
-                f"r1kit study: unknown task(s) {unknown or '(none given)'}; use --tasks with some of "
-                f"{sorted(STUDY_TASKS)}"
+                f"unknown task(s) {unknown or '(none given)'}; use --tasks with some of {sorted(STUDY_TASKS)}"
             )
         bad = [a for a in self.arms if a not in demo.ARMS]
         if bad:
-            raise UserError(f"r1kit study: unknown arm(s) {bad}; the arms are {list(demo.ARMS)}")
+            raise UserError(f"unknown arm(s) {bad}; the arms are {list(demo.ARMS)}")
         if self.seeds < 1:
             raise UserError(f"--seeds {self.seeds}: give at least 1")
 
@@ -253,9 +275,7 @@ def write_study_report(config: Config, runs: dict[str, dict[int, dict[str, Any]]
         for stage in ("GRPO", *config.arms):
             flops_rows.append(
                 f"| {stage} | "
-                + " | ".join(
-                    f"{float(s['costs'].get(stage, {}).get('flops') or 0) / 1e12:.3f}T" for s in seeds
-                )
+                + " | ".join(format_number(s["costs"].get(stage, {}).get("flops") or 0.0) for s in seeds)
                 + " |"
             )
         sections[f"{task}: equal compute (training FLOPs, sampling + updates)"] = "\n".join(flops_rows) + (

@@ -88,9 +88,8 @@ def test_bad_tasks_and_arms_say_what_to_type():
         study.Config(arms=["more RL"])
 
 
-def test_one_quick_seed_end_to_end(tmp_path, monkeypatch):
-    tiny = lambda: demo.Recipe.quick()  # noqa: E731
-    monkeypatch.setitem(study.STUDY_TASKS, "addition", (tiny, tiny))
+def test_one_quick_seed_end_to_end(tmp_path):
+    tiny = study.STUDY_TASKS["addition"][1]
     result = study.run(study.Config(run_dir=str(tmp_path), seeds=1, quick=True, progress=False, threads=1))
     seed = result.runs["addition"][0]
     assert set(seed["results"]) == {"SFT", "GRPO", *demo.ARMS}
