@@ -22,6 +22,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "eval": ("r1kit.evaluate", "pass@k, maj@k, best-of-N and budget-forcing curves"),
     "sample": ("r1kit.distill", "rejection sampling: keep only verified-correct traces"),
     "distill": ("r1kit.distill", "distil a teacher's traces or logits into a student"),
+    "expert-iteration": ("r1kit.expert_iteration", "the RL control: sample, keep the verified, SFT, repeat"),
+    "study": ("r1kit.study", "GRPO against equal-information controls over seeds, one report"),
     "serve": ("r1kit.serve", "OpenAI/DeepSeek-compatible API server with a web chat"),
     "chat": ("r1kit.chat", "terminal chat with a model"),
     "info": ("r1kit.model.info", "parameters, active parameters and FLOPs of a model"),

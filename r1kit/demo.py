@@ -8,9 +8,13 @@ The stages (DeepSeek-R1, arXiv 2501.12948, at toy scale, no downloads):
 3. **cold-start SFT**: the chat format (``<think>`` reasoning ``</think>`` answer) with loss on the
    assistant tokens, stopped on a held-out validation accuracy rather than a clock, so the starting
    point is the same on any machine;
-4. **GRPO** on harder problems (R1 rewards: accuracy + format), and **the control**: the same FLOPs
-   spent on more SFT from the same checkpoint (with a cosine decay, its best shot), so the report shows
-   what RL added rather than what more training of any kind would have;
+4. **GRPO** on harder problems (R1 rewards: accuracy + format), and its controls, each from the same
+   checkpoint with GRPO's FLOPs: **expert iteration**, the fair one (`r1kit.expert_iteration`: GRPO's
+   prompts in GRPO's order and its verifier, the information RL has; sample, keep the verified,
+   fine-tune, repeat), and the **oracle SFT** reference (gold worked solutions of GRPO's prompts, a
+   perfect teacher R1 did not have); `r1kit study` adds **SFT on the cold-start set** (more epochs over
+   exactly the conversations the cold start trained on). So the report shows what RL added rather
+   than what more training of any kind would have;
 5. **evaluation** of every stage on held-out problems (a different split and seed) with R1's protocol:
    greedy accuracy, pass@1 over k samples (T 0.6, top-p 0.95), maj@k, thinking length, and a
    budget-forcing curve;
@@ -32,7 +36,6 @@ shrinks every stage for a smoke test (a few minutes on 2 cores).
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -42,17 +45,24 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from r1kit import distill, evaluate
+from r1kit import distill, evaluate, expert_iteration
 from r1kit.loaders import resolve_device, set_threads
 from r1kit.model import ModelConfig
 from r1kit.model.counting import active_param_count, param_count
-from r1kit.report import format_number, plot_stage_accuracy, stage_plots, write_demo_report
+from r1kit.report import (
+    FAIR_CONTROL,
+    ORACLE_REFERENCE,
+    format_number,
+    plot_stage_accuracy,
+    stage_plots,
+    write_demo_report,
+)
 from r1kit.rl import grpo
 from r1kit.tasks import MixtureTask, get_task
 from r1kit.tokenizer import Tokenizer
 from r1kit.train import pretrain, sft
 from r1kit.train.cost import format_duration, summarize_costs
-from r1kit.train.data import problem_messages
+from r1kit.train.data import BatchStream, problem_messages
 from r1kit.train.log import stage_header
 from r1kit.train.loop import RunConfig, TrainConfig
 from r1kit.train.result import RunResult
@@ -75,6 +85,12 @@ class Recipe:
         student: ModelConfig overrides of the tiny-llama preset for the dense student.
         student_pretrain_steps: the student first learns the pretraining corpus (R1's students were
             pretrained base models, not random networks); 0 = distil into a random init.
+        grpo_train_problems: GRPO's prompt pool (expert iteration and the oracle read the same stream).
+        ei_prompts / ei_epochs: expert iteration's prompts per round and passes over each round's traces.
+        ei_lr: its learning rate (each round's SFT starts a fresh AdamW: at the cold start's 3e-3 one
+            step of a round destroyed the seed-0 policy, 4.3% -> 0% val pass@1; at 3e-4 it learned).
+        ei_eval_every: expert iteration's held-out evaluation every N rounds (its learning curve; 0 =
+            none, the demo's default: its models are evaluated at the end like every other).
     """
 
     vocab_size: int = 320
@@ -112,6 +128,11 @@ class Recipe:
     grpo_group: int = 8
     grpo_lr: float = 1e-4
     grpo_eval_every: int = 50
+    grpo_train_problems: int = 20000
+    ei_prompts: int = 256
+    ei_epochs: float = 1.0
+    ei_lr: float = 3e-4
+    ei_eval_every: int = 0
     max_new_tokens: int = 96
     eval_problems: int = 128
     eval_k: int = 8
@@ -135,6 +156,7 @@ class Recipe:
             tokenizer_texts=1000,
             corpus=1000,
             sft_examples=2000,
+            sft_batch=8,  # so that GRPO's few FLOPs still buy the SFT arms a step or two
             pretrain_steps=10,
             sft_max_steps=20,
             val_every=10,
@@ -143,6 +165,8 @@ class Recipe:
             grpo_prompts=4,
             grpo_group=4,
             grpo_eval_every=2,
+            grpo_train_problems=200,
+            ei_prompts=8,
             max_new_tokens=48,
             eval_problems=16,
             eval_k=4,
@@ -180,6 +204,21 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+EXPERT_ITERATION, COLD_START_SFT, ORACLE = FAIR_CONTROL, "SFT on cold-start set", ORACLE_REFERENCE
+ARMS = (EXPERT_ITERATION, COLD_START_SFT, ORACLE)
+"""The controls of GRPO, each from the cold-start checkpoint at GRPO's FLOPs: the demo runs
+`DEMO_ARMS`, `r1kit study` all three."""
+DEMO_ARMS = (EXPERT_ITERATION, ORACLE)
+ARM_NOTES = {
+    EXPERT_ITERATION: "the fair control: the same information as GRPO (its prompts, in its order, and its "
+    "verifier), the same checkpoint and FLOPs; sample, keep the verified, fine-tune, repeat (STaR, ReST-EM)",
+    COLD_START_SFT: "more SFT on exactly the conversations the cold start trained on (no new data), at "
+    "GRPO's FLOPs",
+    ORACLE: "a reference, not a fair control: gold worked solutions of GRPO's prompts (a perfect teacher R1 "
+    "did not have), at GRPO's FLOPs",
+}
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -323,15 +362,31 @@ def stage_sft(recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: 
     return sft.run(cfg, console=console)
 
 
-def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
+def _rl_data(recipe: Recipe):
+    """GRPO's [data]: its task, prompt pool and template; expert iteration reads the same section."""
     lo, hi = recipe.rl_digits
+    return grpo.DataSection(
+        task="addition",
+        task_args={"addition": {"min_digits": lo, "max_digits": hi}},
+        train_problems=recipe.grpo_train_problems,
+    )
+
+
+def _rl_eval(recipe: Recipe, every: int):
+    """GRPO's held-out [eval] during training (val split); expert iteration is judged on the same."""
+    return grpo.EvalSection(
+        every=every,
+        split="val",
+        problems=recipe.val_problems,
+        samples=4,
+        max_new_tokens=recipe.max_new_tokens,
+    )
+
+
+def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
     cfg = grpo.Config(
         model=grpo.ModelSection(path=str(init), tokenizer=str(run_dir / "tokenizer")),
-        data=grpo.DataSection(
-            task="addition",
-            task_args={"addition": {"min_digits": lo, "max_digits": hi}},
-            train_problems=20000,
-        ),
+        data=_rl_data(recipe),
         reward=grpo.RewardSection(names=["accuracy", "format"], weights=[1.0, 0.1]),
         rollout=grpo.RolloutSection(
             prompts_per_step=recipe.grpo_prompts,
@@ -352,38 +407,90 @@ def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
         run=grpo.RunSection(
             dir=str(run_dir / "grpo"), log_every=1, progress=config.progress, tensorboard=False
         ),
-        eval=grpo.EvalSection(
-            every=recipe.grpo_eval_every,
-            split="val",
-            problems=recipe.val_problems,
-            samples=4,
-            max_new_tokens=recipe.max_new_tokens,
-        ),
+        eval=_rl_eval(recipe, recipe.grpo_eval_every),
     )
     return grpo.run(cfg)
 
 
-def stage_control(
-    recipe: Recipe, config: Config, run_dir: Path, chats: Path, init: Path, steps: int, console: Any
+def stage_expert_iteration(
+    recipe: Recipe, config: Config, run_dir: Path, init: Path, budget_flops: float, console: Any
 ):
-    """More SFT from the SFT checkpoint with the FLOPs GRPO spent (cosine decay, its best shot), on the
-    cold-start distribution: ``steps × batch`` conversations drawn afresh (seed + 1) from the SFT file, so
-    only what it trains on is tokenised."""
+    """The fair control (STaR / ReST-EM, `r1kit.expert_iteration`): from the SFT checkpoint, on GRPO's own
+    prompts (the same [data] and seed, so the same prompt stream) and verifier, sample `grpo_group`
+    completions per prompt at GRPO's temperature, keep the verified ones, fine-tune on them, repeat until
+    GRPO's FLOPs are spent."""
+    cfg = expert_iteration.Config(
+        model=expert_iteration.ModelDirSection(path=str(init), tokenizer=str(run_dir / "tokenizer")),
+        data=_rl_data(recipe),
+        ei=expert_iteration.EISection(
+            budget_flops=budget_flops,
+            prompts_per_round=recipe.ei_prompts,
+            k=recipe.grpo_group,
+            temperature=1.0,
+            max_new_tokens=recipe.max_new_tokens,
+            epochs=recipe.ei_epochs,
+            max_len=recipe.seq_len,
+        ),
+        train=_train_common(recipe, config, 1, recipe.sft_batch, recipe.ei_lr, schedule="constant"),
+        run=_run_config(run_dir / "expert_iteration", config),
+        eval=_rl_eval(recipe, recipe.ei_eval_every),
+    )
+    return expert_iteration.run(cfg, console=console)
 
+
+def cold_start_set(recipe: Recipe, config: Config, chats: Path, sft_steps: int) -> list[str]:
+    """The conversations (JSONL lines of the SFT file) the cold start trained on, in first-seen order:
+    its `BatchStream` (seed = the demo seed, batch `sft_batch`) replayed for the `sft_steps` it ran."""
     lines = chats.read_text(encoding="utf-8").splitlines()
-    need = min(len(lines), steps * recipe.sft_batch)
-    subset = run_dir / "data" / "sft_control.jsonl"
-    subset.write_text("\n".join(random.Random(config.seed + 1).sample(lines, need)) + "\n", encoding="utf-8")
+    stream = BatchStream(lines, recipe.sft_batch, seed=config.seed)
+    seen: dict[int, None] = {}
+    for _ in range(sft_steps):
+        seen.update(dict.fromkeys(stream.next_global_indices()))
+    return [lines[i] for i in seen]
+
+
+def oracle_conversations(recipe: Recipe, config: Config, n: int) -> list[str]:
+    """Gold worked solutions of the RL prompts, in GRPO's order (the same pool and prompt stream), as
+    JSONL lines: the oracle teacher R1 did not have."""
+    task, stream = expert_iteration.grpo_prompt_stream(_rl_data(recipe), config.seed)
+    return [json.dumps({"messages": problem_messages(task, p)}) for p in stream.take(n)]
+
+
+def stage_sft_arm(
+    recipe: Recipe,
+    config: Config,
+    run_dir: Path,
+    lines: list[str],
+    init: Path,
+    budget_flops: float,
+    name: str,
+    console: Any,
+):
+    """More SFT from the SFT checkpoint on `lines` (chat JSONL) for exactly `budget_flops` (GRPO's):
+    the steps are laid out as the loop will draw them (`expert_iteration.sft_steps_within`), with a
+    cosine decay (its best shot) and another data order (seed + 1) than the cold start's."""
+    path = _write_jsonl(run_dir / "data" / f"{name}.jsonl", [json.loads(line) for line in lines])
+    tokenizer = Tokenizer.from_pretrained(run_dir / "tokenizer")
+    model_cfg = ModelConfig.from_hf_dict(json.loads((init / "config.json").read_text()))
+    chats = [json.loads(line)["messages"] for line in lines]
+    steps = expert_iteration.sft_steps_within(
+        chats, tokenizer, model_cfg, recipe.seq_len, recipe.sft_batch, config.seed + 1, budget_flops
+    )
+    if not steps:  # not one step fits in the budget: the arm is its starting checkpoint, at 0 FLOPs
+        console.print(f"[yellow]{name}: {budget_flops:.3g} FLOPs do not buy one SFT step; no training")
+        (run_dir / name).mkdir(parents=True, exist_ok=True)
+        cost = {"flops": 0.0, "tokens": 0, "wall_s": 0.0, "steps": 0}
+        return RunResult(run_dir / name, metrics={"model_dir": str(init), "steps": 0}, cost=cost)
     cfg = sft.Config(
         model=sft.ModelSection(init=str(init)),
         tokenizer=sft.TokenizerSection(path=str(run_dir / "tokenizer")),
-        data=sft.SFTData(files=[str(subset)], max_len=recipe.seq_len),
+        data=sft.SFTData(files=[str(path)], max_len=recipe.seq_len),
         val=_val_section(recipe, 0.0, 0),
         train=replace(
             _train_common(recipe, config, steps, recipe.sft_batch, recipe.sft_lr, schedule="cosine"),
-            seed=config.seed + 1,  # a different order: the examples it sees first are new to it
+            seed=config.seed + 1,
         ),
-        run=_run_config(run_dir / "sft_control", config),
+        run=_run_config(run_dir / name, config),
     )
     return sft.run(cfg, console=console)
 
@@ -531,8 +638,15 @@ class DemoResult(RunResult):
     elapsed_s: float = 0.0
 
 
-def _train(recipe: Recipe, config: Config, run_dir: Path, stages: _Stages, console: Any) -> dict[str, Any]:
-    """Stages 1-4 (tokenizer, pretrain, cold-start SFT, GRPO and its equal-FLOPs SFT control): their
+def _train(
+    recipe: Recipe,
+    config: Config,
+    run_dir: Path,
+    stages: _Stages,
+    console: Any,
+    arms: tuple[str, ...] = DEMO_ARMS,
+) -> dict[str, Any]:
+    """Stages 1-4 (tokenizer, pretrain, cold-start SFT, GRPO and its equal-FLOPs controls `arms`): their
     `RunResult`s by stage name, plus "corpus" and "chats" (the data files written)."""
     stage_header("1/7 tokenizer", "byte-level BPE on the task's worked solutions", console)
     _, corpus, chats = stage_tokenizer(recipe, run_dir, config.seed, stages)
@@ -559,22 +673,41 @@ def _train(recipe: Recipe, config: Config, run_dir: Path, stages: _Stages, conso
         "completion length stays flat here: the column-by-column format fixes the length of the chain "
         "of thought, so R1's growing-length curve needs a task where longer reasoning helps (Countdown)"
     ]
+    budget = float(rl_res.cost.get("flops") or 0.0)
+    done = {"corpus": corpus, "chats": chats, "pretrain": pre, "SFT": sft_res, "GRPO": rl_res}
+    for i, arm in enumerate(arms):
+        done[arm] = stage_arm(arm, recipe, config, run_dir, done, budget, console, f"4{'bcd'[i]}/7")
+        stages.costs[arm] = done[arm].cost
+        stages.notes[arm] = [ARM_NOTES[arm]]
+    return done
+
+
+def stage_arm(
+    arm: str,
+    recipe: Recipe,
+    config: Config,
+    run_dir: Path,
+    done: dict[str, Any],
+    budget_flops: float,
+    console: Any,
+    label: str = "",
+):
+    """One control of GRPO (`ARMS`) from the SFT checkpoint with `budget_flops`; its `RunResult`."""
+    init, sft_res = _model_dir(done["SFT"]), done["SFT"]
     sft_steps = max(1, int(sft_res.metrics.get("steps", 1)))
-    flops_per_sft_step = (sft_res.cost.get("flops") or 1.0) / sft_steps
-    control_steps = max(1, round((rl_res.cost.get("flops") or 0.0) / flops_per_sft_step))
-    stage_header(
-        "4b/7 control", f"{control_steps} more SFT steps from the SFT checkpoint = GRPO's FLOPs", console
-    )
-    ctrl_res = stage_control(recipe, config, run_dir, chats, _model_dir(sft_res), control_steps, console)
-    stages.costs["SFT control"] = ctrl_res.cost
-    return {
-        "corpus": corpus,
-        "chats": chats,
-        "pretrain": pre,
-        "SFT": sft_res,
-        "GRPO": rl_res,
-        "SFT control": ctrl_res,
-    }
+    stage_header(f"{label} {arm}".strip(), ARM_NOTES[arm], console)
+    if arm == EXPERT_ITERATION:
+        return stage_expert_iteration(recipe, config, run_dir, init, budget_flops, console)
+    if arm == COLD_START_SFT:
+        lines = cold_start_set(recipe, config, done["chats"], sft_steps)
+        return stage_sft_arm(recipe, config, run_dir, lines, init, budget_flops, "sft_cold_start", console)
+    if arm == ORACLE:
+        # enough problems for the steps GRPO's FLOPs buy at the cold start's cost per step (+25%)
+        per_step = (sft_res.cost.get("flops") or 1.0) / sft_steps
+        n = recipe.sft_batch * max(1, round(1.25 * budget_flops / per_step))
+        lines = oracle_conversations(recipe, config, n)
+        return stage_sft_arm(recipe, config, run_dir, lines, init, budget_flops, "sft_oracle", console)
+    raise ValueError(f"unknown arm {arm!r}; the arms are {', '.join(ARMS)}")
 
 
 def _distill(
@@ -661,6 +794,16 @@ def _facts(
     }
 
 
+def arm_plots(done: dict[str, Any], arms: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each control's plots: expert iteration's held-out curve over rounds, the SFT arms' losses."""
+    return {
+        arm: stage_plots(
+            Path(done[arm].run_dir), ("curve.png",) if arm == EXPERT_ITERATION else ("loss.png",)
+        )
+        for arm in arms
+    }
+
+
 def _meter_the_rest(stages: _Stages, elapsed_s: float) -> None:
     """Book what no stage metered (writing data, tokenizing the chats, loading and saving models) as
     "other", so the cost table adds up to the wall clock."""
@@ -698,7 +841,7 @@ def run(config: Config) -> DemoResult:
     stage_header(
         "7/7 evaluation", f"held-out problems, R1 protocol (T 0.6, top-p 0.95, k={recipe.eval_k})", console
     )
-    models = {name: _model_dir(done[name]) for name in ("SFT", "GRPO", "SFT control", "student")}
+    models = {name: _model_dir(done[name]) for name in ("SFT", "GRPO", *DEMO_ARMS, "student")}
     results, extras = stage_evaluate(recipe, config, run_dir, models, stages, console)
     _meter_the_rest(stages, time.perf_counter() - t_start)
     facts = _facts(recipe, done, stages, device, time.perf_counter() - t_start)
@@ -706,7 +849,7 @@ def run(config: Config) -> DemoResult:
         "pretrain": stage_plots(Path(done["pretrain"].run_dir), ("loss.png",)),
         "SFT": stage_plots(Path(done["SFT"].run_dir), ("loss.png",)),
         "GRPO": stage_plots(Path(done["GRPO"].run_dir), ("aha.png",)) + extras["plots"],
-        "SFT control": stage_plots(Path(done["SFT control"].run_dir), ("loss.png",)),
+        **arm_plots(done, DEMO_ARMS),
         "student pretrain": stage_plots(run_dir / "student_pretrain", ("loss.png",)),
         "student": stage_plots(Path(done["student"].run_dir), ("loss.png",)),
         "summary": [str(plot_stage_accuracy(results, run_dir / "accuracy.png"))],

@@ -271,16 +271,24 @@ def _points(a: float, b: float) -> str:
     return f"{100 * (b - a):+.1f} points"
 
 
+FAIR_CONTROL, ORACLE_REFERENCE = "expert iteration", "oracle SFT"
+"""The demo's fair control of GRPO (the same prompts, verifier, checkpoint and FLOPs) and its oracle
+reference (gold worked solutions of the RL prompts); `r1kit.demo` names its arms with these."""
+
+
 def build_summary(
     recipe: Any,
     results: dict[str, dict[str, Any]],
     facts: dict[str, Any],
     quick: bool,
 ) -> tuple[str, list[str]]:
-    """The opening paragraph and the list of targets (met or not), from the measured numbers."""
+    """The opening paragraph and the list of targets (met or not), from the measured numbers: GRPO
+    against the fair control (expert iteration), with the oracle shown as a reference only."""
     hard = list(recipe.eval_splits)[-1]
     k = recipe.eval_k
-    sft, rl, ctrl, student = (results.get(n, {}) for n in ("SFT", "GRPO", "SFT control", "student"))
+    sft, rl, fair, oracle, student = (
+        results.get(n, {}) for n in ("SFT", "GRPO", FAIR_CONTROL, ORACLE_REFERENCE, "student")
+    )
 
     def p1(r: dict[str, Any], split: str = hard) -> float:
         return r.get(split, {}).get("pass@1", float("nan"))
@@ -304,10 +312,10 @@ def build_summary(
     def versus(a: dict[str, Any], b: dict[str, Any]) -> str:
         return ", ".join(f"{sp} pass@1 {100 * p1(a, sp):.1f}% vs {100 * p1(b, sp):.1f}%" for sp in splits)
 
-    beat_control = all(p1(rl, sp) > p1(ctrl, sp) for sp in splits)
+    beat_fair = all(p1(rl, sp) >= p1(fair, sp) for sp in splits)
     targets.append(
-        f"GRPO beats the same compute spent on more SFT on every split ({versus(rl, ctrl)}): "
-        f"{'yes' if beat_control else 'NO'}"
+        f"GRPO ≥ expert iteration (the fair control: same prompts, verifier, checkpoint and FLOPs) on every "
+        f"split ({versus(rl, fair)}): {'yes' if beat_fair else 'NO'}"
     )
     ratio = facts.get("student_active_ratio", float("nan"))
     reach = all(p1(student, sp) >= p1(rl, sp) - 0.15 for sp in splits)
@@ -329,12 +337,17 @@ def build_summary(
         f"{sp} {100 * p1(sft, sp):.1f}% → {100 * p1(rl, sp):.1f}% ({_points(p1(sft, sp), p1(rl, sp))})"
         for sp in splits
     )
-    control_beats = [sp for sp in splits if p1(ctrl, sp) > p1(rl, sp)]
+    fair_beats = [sp for sp in splits if p1(fair, sp) > p1(rl, sp)]
     verdict = (
-        "RL beat the control on every split"
-        if not control_beats
-        else f"**the control beat RL on {', '.join(control_beats)}**: on this task, with perfect worked "
-        "solutions, the same compute is better spent on more SFT"
+        "GRPO matched or beat it on every split"
+        if not fair_beats
+        else f"**expert iteration beat GRPO on {', '.join(fair_beats)}**"
+    )
+    oracle_note = (
+        f" The oracle reference (gold worked solutions of the RL prompts: a perfect teacher R1 did not have, "
+        f"so not a fair control) reached {across(oracle)}."
+        if oracle
+        else ""
     )
     summary = (
         f"{'**Quick smoke test: every stage shrunk, the numbers mean nothing.** ' if quick else ''}"
@@ -344,7 +357,9 @@ def build_summary(
         f"({facts['total_flops']} FLOPs, {facts['total_dollars']}). The cold-start SFT {sft_note}. "
         f"GRPO (accuracy + format rewards, {facts.get('grpo_steps')} steps of {recipe.grpo_prompts}×{recipe.grpo_group} "
         f"rollouts on {recipe.rl_digits[0]}–{recipe.rl_digits[1]} digit problems) moved held-out pass@1: {moves}. "
-        f"The same FLOPs spent on more SFT from the same checkpoint reached {across(ctrl)}; {verdict}. "
+        f"Expert iteration, the fair control (GRPO's prompts in GRPO's order and its verifier, from the same "
+        f"checkpoint at the same FLOPs: sample, keep the verified, fine-tune, repeat), reached {across(fair)}; "
+        f"{verdict}.{oracle_note} "
         f"A dense student with {100 * ratio:.0f}% of the teacher's active parameters"
         + (", pretrained on the same corpus and" if recipe.student_pretrain_steps else ",")
         + f" trained on {facts.get('traces')} verified traces from the RL model, reached {across(student)}. "
@@ -363,6 +378,7 @@ def write_demo_report(
     notes: dict[str, list[str]],
     facts: dict[str, Any],
     plots: dict[str, list[str]],
+    arms: Sequence[str] = (FAIR_CONTROL, ORACLE_REFERENCE),
 ) -> Path:
     """Write the demo's report.md / report.json (`write_report`): the summary and targets
     (`build_summary`), one `StageReport` per stage that ran (its metrics, cost, plots and notes), the
@@ -374,6 +390,7 @@ def write_demo_report(
         costs, notes: stage -> cost summary / note lines ("eval {stage}" costs are summed as "evaluation").
         facts: the numbers the summary quotes (see `r1kit.demo`); plots: stage title -> PNG paths,
             and "summary" -> the accuracy-by-stage bar chart.
+        arms: GRPO's controls that ran (stage names in `results` and `costs`), in report order.
     """
     from r1kit.train.cost import summarize_costs
 
@@ -384,7 +401,7 @@ def write_demo_report(
         ("pretrain", "pretrain", None),
         ("SFT", "SFT", "SFT"),
         ("GRPO", "GRPO", "GRPO"),
-        ("SFT control", "SFT control", "SFT control"),
+        *((arm, arm, arm) for arm in arms),
         ("rejection sampling", "rejection sampling", None),
         ("student pretrain", "student pretrain", None),
         ("student", "student", "student"),
@@ -440,3 +457,97 @@ def write_demo_report(
         reports,
         extra_sections=extra,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# the study's report (`r1kit study`): several seeds of the same arms
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of the finite values; the spread is 0 for one value, NaN for none."""
+    xs = [float(v) for v in values if v == v]
+    if not xs:
+        return float("nan"), float("nan")
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return mean, 0.0
+    return mean, (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
+def spread_table(cells: dict[str, dict[str, Sequence[float]]], columns: Sequence[str]) -> str:
+    """Markdown table: one row per stage, one column per metric, each cell "mean ± sd (n)" over seeds with
+    the seeds' values after it, e.g. "41.2% ± 3.1 (38.0, 44.3)"; accuracy-like metrics as percentages."""
+    head = "| stage | " + " | ".join(columns) + " |"
+    rule = "|---|" + "---|" * len(columns)
+    rows = []
+    for stage, by_metric in cells.items():
+        out = []
+        for col in columns:
+            values = list(by_metric.get(col, []))
+            mean, sd = mean_spread(values)
+            if mean != mean:
+                out.append("–")
+                continue
+            pct = format_metric(col, mean).endswith("%")
+            scale = 100 if pct else 1
+            each = ", ".join(f"{scale * v:.1f}" for v in values)
+            out.append(f"{format_metric(col, mean)} ± {scale * sd:.1f} ({each})")
+        rows.append(f"| {stage} | " + " | ".join(out) + " |")
+    return "\n".join([head, rule, *rows])
+
+
+def plot_learning_curves(
+    curves: dict[str, list[list[dict[str, float]]]], path: str | Path, title: str = ""
+) -> Path:
+    """R1-Zero's plot against compute: held-out accuracy and mean completion length against training FLOPs,
+    one line per arm and seed (`curves`: arm -> seeds -> points {"flops", "accuracy", "length"})."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_acc, ax_len = fig.subplots(1, 2)
+    for i, (arm, seeds) in enumerate(curves.items()):
+        for j, points in enumerate(seeds):
+            if not points:
+                continue
+            xs = [p["flops"] / 1e12 for p in points]
+            label = arm if j == 0 else None
+            ax_acc.plot(xs, [p["accuracy"] for p in points], marker="o", ms=3, color=f"C{i}", label=label)
+            ax_len.plot(xs, [p["length"] for p in points], marker="o", ms=3, color=f"C{i}", label=label)
+    ax_acc.set_ylabel("held-out pass@1")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_len.set_ylabel("mean completion length (tokens)")
+    for ax in (ax_acc, ax_len):
+        ax.set_xlabel("training FLOPs (TFLOPs: sampling + updates)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path, title or "held-out accuracy and completion length against compute")
+
+
+def plot_budget_seeds(
+    points_by_seed: Sequence[Sequence[dict[str, Any]]], path: str | Path, title: str = ""
+) -> Path:
+    """Budget forcing over seeds: accuracy against the thinking cap and the "Wait" count, one line per seed
+    and the mean (the points of `r1kit eval`'s budget curve, as `plot_budget` takes them)."""
+    from matplotlib.figure import Figure
+
+    modes = [m for m in ("cap", "wait") if any(p["mode"] == m for pts in points_by_seed for p in pts)]
+    if not modes:
+        raise ValueError("plot_budget_seeds: no points")
+    fig = Figure(figsize=(4.8 * len(modes), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    for ax, mode in zip(axes, modes):
+        by_value: dict[float, list[float]] = {}
+        for j, pts in enumerate(points_by_seed):
+            pts = [p for p in pts if p["mode"] == mode]
+            ax.plot([p["value"] for p in pts], [p["accuracy"] for p in pts], color="C0", alpha=0.35, lw=1,
+                    label="a seed" if j == 0 else None)  # fmt: skip
+            for p in pts:
+                by_value.setdefault(p["value"], []).append(p["accuracy"])
+        xs = sorted(by_value)
+        ax.plot(xs, [mean_spread(by_value[x])[0] for x in xs], marker="o", color="C0", lw=2, label="mean")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("accuracy")
+        ax.set_xlabel("thinking cap (tokens)" if mode == "cap" else 'number of "Wait" extensions')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path, title or "budget forcing (GRPO model, greedy)")

@@ -1,0 +1,110 @@
+"""`r1kit study`: the mean ± spread tables and checks by hand on made-up seeds, and one quick seed end to
+end (every arm ran from the one cold start at GRPO's FLOPs, the report has every table and plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from r1kit import demo, study
+from r1kit.config import UserError
+from r1kit.report import mean_spread, spread_table
+
+
+def test_mean_spread_by_hand():
+    assert mean_spread([0.2, 0.4, 0.6]) == pytest.approx((0.4, 0.2))
+    assert mean_spread([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(x) for x in mean_spread([float("nan")]))
+
+
+def test_spread_table_shows_mean_sd_and_each_seed():
+    table = spread_table(
+        {"GRPO": {"5-digit pass@1 (k=8)": [0.2, 0.4, 0.6], "5-digit mean thinking tokens": [40.0, 44.0]}},
+        ["5-digit pass@1 (k=8)", "5-digit mean thinking tokens", "5-digit maj@8"],
+    )
+    row = table.splitlines()[2]
+    assert row == "| GRPO | 40.0% ± 20.0 (20.0, 40.0, 60.0) | 42.0 ± 2.8 (40.0, 44.0) | – |"
+
+
+def _seed(seed: int, grpo: float, ei: float, cold: float, sft: float = 0.05) -> dict:
+    def m(p1: float, maj: float | None = None) -> dict:
+        return {"pass@1": p1, "maj@8": p1 if maj is None else maj, "greedy_acc": p1, "think_tokens": 45.0}
+
+    results = {
+        "SFT": {"4-digit": m(0.3), "5-digit": m(sft)},
+        "GRPO": {"4-digit": m(0.9), "5-digit": m(grpo)},
+        demo.EXPERT_ITERATION: {"4-digit": m(0.8), "5-digit": m(ei, maj=ei - 0.1)},
+        demo.COLD_START_SFT: {"4-digit": m(0.5), "5-digit": m(cold)},
+        demo.ORACLE: {"4-digit": m(0.99), "5-digit": m(0.9)},
+    }
+    costs = {name: {"flops": 1e12, "wall_s": 10.0, "tokens": 5} for name in results}
+    curve = [
+        {"flops": 0.0, "accuracy": 0.1, "length": 40.0},
+        {"flops": 1e12, "accuracy": grpo, "length": 41.0},
+    ]
+    points = [{"mode": "cap", "value": c, "accuracy": a, "think_tokens": c} for c, a in ((8, 0.0), (32, 0.5))]
+    return {
+        "task": "addition", "seed": seed, "results": results, "costs": costs,
+        "curves": {"GRPO": curve, demo.EXPERT_ITERATION: curve}, "budget": {"points": points},
+        "sft_steps": 100, "sft_val": 0.25, "wall_s": 60.0, "eval_k": 8, "splits": ["4-digit", "5-digit"],
+    }  # fmt: skip
+
+
+def test_report_of_made_up_seeds_states_the_checks(tmp_path):
+    config = study.Config(run_dir=str(tmp_path), seeds=3)
+    runs = {
+        "addition": {
+            0: _seed(0, 0.30, 0.20, 0.10),
+            1: _seed(1, 0.10, 0.15, 0.05),
+            2: _seed(2, 0.50, 0.30, 0.2),
+        }
+    }
+    path = study.write_study_report(config, runs, 123.0)
+    text = path.read_text()
+    checks = text.split("## Checks\n", 1)[1].split("\n## ", 1)[0]
+    # lifts over SFT's 5%: +25, +5, +45 points -> 2 of 3 seeds
+    assert "by ≥ 15 points in 2 of 3 seeds (+25.0, +5.0, +45.0): NOT met" in checks
+    assert "GRPO ≥ expert iteration on 5-digit pass@1 in 2 of 3 seeds (means 30.0% vs 21.7%)" in checks
+    assert "30.0% / 21.7% / 11.7%): met" in checks
+    # expert iteration's maj@8 is 10 points under its pass@1 on 5-digit in every seed (all above 5%)
+    assert "maj@8 ≥ pass@1 wherever pass@1 > 5%: NOT met in 3 cells" in checks
+    assert "monotone in the cap" in checks and "(0.0%, 50.0%)" in checks
+    table = text.split("mean ± sd over 3 seed(s)", 1)[1].split("\n## ", 1)[0]
+    grpo_row = next(line for line in table.splitlines() if line.startswith("| GRPO |"))
+    assert "30.0% ± 20.0 (30.0, 10.0, 50.0)" in grpo_row
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (tmp_path / image).is_file(), image
+    data = json.loads(path.with_suffix(".json").read_text())
+    assert data["findings"] and data["runs"]["addition"]["1"]["seed"] == 1 and data["stages"]
+
+
+def test_bad_tasks_and_arms_say_what_to_type():
+    with pytest.raises(UserError, match="--tasks"):
+        study.Config(tasks=["countdown-length"])
+    with pytest.raises(UserError, match="the arms are"):
+        study.Config(arms=["more RL"])
+
+
+def test_one_quick_seed_end_to_end(tmp_path):
+    tiny = study.STUDY_TASKS["addition"][1]
+    result = study.run(study.Config(run_dir=str(tmp_path), seeds=1, quick=True, progress=False, threads=1))
+    seed = result.runs["addition"][0]
+    assert set(seed["results"]) == {"SFT", "GRPO", *demo.ARMS}
+    grpo_flops = seed["costs"]["GRPO"]["flops"]
+    for arm in demo.ARMS:
+        assert 0 < seed["costs"][arm]["flops"] <= grpo_flops, arm
+    # the SFT-on-cold-start arm trained only on conversations the cold start had trained on
+    seed_dir = tmp_path / "addition" / "seed0"
+    cold = set((seed_dir / "data" / "sft_cold_start.jsonl").read_text().splitlines())
+    had = set(
+        demo.cold_start_set(tiny(), demo.Config(seed=0), seed_dir / "data" / "sft.jsonl", seed["sft_steps"])
+    )
+    assert cold and cold <= {json.dumps(json.loads(line)) for line in had}
+    assert seed["curves"]["GRPO"] and seed["curves"][demo.EXPERT_ITERATION]
+    text = result.report.read_text()
+    assert "Quick smoke test" in text and "## Checks" in text and "equal compute" in text
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (tmp_path / image).is_file(), image
