@@ -369,14 +369,16 @@ def _bounded_sandbox_class():
     return _BoundedSandbox
 
 
-_RENDER = threading.local()  # .deadline: time.monotonic() by which the current render must end
+# .deadline: time.thread_time() (this thread's CPU seconds) by which the current render must end. CPU time,
+# not wall time: a render on a loaded machine waits for a core without using its budget.
+_RENDER = threading.local()
 
 
 def _check_deadline() -> None:
     """Raise TemplateLimitError if this thread's template render is past its deadline."""
     deadline = getattr(_RENDER, "deadline", None)
-    if deadline is not None and time.monotonic() > deadline:
-        raise TemplateLimitError(f"the chat template did not render within {_RENDER.limit:g} s")
+    if deadline is not None and time.thread_time() > deadline:
+        raise TemplateLimitError(f"the chat template did not render within {_RENDER.limit:g} CPU seconds")
 
 
 def _check_size(n: int) -> None:
@@ -408,7 +410,7 @@ def _render_bounded(template, variables: dict, time_limit_s: float, max_chars: i
     out: list[str] = []
     size = 0
     outer = getattr(_RENDER, "deadline", None), getattr(_RENDER, "limit", None)
-    _RENDER.deadline, _RENDER.limit = time.monotonic() + time_limit_s, time_limit_s
+    _RENDER.deadline, _RENDER.limit = time.thread_time() + time_limit_s, time_limit_s
     try:
         for chunk in template.generate(**variables):
             size += len(chunk)
