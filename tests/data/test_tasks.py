@@ -32,8 +32,10 @@ def test_builtin_task(name, kwargs):
     assert not {p.prompt for p in train} & {p.prompt for p in test}
     assert not {p.prompt for p in train} & {p.prompt for p in task.problems("val", 100, seed=3)}
     for p in train[:100] + test:
-        assert task.score(task.completion(p), p) == 1.0
-        assert task.reward(task.completion(p), p) == 1.0
+        # a countdown trace whose bounded search gave up answers with its closest attempt: 0
+        full = 0.0 if p.meta.get("solved") is False else 1.0
+        assert task.score(task.completion(p), p) == full
+        assert task.reward(task.completion(p), p) == full
         assert task.score(f"{p.solution}\n</think>\n{p.answer}1", p) == 0.0
         assert task.score(p.solution, p) == 0.0  # no </think>: no answer yet
         assert len(p.prompt) <= 40
@@ -71,8 +73,9 @@ def test_countdown_scoring():
     assert task.score("</think>__import__('os')", p) == 0.0
     assert task.score("</think>" + "(" * 10_000, p) == 0.0
     assert task.score("</think>(25-7)**3", p) == 0.0
-    trace = [q.solution for q in get_task("countdown", max_failed=3).problems("train", 50)]
-    assert any(" no\n" in s for s in trace) and all(s.endswith(" ok") for s in trace)
+    problems = get_task("countdown", max_failed=3).problems("train", 50)
+    assert any(" no\n" in q.solution for q in problems)
+    assert all(q.solution.endswith(" ok" if q.meta["solved"] else " no") for q in problems)
 
 
 def test_safe_arithmetic():
