@@ -164,7 +164,7 @@ def test_builtin_tasks_survive_hostile_answers(tmp_path):
     tasks.append(math_task)
     counts = {}
     for task in tasks:
-        pool = task.problems("test" if task is math_task else "train", 1 if task is math_task else 20)
+        pool = task.problems("test" if task is math_task else "train", 1 if task is math_task else 200)
         problem = next(p for p in pool if p.meta.get("solved", True))  # a trace that reaches its answer
         for area, completions in hostile_completions(sentinel).items():
             counts[area] = counts.get(area, 0) + len(completions)
