@@ -10,13 +10,18 @@ renders it back to exactly the tokens the teacher generated after the generation
 the file reproduces the `<think>` format. Statistics (acceptance rate per task, mean lengths) go to
 ``<out>.stats.json`` and the console.
 
-Distillation (`run`), two methods:
+Distillation (`run`), three methods:
 
 - "sft" (R1-Distill): supervised fine-tuning of a student, any architecture (e.g. a dense tiny Llama
   for a DeepSeek-V3 teacher), on the verified traces, through `r1kit.train.sft`.
 - "logits": token-level knowledge distillation on the traces' completion tokens,
   ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE``, which needs the teacher and
   the student to share a vocabulary (it fails with a clear error otherwise).
+- "on_policy" (GKD with lambda = 1, arXiv 2306.13649; Qwen3, arXiv 2505.09388): no trace file. Each step
+  the *student* samples completions of the task's train prompts with r1kit's engine, the teacher scores
+  every sampled token (one forward over prompt + completion, no sampling), and the loss is the per-token
+  reverse KL(pi_student || pi_teacher) over the completion positions (`on_policy_loss`), optionally
+  plus a REINFORCE term on the task's verifier reward. Same vocabulary required, as for "logits".
 
 Both commands read the same config file, so a pipeline is
 
@@ -61,9 +66,15 @@ from r1kit.train.loop import (
     IGNORE_INDEX,
     LMStage,
     RunConfig,
+    Stage,
+    StepWork,
     TrainConfig,
+    Trainer,
+    all_reduce_sum,
+    autocast_for,
     cleanup_distributed,
     prepare_run_dir,
+    run_result,
 )
 from r1kit.train.pretrain import build_model, fit_stage, start_stage
 from r1kit.train.result import RunResult
@@ -135,21 +146,40 @@ class SampleSection:
 class DistillSection:
     """[distill] how the student learns from the teacher (`r1kit distill`).
 
-    method (str): "sft" (fine-tune on the traces, R1-Distill) or "logits" (KL to the teacher's token
-        distributions on the traces; needs a shared vocabulary).
+    method (str): "sft" (fine-tune on the traces, R1-Distill), "logits" (KL to the teacher's token
+        distributions on the traces; needs a shared vocabulary) or "on_policy" (the student samples, the
+        teacher scores its tokens, reverse KL; GKD lambda = 1, arXiv 2306.13649; shared vocabulary). With
+        "on_policy" no trace file is read: prompts come from [sample] (its one task, task_args, split,
+        prompts = the pool size), shown as [prompt] says, and train.batch_size is the completions per step.
     files (list[str]): chat JSONL files to learn from; empty = sample.out.
     tokenizer (str): the student's tokenizer directory; "" = the teacher's (required for "logits").
     max_len (int): tokens kept per conversation.
     temperature (float): T of the logit distillation (the KL is taken at T and scaled by T^2).
     alpha (float): weight of the KL term; 1 - alpha goes to cross-entropy on the trace tokens.
+    kl_estimator (str): on_policy: "full" (the exact reverse KL over the whole vocabulary at every
+        sampled position; its gradient is exact) or "sampled" (the one-sample estimate
+        log pi_s(y_t) - log pi_t(y_t) of the sampled token, used as a per-token REINFORCE cost, as in the
+        2025 on-policy distillation reports; unbiased at sample_temperature 1). "kl" is always logged exactly.
+    sample_temperature (float): on_policy: temperature of the student's sampling (0 = greedy); the KL is
+        taken at temperature 1.
+    max_new_tokens (int): on_policy: completion cap of the student's samples.
+    samples_per_prompt (int): on_policy: completions per prompt (they share a prefill; the reward term's
+        baseline is their mean, else the batch mean when 1); must divide train.batch_size.
+    reward_weight (float): on_policy: weight of the REINFORCE term -A * log pi_s(y) on the task's verifier
+        reward (A = reward - baseline) added to the KL; 0 = pure distillation.
     """
 
-    method: Literal["sft", "logits"] = "sft"
+    method: Literal["sft", "logits", "on_policy"] = "sft"
     files: list[str] = field(default_factory=list)
     tokenizer: str = ""
     max_len: int = 256
     temperature: float = 1.0
     alpha: float = 1.0
+    kl_estimator: Literal["full", "sampled"] = "full"
+    sample_temperature: float = 1.0
+    max_new_tokens: int = 64
+    samples_per_prompt: int = 1
+    reward_weight: float = 0.0
 
 
 @dataclass
@@ -179,6 +209,10 @@ class Config:
         check_positive(self.distill.temperature, "distill.temperature")
         check_range(self.distill.alpha, "distill.alpha", 0.0, 1.0)
         check_positive(self.distill.max_len, "distill.max_len")
+        check_positive(self.distill.sample_temperature, "distill.sample_temperature", allow_zero=True)
+        check_positive(self.distill.max_new_tokens, "distill.max_new_tokens")
+        check_positive(self.distill.samples_per_prompt, "distill.samples_per_prompt")
+        check_range(self.distill.reward_weight, "distill.reward_weight", 0.0, None)
         if not s.tasks:
             raise ConfigError("sample.tasks must name at least one task")
 
@@ -287,7 +321,8 @@ class DistillRunResult(RunResult):
     """What `run` (`r1kit distill`) returns: the training `RunResult` (metrics: loss, steps,
     val_accuracy when validating, model_dir; cost of the training) plus
 
-    model_dir: the student's HF-layout directory (weights + tokenizer); method: "sft" or "logits".
+    model_dir: the student's HF-layout directory (weights + tokenizer); method: "sft", "logits" or
+    "on_policy".
     """
 
     model_dir: Path = field(default_factory=Path)
@@ -628,7 +663,22 @@ def _sft_config(config: Config, files: list[str], tokenizer_dir: str):
 def run(config: Config, console: Any = None) -> DistillRunResult:
     """`r1kit distill`: train the student on the teacher's traces (`distill.method` "sft") or on its
     token distributions along those traces ("logits"). Returns a `DistillRunResult` (model_dir;
-    metrics: loss, steps, val_accuracy when validating, model_dir; cost)."""
+    metrics: loss, steps, val_accuracy when validating, model_dir; cost).
+
+    "on_policy" reads no trace file: the student samples the [sample] task's prompts (`_run_on_policy`)."""
+    if config.distill.method == "on_policy":
+        if not config.teacher.path:
+            raise ConfigError(
+                "distill.method = 'on_policy' needs teacher.path (the teacher scores the samples)"
+            )
+        result = _run_on_policy(config, console)
+        return DistillRunResult(
+            run_dir=Path(result.run_dir),
+            metrics=result.metrics,
+            cost=result.cost,
+            model_dir=Path(result.metrics["model_dir"]),
+            method="on_policy",
+        )
     files = list(config.distill.files) or [config.sample.out]
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
@@ -738,7 +788,296 @@ def _run_logits(config: Config, files: list[str], console: Any = None):
         cleanup_distributed(dist)
 
 
+# ----------------------------------------------------------------------------------------------
+# on-policy distillation
+
+
+def on_policy_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    estimator: str = "full",
+    advantages: torch.Tensor | None = None,
+    reward_weight: float = 0.0,
+    token_norm: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token reverse KL(pi_student || pi_teacher) at positions the student sampled (GKD with
+    lambda = 1, arXiv 2306.13649), plus an optional REINFORCE term on a task reward.
+
+    Each of the N rows is one completion position: the student's and the teacher's logits there and the
+    token the student sampled. With p = softmax(student), q = softmax(teacher), d = log p - log q:
+
+    - "full": cost_n = sum_v p_v d_v, the exact KL over the whole vocabulary. It is computed as
+      sum_v p_v * stopgrad(d_v): the value is the same and so is the gradient, because
+      sum_v p_v grad(log p_v) = grad(sum_v p_v) = 0; this form is also exactly 0 (value and gradient)
+      when the student equals the teacher.
+    - "sampled": cost_n has the value d_y of the sampled token y and the gradient d_y grad(log p_y)
+      (the score-function estimate of the KL's gradient, as the 2025 on-policy distillation reports use
+      it); unbiased when y was drawn from p (sampling temperature 1).
+
+    Neither backpropagates through the choice of earlier tokens (GKD treats the samples as data).
+    The reward term adds reward_weight * (-A_n log p_y) with A the completion's advantage.
+
+    Args:
+        student_logits: (N, V); teacher_logits: (N, V), same vocabulary (no gradient flows into it).
+        tokens: (N,) the sampled token ids.
+        estimator: "full" or "sampled".
+        advantages: (N,) the advantage of each position's completion (needed when reward_weight > 0).
+        reward_weight: weight of the REINFORCE term; 0 = pure distillation.
+        token_norm: divisor (the global count of completion tokens); default N.
+
+    Returns:
+        (loss, {"kl": exact reverse KL, "kl_sampled": the one-sample estimate, "pg": the REINFORCE term})
+        with the metrics as contributions to their means over `token_norm` tokens.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ: on-policy distillation needs the same vocabulary (use distill.method = 'sft')"
+        )
+    if estimator not in ("full", "sampled"):
+        raise ValueError(f"estimator must be 'full' or 'sampled', got {estimator!r}")
+    norm = float(token_norm) if token_norm is not None else max(int(tokens.numel()), 1)
+    log_p_NV = F.log_softmax(student_logits.float(), dim=-1)
+    log_q_NV = F.log_softmax(teacher_logits.float().detach(), dim=-1)
+    d_NV = (log_p_NV - log_q_NV).detach()
+    kl_N = (log_p_NV.exp() * d_NV).sum(dim=-1)
+    logp_N = log_p_NV.gather(1, tokens[:, None]).squeeze(1)
+    d_N = d_NV.gather(1, tokens[:, None]).squeeze(1)
+    if estimator == "full":
+        cost_N = kl_N
+    else:
+        cost_N = d_N * (logp_N - logp_N.detach()) + d_N
+    loss_sum = cost_N.sum()
+    pg_sum = torch.zeros((), device=loss_sum.device)
+    if reward_weight > 0:
+        if advantages is None:
+            raise ValueError("reward_weight > 0 needs the advantages of the sampled positions")
+        pg_sum = -(advantages.float().detach() * logp_N).sum()
+        loss_sum = loss_sum + reward_weight * pg_sum
+    metrics = {"kl": kl_N.detach().sum() / norm, "kl_sampled": d_N.sum() / norm, "pg": pg_sum.detach() / norm}
+    return loss_sum / norm, metrics
+
+
+def sampled_positions(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The completion positions of an `r1kit.rl.rollout.Batch` that carry loss: (row_N, logit
+    position_N in input_ids_BL, sampled token_N), in row-major order."""
+    row_N, t_N = (batch.mask_BT > 0).nonzero(as_tuple=True)
+    return row_N, batch.index_BT[row_N, t_N], batch.targets_BT[row_N, t_N]
+
+
+class OnPolicyStage(Stage):
+    """On-policy distillation as a :class:`r1kit.train.loop.Stage`: the batch of a step is the student's
+    own samples of the task's prompts (`batches`, with r1kit's engine), the loss is
+    :func:`on_policy_loss` against the teacher's logits on those tokens (one no-grad teacher forward
+    per micro-batch, in `loss`). Prompt stream and sampling seeds are checkpointed, so a resumed run
+    follows the uninterrupted one.
+
+    FLOPs per step: the student's sampling (a forward over each group's prompt once and every completion
+    token), the student's update (forward + backward over prompt + completion) and the teacher's scoring
+    (a forward over the same tokens).
+    """
+
+    name = "distill"
+
+    def __init__(
+        self,
+        config: Config,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module,
+        tokenizer: Any,
+        task: Any,
+        problems: Sequence[Any],
+        *,
+        dist: Any,
+        device: torch.device,
+        validate: Any = None,
+        should_stop: Any = None,
+    ):
+        from r1kit.engine import Engine
+        from r1kit.rl.rollout import PromptStream
+
+        d, t = config.distill, config.train
+        self.config, self.section, self.student, self.teacher = config, d, student, teacher
+        self.tokenizer, self.task, self.dist, self.device = tokenizer, task, dist, device
+        self.validate, self._should_stop = validate, should_stop
+        group = d.samples_per_prompt
+        if t.batch_size % (group * dist.world_size):
+            raise ConfigError(
+                f"train.batch_size ({t.batch_size}) must be a multiple of distill.samples_per_prompt ({group}) "
+                f"x {dist.world_size} ranks: it counts the completions of a step"
+            )
+        self.local_prompts = t.batch_size // (group * dist.world_size)
+        self.prompts = PromptStream(problems, seed=t.seed, rank=dist.rank, world_size=dist.world_size)
+        self.engine = Engine(student, tokenizer)
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        self.prompt_cache: dict[str, list[int]] = {}
+        # the loop's autocast (it depends on the model's width under precision "auto")
+        self.autocast = autocast_for(device, t.precision, student.config.hidden_size)
+        self._norm = 1.0
+
+    def _sampling_params(self, step: int) -> Any:
+        from r1kit.engine import SamplingParams
+        from r1kit.seeding import stable_seed
+
+        d = self.section
+        return SamplingParams(
+            n=d.samples_per_prompt,
+            temperature=d.sample_temperature,
+            max_new_tokens=d.max_new_tokens,
+            seed=stable_seed(self.config.train.seed, "on_policy", step, self.dist.rank),
+        )
+
+    def _advantages(self, rewards_B: torch.Tensor) -> torch.Tensor:
+        from r1kit.rl.losses import group_advantages
+
+        group = self.section.samples_per_prompt if self.section.samples_per_prompt > 1 else len(rewards_B)
+        return group_advantages(rewards_B, group, scale="none")  # reward - baseline (Dr. GRPO)
+
+    def batches(self, step: int) -> StepWork:
+        from r1kit.rl.rollout import build_batch, sample_groups
+
+        problems = self.prompts.take(self.local_prompts)
+        self.student.eval()
+        with torch.no_grad(), self.autocast():
+            rollout, t_gen, _ = sample_groups(
+                self.engine, self.tokenizer, problems, self._sampling_params(step), self.task.score,
+                template=self.config.prompt.template, system=self.config.prompt.system,
+                prompt_cache=self.prompt_cache,
+            )  # fmt: skip
+        group = self.section.samples_per_prompt
+        advantages_B = self._advantages(rollout.rewards_B)
+        rows = sorted(
+            range(len(rollout)),
+            key=lambda i: len(rollout.prompt_ids[i]) + len(rollout.completions[i].token_ids),
+        )
+        size = self.config.train.micro_batch_size or len(rows)
+        micro = [
+            build_batch(rollout, advantages_B, self.pad_id, rows=rows[i : i + size]).to(self.device)
+            for i in range(0, len(rows), size)
+        ]
+        generated = float(sum(len(c.token_ids) for c in rollout.completions))
+        sampled = generated + sum(len(rollout.prompt_ids[i]) for i in range(0, len(rollout), group))
+        trained = float(sum(len(p) for p in rollout.prompt_ids)) + generated
+        counted = float(sum(sum(c.mask) for c in rollout.completions))
+        n_rows = float(len(rollout))
+        truncated = float(sum(c.finish_reason == "length" for c in rollout.completions))
+        reward_sum = float(rollout.rewards_B.sum())
+        n_rows, generated, sampled, trained, counted, truncated, reward_sum = all_reduce_sum(
+            [n_rows, generated, sampled, trained, counted, truncated, reward_sum], self.dist, self.device
+        )
+        self._norm = max(counted, 1.0)
+        seq = max(1, int(trained / max(n_rows, 1.0)))
+        student_fpt = flops_per_token(self.student.config, seq, include_mtp=False)
+        teacher_fpt = flops_per_token(self.teacher.config, seq, include_mtp=False)
+        flops = student_fpt * (sampled / 3 + trained) + teacher_fpt * trained / 3
+        metrics = {
+            "reward/mean": reward_sum / max(n_rows, 1.0),
+            "completion/length_mean": generated / max(n_rows, 1.0),
+            "completion/truncated_frac": truncated / max(n_rows, 1.0),
+            "time/generate": t_gen,
+            "cost/tokens_sampled": sampled,
+            "cost/tokens_trained": trained,
+            "cost/flops": flops,
+        }
+        return StepWork(micro, tokens=generated, flops=flops, metrics=metrics)
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        row_N, pos_N, tokens_N = sampled_positions(batch)
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch.input_ids_BL)[row_N, pos_N]
+        student_logits = model(batch.input_ids_BL)[row_N, pos_N]
+        return on_policy_loss(
+            student_logits,
+            teacher_logits,
+            tokens_N,
+            estimator=self.section.kl_estimator,
+            advantages=batch.advantages_B[row_N],
+            reward_weight=self.section.reward_weight,
+            token_norm=self._norm,
+        )
+
+    def should_stop(self, val_metrics: dict[str, float]) -> str | None:
+        return self._should_stop(val_metrics) if self._should_stop is not None else None
+
+    def progress_fields(self, row: dict[str, Any], val_metrics: dict[str, float]) -> dict[str, Any]:
+        return {"loss": row["loss"], "kl": row["kl"], "reward": row["reward/mean"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        from r1kit.rl.grpo import gather_stream_states
+
+        return {"streams": gather_stream_states(self.prompts, self.dist, self.device)}
+
+    def load_state_dict(self, extra: dict[str, Any]) -> None:
+        streams = extra.get("streams") or []
+        if len(streams) == self.dist.world_size:
+            self.prompts.load_state_dict(streams[self.dist.rank])
+        elif streams:  # another world size: every rank starts the next epoch
+            self.prompts.load_state_dict({"epoch": max(s["epoch"] for s in streams) + 1, "cursor": 0})
+
+    def plot(self, run_dir: Path) -> None:
+        with contextlib.suppress(ValueError):
+            plot_metrics(
+                run_dir, run_dir / "loss.png", keys=["loss", "kl", "reward/mean"], title="distill (on-policy)"
+            )
+
+
+def _run_on_policy(config: Config, console: Any = None):
+    """On-policy distillation: an :class:`OnPolicyStage` run by `r1kit.train.loop.Trainer` (resume,
+    metrics, cost and validation as in every stage)."""
+    from r1kit.train.pretrain import validation_hooks
+
+    train, s = config.train, config.sample
+    if len(s.tasks) != 1:
+        raise ConfigError(
+            f"distill.method = 'on_policy' samples one task's prompts; sample.tasks has {len(s.tasks)}: "
+            f"give one, e.g. --sample.tasks '[\"{s.tasks[0] if s.tasks else 'addition'}\"]'"
+        )
+    if train.strategy == "fsdp2":
+        raise ConfigError(
+            "distill.method = 'on_policy' samples with the unsharded student: use --train.strategy ddp"
+        )
+    dist, device = start_stage(train)
+    try:
+        resume_from = prepare_run_dir(config.run)
+        teacher, tokenizer, _ = load_model(config.teacher.path, config.teacher.tokenizer, device, "fp32")
+        teacher.eval().requires_grad_(False)
+        student = build_model(config.student, tokenizer, device, train.seed)
+        check_same_vocabulary(teacher, student)
+        if hasattr(student, "mtp"):  # no loss reaches the MTP head here (DDP would see unused parameters)
+            student.mtp.requires_grad_(False)
+        name = s.tasks[0]
+        args = task_kwargs(s.task_args, name)
+        task = get_task(name, **args)
+        problems = task.problems(split=s.split, n=s.prompts, seed=s.seed)
+        validate, should_stop = validation_hooks(
+            config.val,
+            name,
+            {name: args},
+            tokenizer,
+            stage_prompt=config.prompt.template,
+            system=config.prompt.system,
+            seed=train.seed,
+        )
+        stage = OnPolicyStage(
+            config, student, teacher, tokenizer, task, problems,
+            dist=dist, device=device, validate=validate, should_stop=should_stop,
+        )  # fmt: skip
+        trainer = Trainer(
+            student, stage, train, config.run, dist=dist, device=device, tokenizer=tokenizer, config=config,
+            validate_every=config.val.every, console=console,
+        )  # fmt: skip
+        if resume_from is not None:
+            trainer.restore(resume_from)
+        return run_result(trainer.run(), trainer.run_dir)
+    finally:
+        cleanup_distributed(dist)
+
+
 __all__ = [
+    "OnPolicyStage",
+    "on_policy_loss",
     "Config",
     "DistillRunResult",
     "SampleResult",

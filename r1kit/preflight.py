@@ -509,10 +509,32 @@ def _sample(config: Any) -> None:
     check_output_path(config.sample.out, "sample.out", directory=False)
 
 
+def _on_policy(config: Any) -> None:
+    """On-policy distillation samples one task's prompts, train.batch_size completions per step."""
+    tasks, d, t = config.sample.tasks, config.distill, config.train
+    if len(tasks) != 1:
+        raise ConfigError(
+            f"distill.method = 'on_policy' samples one task's prompts; sample.tasks has {len(tasks)}: give one, "
+            f"e.g. --sample.tasks '[\"addition\"]'"
+        )
+    if t.batch_size % d.samples_per_prompt:
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of distill.samples_per_prompt "
+            f"({d.samples_per_prompt}): it counts the completions of a step"
+        )
+    if t.strategy == "fsdp2":
+        raise ConfigError(
+            "distill.method = 'on_policy' samples with the unsharded student: use --train.strategy ddp"
+        )
+
+
 def _distill(config: Any) -> None:
     _train(config.train)
     files = list(config.distill.files)
-    if files:
+    on_policy = config.distill.method == "on_policy"  # the student samples: no trace file
+    if on_policy:
+        _on_policy(config)
+    elif files:
         check_files(files, "distill.files")
     elif not Path(config.sample.out).is_file():
         raise ConfigError(
@@ -522,8 +544,11 @@ def _distill(config: Any) -> None:
     if config.teacher.path:
         check_model_dir(config.teacher.path, "teacher.path")
         check_tokenizer_dir(config.teacher.tokenizer, "teacher.tokenizer")
-    elif config.distill.method == "logits":
-        raise ConfigError("distill.method = 'logits' needs teacher.path (the teacher's logits)")
+    elif config.distill.method in ("logits", "on_policy"):
+        what = (
+            "the teacher's logits" if config.distill.method == "logits" else "the teacher scores the samples"
+        )
+        raise ConfigError(f"distill.method = '{config.distill.method}' needs teacher.path ({what})")
     check_tokenizer_dir(config.distill.tokenizer, "distill.tokenizer")
     student = config.student
     if student.init:
