@@ -1,12 +1,15 @@
 """r1kit's Engine against transformers' `generate`, side by side in one process, same weights, same batch.
 
-Run: `python benchmarks/bench_engine.py` (or `./run.sh bench bench_engine`); `--quick` for a smoke run.
+Run: `python benchmarks/bench_engine.py` (or `./run.sh bench bench_engine`); `--quick` for a smoke run;
+`--device cuda --dtype bfloat16` puts both sides' weights on that device in that precision (the peak is
+looked up for it); `--only e --layers 24 --batch 16` is the full 24-layer Qwen2.5-0.5B shape at batch 16.
 
 Rows, each built by transformers with random weights, saved, and loaded into r1kit:
-(a) a ~1M-parameter Qwen2, batch `--batch` x `--new`; (b) a ~20M-parameter DeepSeek-V3-style model
-(MLA + MoE), same batch; (d) a Llama of width 256 and 3 layers, batch 48 x 96; (e) the Qwen2.5-0.5B
-shape cut to 2 layers (width 896, 14/2 heads, vocabulary 151,936, tied head), batch 16 x 32; (f) a
-held-out Qwen3 shape (per-head q/k norm, head_dim 64 != width / heads, untied head), batch 32 x 64.
+(a) a ~1M-parameter Qwen2, batch 64 x 128; (b) a ~20M-parameter DeepSeek-V3-style model (MLA + MoE),
+same batch; (d) a Llama of width 256 and 3 layers, batch 48 x 96; (e) the Qwen2.5-0.5B shape cut to
+`--layers` of its 24 blocks (default 2; width 896, 14/2 heads, vocabulary 151,936, tied head), batch
+16 x 32; (f) a held-out Qwen3 shape (per-head q/k norm, head_dim 64 != width / heads, untied head),
+batch 32 x 64. `--batch` / `--new` override every row's batch / new tokens.
 Both sides sample (temperature 1, no top-k/top-p), use their KV cache, and produce exactly the
 requested tokens per row (no EOS). r1kit runs in each of its decode modes: eager (`compile="off"`),
 compiled (`compile="on"`: `torch.compile` of the decode step; the first call's extra time is printed
@@ -16,7 +19,8 @@ as the compile time, apart from the steady-state tokens/s) and, for (e), with a 
 (b) with an MTP block briefly self-distilled on the model's own greedy outputs (acceptance stays ~5%
 on random weights), or on a checkpoint with a trained MTP block (`--mtp-checkpoint DIR`).
 Roofline fraction = forward FLOPs per token (r1kit.model.counting, at the mean context length) x
-tokens/s / measured fp32 matmul peak (r1kit.train.cost).
+tokens/s / the device's peak for `--dtype` (r1kit.train.cost: datasheet for known GPUs, else a
+measured matmul).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from r1kit.train.cost import lookup_device_peak
 VOCAB = 104
 
 
-def hf_configs():
+def hf_configs(layers_05b: int = 2):
+    """name -> (transformers config, batch, new tokens); `layers_05b` blocks of row (e)'s 0.5B shape."""
     import transformers
 
     qwen = transformers.Qwen2Config(
@@ -95,11 +100,12 @@ def hf_configs():
         vocab_size=151_936,
         hidden_size=896,
         intermediate_size=4864,
-        num_hidden_layers=2,
+        num_hidden_layers=layers_05b,
         num_attention_heads=14,
         num_key_value_heads=2,
         tie_word_embeddings=True,
-        max_position_embeddings=1024,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=0,
@@ -118,12 +124,12 @@ def hf_configs():
         eos_token_id=None,
         pad_token_id=0,
     )
-    # name -> (config, batch, new tokens); None = --batch / --new
+    # name -> (config, batch, new tokens); None = the defaults of (a) and (b), 64 x 128
     return {
         "(a) Qwen2 ~1M": (qwen, None, None),
         "(b) DeepSeek-V3 MLA+MoE ~20M": (v3, None, None),
         "(d) Llama 256x3": (llama, 48, 96),
-        "(e) Qwen2.5-0.5B shape, 2 layers, vocab 151,936": (qwen05, 16, 32),
+        f"(e) Qwen2.5-0.5B shape, {layers_05b} layers, vocab 151,936": (qwen05, 16, 32),
         "(f) held-out Qwen3 256x4, head_dim 64, vocab 4096": (qwen3, 32, 64),
     }
 
@@ -154,10 +160,18 @@ def timed(*fns, repeats: int) -> list[float]:
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             best[i] = min(best[i], time.perf_counter() - start)
     return best
+
+
+def sync() -> None:
+    """Wait for queued CUDA work, so wall-clock times cover it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def roofline(cfg: ModelConfig, context: float, tokens_per_s: float, peak: float) -> float:
@@ -168,7 +182,8 @@ def roofline(cfg: ModelConfig, context: float, tokens_per_s: float, peak: float)
 def self_distill_mtp(model: Transformer, prompts, new: int, steps: int) -> None:
     """Train only the MTP block on the model's own greedy continuations (next-next-token loss)."""
     outs = Engine(model).generate(prompts, SamplingParams(temperature=0, max_new_tokens=new))
-    seqs = torch.tensor([p[-8:] + o.token_ids for p, o in zip(prompts, outs)])
+    device = next(model.parameters()).device
+    seqs = torch.tensor([p[-8:] + o.token_ids for p, o in zip(prompts, outs)], device=device)
     params = list(model.mtp.parameters())
     opt = torch.optim.AdamW(params, lr=3e-3)
     with torch.no_grad():
@@ -185,16 +200,22 @@ def self_distill_mtp(model: Transformer, prompts, new: int, steps: int) -> None:
 
 def first_call_and_steady(fn, repeats: int) -> tuple[float, float]:
     """(seconds of the first call, best seconds of `repeats` later calls): compile time shows in the first."""
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     first = time.perf_counter() - start
     return first, timed(fn, repeats=repeats)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64, help="batch of rows (a) and (b)")
-    parser.add_argument("--new", type=int, default=128, help="new tokens per row of (a) and (b)")
+    parser.add_argument(
+        "--batch", type=int, help="batch of every engine row (default: each row's own; 64 for (a) and (b))"
+    )
+    parser.add_argument(
+        "--new", type=int, help="new tokens per row of every row, (c) included (default: each row's own; 128)"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spec-batch", type=int, nargs="+", default=[1, 64])
@@ -203,6 +224,16 @@ def main(argv: list[str] | None = None) -> None:
         help="an r1kit/HF checkpoint with a trained MTP block for (c) (default: self-distilled)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="weights of both sides (the roofline's peak is that precision's)",
+    )
+    parser.add_argument(
+        "--layers", type=int, default=2, help="blocks of row (e)'s Qwen2.5-0.5B shape (24 = the full model)"
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -219,27 +250,33 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.new, args.repeats, args.spec_batch = 8, 16, 1, [2]
+        args.repeats, args.spec_batch = 1, [2]
     torch.set_num_threads(args.threads)
     import transformers
 
     torch.manual_seed(0)
-    peak = lookup_device_peak("cpu", "fp32")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    peak = lookup_device_peak(device, "bf16" if dtype == torch.bfloat16 else "fp32")
+    # (c)'s new tokens: --new, else 128 (16 under --quick)
+    spec_new = args.new or (16 if args.quick else 128)
     rows, notes = [], []
     loaded = {}
-    for name, (config, batch, new) in hf_configs().items():
+    for name, (config, batch, new) in hf_configs(args.layers).items():
         if name[1] not in args.only and not (name[1] == "b" and "c" in args.only and not args.mtp_checkpoint):
             continue
-        batch, new = batch or args.batch, new or args.new
-        if args.quick:
+        batch, new = batch or 64, new or 128
+        if args.quick:  # smoke sizes, unless given
             batch, new = min(batch, 8), min(new, 16)
+        batch, new = args.batch or batch, args.new or new
         prompts = make_prompts(batch)
         ids, mask = left_pad(prompts)
+        ids, mask = ids.to(device), mask.to(device)
         context = sum(len(p) for p in prompts) / len(prompts) + new / 2
         hf = transformers.AutoModelForCausalLM.from_config(config).eval()
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(tmp)
-            ours = Transformer.from_pretrained(tmp).eval()
+            ours = Transformer.from_pretrained(tmp, device=device, dtype=dtype).eval()
+        hf = hf.to(device=device, dtype=dtype)
         loaded[name] = ours
         if name[1] not in args.only:
             continue  # model (b) loaded only as the base of (c)
@@ -318,20 +355,20 @@ def main(argv: list[str] | None = None) -> None:
     if "c" not in args.only:
         args.spec_batch = []
     elif args.mtp_checkpoint:
-        mtp_model = Transformer.from_pretrained(args.mtp_checkpoint).eval()
+        mtp_model = Transformer.from_pretrained(args.mtp_checkpoint, device=device, dtype=dtype).eval()
         cfg = mtp_model.config
     else:
         base = loaded["(b) DeepSeek-V3 MLA+MoE ~20M"]
         cfg = ModelConfig(**{**base.config.__dict__, "num_mtp_layers": 1})
-        mtp_model = Transformer(cfg).eval()
+        mtp_model = Transformer(cfg, device=device, dtype=dtype).eval()
         mtp_model.load_state_dict(base.state_dict(), strict=False)
         torch.manual_seed(1)
-        self_distill_mtp(mtp_model, make_prompts(32, seed=5), args.new, steps=60 if not args.quick else 5)
+        self_distill_mtp(mtp_model, make_prompts(32, seed=5), spec_new, steps=60 if not args.quick else 5)
     for batch in args.spec_batch:
         spec_prompts = make_prompts(batch, seed=7)
         engine = Engine(mtp_model)
-        plain_params = SamplingParams(temperature=0, max_new_tokens=args.new)
-        spec_params = SamplingParams(temperature=0, max_new_tokens=args.new, speculative=True)
+        plain_params = SamplingParams(temperature=0, max_new_tokens=spec_new)
+        spec_params = SamplingParams(temperature=0, max_new_tokens=spec_new, speculative=True)
         t_plain, t_spec = timed(
             lambda: engine.generate(spec_prompts, plain_params),  # noqa: B023
             lambda: engine.generate(spec_prompts, spec_params),  # noqa: B023
@@ -341,8 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         spec_out = engine.generate(spec_prompts, spec_params)
         same = [o.token_ids for o in spec_out] == [o.token_ids for o in plain_out]
         acc = engine.last_stats.get("acceptance_rate", 0.0)
-        tokens = batch * args.new
-        ctx = sum(len(p) for p in spec_prompts) / batch + args.new / 2
+        tokens = batch * spec_new
+        ctx = sum(len(p) for p in spec_prompts) / batch + spec_new / 2
         name = f"(c) MTP speculative, batch {batch}, acceptance {acc:.0%}, identical={same}"
         for who, t in (("r1kit plain greedy", t_plain), ("r1kit MTP speculative", t_spec)):
             tps = tokens / t
@@ -357,7 +394,10 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
 
-    print(f"\nsampling T=1, KV cache; {peak.name}: peak {peak.flops / 1e9:.0f} GFLOP/s ({peak.source})\n")
+    print(
+        f"\nsampling T=1, KV cache, {args.dtype} weights on {device}; {peak.name}: "
+        f"peak {peak.flops / 1e9:.0f} GFLOP/s ({peak.source})\n"
+    )
     print("| model | params | engine | tokens/s | vs baseline | roofline |")
     print("|---|---|---|---|---|---|")
     for name, n, who, tps, ratio, frac in rows:

@@ -40,14 +40,15 @@ cd "$ROOT" || exit 1
 
 if [ "$DEVICE" = cpu ]; then
   # smoke sizes: checks every part runs, in a few minutes on 2 cores
-  ENGINE_ARGS=(--shape qwen2.5-0.5b --layers 1 --dtype float32 --threads 2 --new 8 --repeats 1)
+  ENGINE_ARGS=(--layers 1 --dtype float32 --modes eager --threads 2 --new 8 --repeats 1)
   BATCHES=(1 4)
   TRAIN_ARGS=(--steps 1 --warmup 0 --batch 2 --seq 64)
   MEM_ARGS=(--layers 1 --vocab 8192 --batch 2 --length 64 --prompt-len 8 --chunk 32 --threads 2)
   GRPO_ARGS=(--steps 2 --warmup 1 --rounds 1 --threads 2)
   LIMIT=600
 else
-  ENGINE_ARGS=(--shape qwen2.5-0.5b --layers 24 --dtype bfloat16 --new 128 --repeats 2)
+  # bf16 weights: the bf16-head mode would be eager again, so eager and compiled only
+  ENGINE_ARGS=(--layers 24 --dtype bfloat16 --modes eager compiled --new 128 --repeats 2)
   BATCHES=(1 16 64)
   TRAIN_ARGS=(--size 0.5b --batch 8 --seq 1024 --steps 4 --warmup 2 --precision auto)
   MEM_ARGS=(--layers 24 --batch 8 --length 512)
@@ -83,7 +84,7 @@ run_part() {  # name, limit (s), command...
 } >"$OUT/env.txt"
 
 for b in "${BATCHES[@]}"; do
-  run_part "engine_b$b" "$LIMIT" "$PY" benchmarks/bench_engine.py --device "$DEVICE" --only a --batch "$b" "${ENGINE_ARGS[@]}"
+  run_part "engine_b$b" "$LIMIT" "$PY" benchmarks/bench_engine.py --device "$DEVICE" --only e --batch "$b" "${ENGINE_ARGS[@]}"
 done
 run_part train "$LIMIT" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${TRAIN_ARGS[@]}"
 run_part logprob_memory "$LIMIT" "$PY" benchmarks/bench_logprob_memory.py --device "$DEVICE" "${MEM_ARGS[@]}" \
@@ -103,7 +104,7 @@ fi
   for i in "${!NAMES[@]}"; do
     echo "## ${NAMES[$i]} (${STATUS[$i]}, ${SECONDS_[$i]} s)"
     echo
-    grep -E '^\||^(speed-up|step FLOP|target|max \||per-token|GRPO step|batch|Device|Peak|r1kit time)' "$OUT/${NAMES[$i]}.txt" || true
+    grep -E '^\||^(sampling|speed-up|step FLOP|target|max \||per-token|GRPO step|batch|Device|Peak|r1kit time)' "$OUT/${NAMES[$i]}.txt" || true
     if [ "${STATUS[$i]}" != ok ]; then echo; echo '```'; tail -n 15 "$OUT/${NAMES[$i]}.err"; echo '```'; fi
     echo
   done
