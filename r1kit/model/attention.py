@@ -148,9 +148,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, 1, Dh)
         k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, 1, Dh)
-        slot["k"][:, :, index] = k
-        slot["v"][:, :, index] = v.view(b, 1, hk, dh).transpose(1, 2)
+        # the cache keeps its dtype under autocast (bf16 activations, fp32 cache): new keys are cast to it,
+        # and the query too, so attention runs in the cache's dtype (fp32 on CPU, as `_sdpa` does)
+        slot["k"][:, :, index] = k.to(slot["k"].dtype)
+        slot["v"][:, :, index] = v.view(b, 1, hk, dh).transpose(1, 2).to(slot["v"].dtype)
         keys, values = slot["k"], slot["v"]
+        q = q.to(keys.dtype)
         if end is not None:
             keys, values = keys[:, :, :end], values[:, :, :end]
         # query head j*rep + r uses kv head j: (B, H, 1, Dh) -> (B, Hkv, rep, Dh), the rep heads as queries
@@ -279,8 +282,10 @@ class MLAttention(nn.Module):
         c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope], dim=-1)
         q_pe = apply_rope(q_pe, cos, sin, self.interleave)
         k_pe = apply_rope(k_pe[:, None], cos, sin, self.interleave)[:, 0]  # (B, 1, R)
-        slot["c_kv"][:, index] = self.kv_a_layernorm(c_kv)
-        slot["k_pe"][:, index] = k_pe
+        slot["c_kv"][:, index] = self.kv_a_layernorm(c_kv).to(
+            slot["c_kv"].dtype
+        )  # autocast: cache dtype kept
+        slot["k_pe"][:, index] = k_pe.to(slot["k_pe"].dtype)
         c_all, pe_all = slot["c_kv"], slot["k_pe"]
         if end is not None:
             c_all, pe_all = c_all[:, :end], pe_all[:, :end]
