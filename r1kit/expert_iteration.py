@@ -56,7 +56,14 @@ from r1kit.train.data import BatchStream, ChatExamples
 from r1kit.train.log import plot_metrics
 from r1kit.train.loop import RunConfig, TrainConfig
 from r1kit.train.result import RunResult
-from r1kit.train.sections import ModelDirSection, ModelSection, TokenizerSection, ValSection
+from r1kit.train.sections import (
+    SFT_TEMPLATES,
+    ModelDirSection,
+    ModelSection,
+    PromptSection,
+    TokenizerSection,
+    ValSection,
+)
 
 
 @dataclass
@@ -110,6 +117,7 @@ class Config:
 
     model: ModelDirSection = field(default_factory=ModelDirSection)
     data: DataSection = field(default_factory=DataSection)
+    prompt: PromptSection = field(default_factory=PromptSection)
     ei: EISection = field(default_factory=EISection)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=3e-4, batch_size=32, warmup_steps=0, schedule="constant")
@@ -175,10 +183,17 @@ def _evaluate(model: Any, tokenizer: Any, task: Any, problems: list, config: Con
             temperature=c.temperature,
             top_p=c.top_p,
             max_new_tokens=c.max_new_tokens or config.ei.max_new_tokens,
-            template=config.data.template,
-            system=config.data.system,
+            template=config.prompt.template,
+            system=config.prompt.system,
             seed=stable_seed("eval", c.seed, config.train.seed),
         )
+
+
+def _sft_prompt(prompt: PromptSection) -> PromptSection:
+    """The [prompt] each round's SFT trains with: the sampling one, or "chat" for a plain-text template."""
+    return (
+        prompt if prompt.template in SFT_TEMPLATES else PromptSection(template="chat", system=prompt.system)
+    )
 
 
 class _Budget:
@@ -197,7 +212,7 @@ class _Budget:
 
 def _sample_round(model, tokenizer, task, problems, config: Config, round_: int, meter_device, console=None):
     """Round `round_`'s rejection sampling; returns (SampleResult, sampled tokens, FLOPs, cost)."""
-    e, d = config.ei, config.data
+    e, d, pr = config.ei, config.data, config.prompt
     meter = CostMeter(meter_device).start()
     with torch.no_grad():
         result = distill.rejection_sample(
@@ -213,15 +228,15 @@ def _sample_round(model, tokenizer, task, problems, config: Config, round_: int,
             max_per_prompt=e.max_per_prompt,
             dedupe=e.dedupe,
             seed=stable_seed(config.train.seed, "ei", round_),
-            template=d.template,
-            system=d.system,
+            template=pr.template,
+            system=pr.system,
             progress=config.run.progress,
             console=console,
         )
     total = result.stats["total"]
     generated = int(total["generated_tokens"])
     # as GRPO counts its rollouts: each prompt's prefill once, every completion, a forward = 1/3 of training
-    sampled = generated + sum(len(tokenizer.prompt_ids(p.prompt, d.template, d.system)) for p in problems)
+    sampled = generated + sum(len(tokenizer.prompt_ids(p.prompt, pr.template, pr.system)) for p in problems)
     seq = max(1, int(generated / max(total["samples"], 1)))
     flops = step_flops(flops_per_token(model.config, seq, include_mtp=False), sampled, 0.0, 1, False)
     meter.add(tokens=generated, flops=flops)
@@ -265,7 +280,7 @@ def _plan_sft(model, tokenizer, rows, config: Config, seed: int) -> tuple[int, l
 def _prompts_within(stream: PromptStream, model, tokenizer, config: Config, budget: _Budget) -> int:
     """How many of the round's prompts to sample: ei.prompts_per_round, or fewer when even the most a
     round can cost (every completion running to ei.max_new_tokens) would cross the budget."""
-    e, d = config.ei, config.data
+    e, pr = config.ei, config.prompt
     if not budget.limit:
         return e.prompts_per_round
     peek = PromptStream(stream.problems, seed=stream.seed)
@@ -273,7 +288,7 @@ def _prompts_within(stream: PromptStream, model, tokenizer, config: Config, budg
     fpt = flops_per_token(model.config, e.max_new_tokens, include_mtp=False)
     n, spent = 0, 0.0
     for p in peek.take(e.prompts_per_round):
-        worst = step_flops(fpt, len(tokenizer.prompt_ids(p.prompt, d.template, d.system)) + e.k * e.max_new_tokens,
+        worst = step_flops(fpt, len(tokenizer.prompt_ids(p.prompt, pr.template, pr.system)) + e.k * e.max_new_tokens,
                            0.0, 1, False)  # fmt: skip
         if spent + worst > budget.left:
             break
@@ -358,6 +373,7 @@ def run(config: Config, console: Any = None) -> ExpertIterationResult:
                     model=ModelSection(init=str(policy_dir)),
                     tokenizer=TokenizerSection(path=str(tokenizer_dir)),
                     data=sft.SFTData(files=[str(traces)], max_len=e.max_len),
+                    prompt=_sft_prompt(config.prompt),
                     val=ValSection(every=0),
                     train=replace(t, steps=steps, seed=seed, warmup_steps=min(t.warmup_steps, steps - 1)),
                     run=replace(config.run, dir=str(round_dir / "sft"), resume=False),

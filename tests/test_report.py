@@ -60,12 +60,13 @@ def _stage(p4: float, p5: float, maj4: float | None = None) -> dict:
 
 def test_demo_summary_states_each_target_from_the_numbers():
     from r1kit.demo import Recipe
-    from r1kit.report import build_summary, split_metrics
+    from r1kit.report import FAIR_CONTROL, ORACLE_REFERENCE, build_summary, split_metrics
 
     results = {
         "SFT": _stage(0.20, 0.02),
         "GRPO": _stage(0.90, 0.10, maj4=0.85),  # maj@8 below pass@1: that target is missed
-        "SFT control": _stage(0.80, 0.70),
+        FAIR_CONTROL: _stage(0.80, 0.70),
+        ORACLE_REFERENCE: _stage(0.85, 0.75),
         "student": _stage(0.95, 0.05),
     }
     facts = {
@@ -79,9 +80,10 @@ def test_demo_summary_states_each_target_from_the_numbers():
     )
     assert targets[1].startswith("GRPO lifts held-out 5-digit pass@1 by ≥ 15 points: NOT met (2.0% → 10.0%")
     assert targets[2] == "maj@8 ≥ pass@1 for every stage and split: NOT met"
-    assert targets[3].endswith(": NO")  # the control wins 5-digit (70% vs 10%)
+    assert targets[3].endswith(": NO")  # expert iteration wins 5-digit (70% vs 10%)
     assert targets[4].endswith(": met")  # student 95% / 5% vs teacher 90% / 10%: within 15 points
-    assert "**the control beat RL on 5-digit**" in summary and "Quick smoke test" not in summary
+    assert "**expert iteration beat GRPO on 5-digit**" in summary and "Quick smoke test" not in summary
+    assert "oracle reference" in summary and "85.0% (4-digit) and 75.0% (5-digit)" in summary
     assert "trained on 7 verified traces" in summary
     rows = split_metrics(results["GRPO"], 8)
     assert rows["4-digit pass@1 (k=8)"] == 0.9 and rows["4-digit maj@8"] == 0.85
