@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from r1kit.train.cost import measure_matmul_flops
 from r1kit.train.sections import normalize_dtype
 
 __all__ = [
@@ -49,43 +49,16 @@ AUTO_ENV = "R1KIT_AUTO_PRECISION"
 BF16_MIN_SPEEDUP = 1.5
 
 
-def _matmul_seconds(device: torch.device, dtype: torch.dtype, size: int, min_time_s: float) -> float:
-    """Best seconds per ``size``-square matmul on ``device`` over a short timed loop."""
-    gen = torch.Generator().manual_seed(0)  # leave the global RNG untouched
-    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    best = float("inf")
-    with torch.no_grad():
-        torch.mm(a, b)  # warm-up: kernel selection, allocation
-        sync()
-        for _ in range(3):
-            n, t0 = 0, time.perf_counter()
-            while True:
-                torch.mm(a, b)
-                n += 1
-                sync()
-                elapsed = time.perf_counter() - t0
-                if elapsed >= min_time_s:
-                    break
-            best = min(best, elapsed / n)
-    return best
-
-
 @functools.lru_cache(maxsize=32)
 def _probe(device_str: str, threads: int, size: int) -> float:
     device = torch.device(device_str)
     min_time = 0.02 if device.type == "cuda" else 0.03  # ~0.1-0.2 s in all on 2 CPU threads
     try:
-        fp32 = _matmul_seconds(device, torch.float32, size, min_time)
-        bf16 = _matmul_seconds(device, torch.bfloat16, size, min_time)
+        fp32 = measure_matmul_flops(device, "fp32", size, min_time)
+        bf16 = measure_matmul_flops(device, "bf16", size, min_time)
     except (RuntimeError, TypeError):  # no bf16 matmul on this device at all
         return 0.0
-    return fp32 / bf16
+    return bf16 / fp32
 
 
 def probe_size(device: Any, width: int | None = None) -> int:
