@@ -66,3 +66,34 @@ def half_constant_reward(completion: str, problem) -> float:
     if int(problem.answer) % 2 == 0:
         return 0.0
     return float(len(completion) % 3)
+
+
+GRPO_TEST_ARGS = {
+    "train.device": "cpu",
+    "train.threads": "1",
+    "train.steps": "2",
+    "run.progress": "false",
+    "run.tensorboard": "false",
+    "data.task_args": "{addition = {digits = 2}}",
+    "data.train_problems": "64",
+    "rollout.prompts_per_step": "4",
+    "rollout.group_size": "4",
+    "rollout.max_new_tokens": "12",
+    "reward.names": "accuracy,format",
+    "reward.weights": "1.0,0.5",
+    "loss.beta": "0",
+    "train.lr": "1e-3",
+    "eval.every": "0",
+}
+
+
+def grpo_test_config(model_dir, run_dir, *extra: str, **overrides: str):
+    """A GRPO config that runs in a second or two per step on a CPU: GRPO_TEST_ARGS with `overrides`
+    (keys with "__" for "."), then the `extra` command-line tokens."""
+    from r1kit.config import load_config
+    from r1kit.rl import grpo
+
+    args = {"run.dir": str(run_dir), "model.path": str(model_dir), **GRPO_TEST_ARGS}
+    args.update({k.replace("__", "."): v for k, v in overrides.items()})
+    tokens = [t for k, v in args.items() for t in (f"--{k}", v)]
+    return load_config(grpo.Config, None, tokens + list(extra))

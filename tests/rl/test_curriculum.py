@@ -8,9 +8,9 @@ import random
 
 import pytest
 import torch
-from grpo_fixtures import make_policy_dir
+from grpo_fixtures import grpo_test_config, make_policy_dir
 
-from r1kit.config import ConfigError, load_config
+from r1kit.config import ConfigError
 from r1kit.rl import grpo
 from r1kit.rl.curriculum import PassRateTracker, balanced_subset, group_pass_rates
 from r1kit.tasks.base import Problem
@@ -86,26 +86,16 @@ def dense_dir(tmp_path_factory):
 
 
 def _config(model_dir, run_dir, *extra: str) -> grpo.Config:
-    args = {
-        "run.dir": str(run_dir),
-        "model.path": str(model_dir),
-        "train.device": "cpu",
-        "train.threads": "1",
-        "train.steps": "2",
-        "run.progress": "false",
-        "run.tensorboard": "false",
-        "data.task_args": "{addition = {digits = 2}}",
-        "data.train_problems": "4",
-        "rollout.prompts_per_step": "4",
-        "rollout.group_size": "4",
-        "rollout.max_new_tokens": "8",
-        "reward.names": "test_curriculum:parity_reward",
-        "reward.weights": "1.0",
-        "loss.beta": "0",
-        "eval.every": "0",
-    }
-    tokens = [t for k, v in args.items() for t in (f"--{k}", v)]
-    return load_config(grpo.Config, None, tokens + list(extra))
+    return grpo_test_config(
+        model_dir,
+        run_dir,
+        *extra,
+        data__train_problems="4",
+        rollout__max_new_tokens="8",
+        reward__names="test_curriculum:parity_reward",
+        reward__weights="1.0",
+        train__lr="3e-06",  # GRPO's default
+    )
 
 
 def test_trainer_filter_skips_never_solved_prompts(dense_dir, tmp_path):

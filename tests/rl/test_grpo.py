@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from grpo_fixtures import make_policy_dir
+from grpo_fixtures import grpo_test_config, make_policy_dir
 
 from r1kit.cli import main as cli_main
 from r1kit.config import ConfigError, load_config
@@ -44,27 +44,7 @@ def moe_dir(tmp_path_factory):
 
 def tiny_config(model_dir, run_dir, *extra: str) -> grpo.Config:
     """A config that runs in a second or two per step on a CPU."""
-    args = {
-        "run.dir": str(run_dir),
-        "model.path": str(model_dir),
-        "train.device": "cpu",
-        "train.threads": "1",
-        "train.steps": "2",
-        "run.progress": "false",
-        "run.tensorboard": "false",
-        "data.task_args": "{addition = {digits = 2}}",
-        "data.train_problems": "64",
-        "rollout.prompts_per_step": "4",
-        "rollout.group_size": "4",
-        "rollout.max_new_tokens": "12",
-        "reward.names": "accuracy,format",
-        "reward.weights": "1.0,0.5",
-        "loss.beta": "0",
-        "train.lr": "1e-3",
-        "eval.every": "0",
-    }
-    tokens = [t for k, v in args.items() for t in (f"--{k}", v)]
-    return load_config(grpo.Config, None, tokens + list(extra))
+    return grpo_test_config(model_dir, run_dir, *extra)
 
 
 def read_rows(run_dir):
