@@ -117,10 +117,11 @@ class Config:
 
 
 def _require_packages(gguf: bool) -> None:
-    """transformers (and gguf for a GGUF input) importable, else a UserError saying what to install."""
+    """transformers (and gguf + accelerate, which transformers' GGUF loader needs, for a GGUF input)
+    importable, else a UserError saying what to install."""
     import importlib.util
 
-    for name in ("transformers", *(("gguf",) if gguf else ())):
+    for name in ("transformers", *(("gguf", "accelerate") if gguf else ())):
         try:
             found = importlib.util.find_spec(name) is not None
         except ValueError:  # a module object without a spec (a test's stand-in)
