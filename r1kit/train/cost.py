@@ -190,6 +190,11 @@ def measure_matmul_flops(
     The achievable-peak probe for devices without a datasheet entry (CPUs, unknown GPUs). With the
     defaults it takes ~0.5 s on 2 CPU cores (fp32 2048^2: 110-150 GFLOP/s; 1024^2 reads ~30% lower,
     which would flatter MFU). Returns FLOP/s (2 * size^3 per matmul).
+
+    On a CPU a round's time is the smaller of its wall time and the process's CPU time per torch thread:
+    on a busy machine the probe's threads get a fraction of a core, its wall time grows and a wall-time
+    peak reads low (a SmolLM2 run probed under load reported MFU 158%); the CPU time per thread is what
+    the matmuls cost on a core of their own. On an idle machine the two agree.
     """
     import torch
 
@@ -212,8 +217,9 @@ def measure_matmul_flops(
         torch.mm(a, b)  # warm-up: allocations, kernel selection
         sync()
         best = 0.0
+        threads = torch.get_num_threads() if device.type == "cpu" else 0
         for _ in range(rounds):
-            n, start = 0, time.perf_counter()
+            n, start, cpu_start = 0, time.perf_counter(), time.process_time()
             while True:
                 torch.mm(a, b)
                 n += 1
@@ -221,6 +227,8 @@ def measure_matmul_flops(
                 elapsed = time.perf_counter() - start
                 if elapsed >= min_time_s:
                     break
+            if threads:
+                elapsed = min(elapsed, (time.process_time() - cpu_start) / threads)
             best = max(best, n * 2 * size**3 / elapsed)
     return best
 

@@ -171,3 +171,34 @@ def test_summarize_costs_totals_stages():
     assert "400 tokens" in format_cost(total)
     empty = summarize_costs([])
     assert empty["tokens"] == 0 and empty["mfu"] == 0.0 and not math.isnan(empty["tokens_per_s"])
+
+
+def test_cpu_peak_probe_counts_cpu_time_not_wall_time_on_a_busy_machine(monkeypatch):
+    """A probe whose threads got a tenth of a core must not read a tenth of the peak (it made a run
+    report MFU 158%): on a CPU a round's time is min(wall, CPU time per thread)."""
+    import torch
+
+    from r1kit.train import cost
+
+    class Clock:
+        wall = cpu = 0.0
+
+        def perf_counter(self):  # each call: 0.05 s of wall time ...
+            self.wall += 0.05
+            return self.wall
+
+        def process_time(self):  # ... of which the process got 0.005 s per thread
+            self.cpu += 0.005 * torch.get_num_threads()
+            return self.cpu
+
+    monkeypatch.setattr(cost, "time", Clock())
+    busy = cost.measure_matmul_flops("cpu", "fp32", size=64, min_time_s=0.1, rounds=1)
+
+    class Idle(Clock):
+        def process_time(self):  # every thread had its core
+            self.cpu += 0.05 * torch.get_num_threads()
+            return self.cpu
+
+    monkeypatch.setattr(cost, "time", Idle())
+    idle = cost.measure_matmul_flops("cpu", "fp32", size=64, min_time_s=0.1, rounds=1)
+    assert busy == pytest.approx(10 * idle, rel=0.35)
