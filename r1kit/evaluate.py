@@ -358,6 +358,14 @@ def completion_lengths(token_ids: Sequence[int], tokenizer: Any) -> tuple[int, i
     return cut, len(ids) - cut - 1
 
 
+def _lengths(completion: Any, read: str, tokenizer: Any) -> tuple[int, int]:
+    """`completion_lengths`, except that a completion the scorers read as all answer (`read`, its
+    `scoring_text`, differs from its text: no think tags under an instruct model's own template) has no
+    thinking tokens: all of it is answer."""
+    think, answer = completion_lengths(completion.token_ids, tokenizer)
+    return (0, think + answer) if read != completion.text else (think, answer)
+
+
 def extract_answer(completion: str) -> str:
     """The normalised final answer of a completion: the text after `</think>` (vLLM's `deepseek_r1` reasoning
     parser, docs.vllm.ai/en/latest/features/reasoning_outputs/), through
@@ -445,7 +453,7 @@ def score_problems(
         whole = bool(all_answer[i]) if all_answer is not None else False
         read = [scoring_text(c.text, whole) for c in outs]
         scores = [float(task.score(text, problem)) for text in read]
-        lengths = [completion_lengths(c.token_ids, tokenizer) for c in outs]
+        lengths = [_lengths(c, text, tokenizer) for c, text in zip(outs, read)]
         answers = [extract_answer(text) for text in read]
         record: dict[str, Any] = {
             "id": problem.id,
@@ -463,7 +471,7 @@ def score_problems(
         }
         if greedy is not None:
             g = greedy[i]
-            think, answer = completion_lengths(g.token_ids, tokenizer)
+            think, answer = _lengths(g, scoring_text(g.text, whole), tokenizer)
             record["greedy"] = {
                 "text": g.text,
                 "score": float(task.score(scoring_text(g.text, whole), problem)),

@@ -41,6 +41,8 @@ def test_eval_and_rollout_scores_follow_the_prompt(tmp_path):
     plain = score_problems(task, [problem], [[out]], tokenizer)
     whole = score_problems(task, [problem], [[out]], tokenizer, all_answer=[True])
     assert plain[0]["scores"] == [0.0] and whole[0]["scores"] == [1.0]
+    assert plain[0]["think_tokens"] == [3] and plain[0]["answer_tokens"] == [0]  # R1's rule: all thinking
+    assert whole[0]["think_tokens"] == [0] and whole[0]["answer_tokens"] == [3]  # all answer, as scored
     assert whole[0]["answers"] == ["2 + 3 = 5"]  # maj@k votes on the normalised answer text (no \\boxed here)
     reward = lambda text, p: task.score(text, p)  # noqa: E731
     r_plain, _ = score_completions(reward, [out], [problem])
