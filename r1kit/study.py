@@ -92,6 +92,9 @@ class Config:
     threads (int): torch CPU threads; 0 = torch's default (compare runs only at one thread count).
     dollars_per_hour (float): price of a device-hour; 0 = the cost module's default.
     progress (bool): progress bars.
+    reuse (bool): a seed whose <run_dir>/<task>/seed<S>/study_seed.json exists is read, not run again:
+        resume a stopped study, or run seeds in parallel (one `--seeds 1 --first_seed S` process each,
+        same run_dir) and then once more with ``--reuse true`` over all seeds to write the one report.
     """
 
     run_dir: str = "runs/study"
@@ -105,6 +108,7 @@ class Config:
     threads: int = 0
     dollars_per_hour: float = 0.0
     progress: bool = True
+    reuse: bool = False
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in STUDY_TASKS]
@@ -348,7 +352,12 @@ def run(config: Config) -> StudyResult:
             stage_header(
                 f"r1kit study: {task}, seed {seed}", f"arms: GRPO, {', '.join(config.arms)}", console
             )
-            runs.setdefault(task, {})[seed] = run_seed(config, task, seed, console)
+            done = Path(config.run_dir) / task / f"seed{seed}" / "study_seed.json"
+            if config.reuse and done.is_file():
+                console.print(f"[dim]reusing {done} (--reuse true)")
+                runs.setdefault(task, {})[seed] = json.loads(done.read_text())
+            else:
+                runs.setdefault(task, {})[seed] = run_seed(config, task, seed, console)
             # a report after every seed: a long study can be read (or stopped) part-way
             report = write_study_report(config, runs, time.perf_counter() - t0)
     stage_header("study done", f"report: {report}", console)

@@ -108,3 +108,9 @@ def test_one_quick_seed_end_to_end(tmp_path):
     assert "Quick smoke test" in text and "## Checks" in text and "equal compute" in text
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (tmp_path / image).is_file(), image
+    # --reuse: the finished seed is read back, nothing runs again, the report is the same
+    again = study.run(
+        study.Config(run_dir=str(tmp_path), seeds=1, quick=True, progress=False, threads=1, reuse=True)
+    )
+    assert not (tmp_path / "addition" / "seed0.prev").exists()  # the seed directory was not moved aside
+    assert json.loads(json.dumps(again.runs["addition"][0])) == json.loads(json.dumps(seed, default=float))
