@@ -183,7 +183,12 @@ def cpu_name() -> str:
 
 
 def measure_matmul_flops(
-    device: Any = "cpu", dtype: Any = "fp32", size: int = 2048, min_time_s: float = 0.1, rounds: int = 3
+    device: Any = "cpu",
+    dtype: Any = "fp32",
+    size: int = 2048,
+    min_time_s: float = 0.1,
+    rounds: int = 3,
+    max_matmul_s: float = 2.0,
 ) -> float:
     """Best-of-``rounds`` FLOP/s of ``size``-square matmuls on ``device`` (each round >= min_time_s).
 
@@ -195,6 +200,10 @@ def measure_matmul_flops(
     on a busy machine the probe's threads get a fraction of a core, its wall time grows and a wall-time
     peak reads low (a SmolLM2 run probed under load reported MFU 158%); the CPU time per thread is what
     the matmuls cost on a core of their own. On an idle machine the two agree.
+
+    A dtype the device emulates (bf16 on a CPU without AVX-512-BF16 or AMX: one 2048^2 matmul took over
+    two minutes on an AVX2 EPYC) is probed at a smaller size: the size halves (down to 256) until one
+    matmul is predicted, from a timed 256^2 one, to take at most ``max_matmul_s``.
     """
     import torch
 
@@ -214,6 +223,16 @@ def measure_matmul_flops(
             torch.cuda.synchronize(device)
 
     with torch.no_grad():
+        small = min(size, 256)
+        a_small, b_small = a[:small, :small].contiguous(), b[:small, :small].contiguous()
+        for _ in range(2):  # the second call is timed: the first selects kernels
+            start = time.perf_counter()
+            torch.mm(a_small, b_small)
+            sync()
+            one = time.perf_counter() - start
+        while size > small and one * (size / small) ** 3 > max_matmul_s:
+            size //= 2
+        a, b = a[:size, :size].contiguous(), b[:size, :size].contiguous()
         torch.mm(a, b)  # warm-up: allocations, kernel selection
         sync()
         best = 0.0

@@ -202,3 +202,37 @@ def test_cpu_peak_probe_counts_cpu_time_not_wall_time_on_a_busy_machine(monkeypa
     monkeypatch.setattr(cost, "time", Idle())
     idle = cost.measure_matmul_flops("cpu", "fp32", size=64, min_time_s=0.1, rounds=1)
     assert busy == pytest.approx(10 * idle, rel=0.35)
+
+
+def test_matmul_probe_shrinks_for_an_emulated_dtype(monkeypatch):
+    """A dtype the CPU emulates (bf16 on AVX2: minutes per 2048^2 matmul) is probed at a size whose one
+    matmul fits in max_matmul_s, predicted from a timed 256^2 one; a fast dtype keeps the full size."""
+    import torch
+
+    sizes, real_mm = [], torch.mm
+
+    def recording_mm(a, b):
+        sizes.append(a.shape[0])
+        return real_mm(a, b)
+
+    class Clock:  # every perf_counter call advances `step` seconds: each timed matmul "takes" `step`
+        def __init__(self, step):
+            self.step, self.wall, self.cpu = step, 0.0, 0.0
+
+        def perf_counter(self):
+            self.wall += self.step
+            return self.wall
+
+        def process_time(self):
+            self.cpu += self.step * torch.get_num_threads()
+            return self.cpu
+
+    monkeypatch.setattr(torch, "mm", recording_mm)
+    monkeypatch.setattr(cost, "time", Clock(0.5))  # 0.5 s at 256^2 predicts 4 s at 512^2 > 2 s
+    slow = cost.measure_matmul_flops("cpu", "fp32", size=2048, min_time_s=0.1, rounds=1, max_matmul_s=2.0)
+    assert sizes[:2] == [256, 256] and set(sizes[2:]) == {256}
+    assert slow == pytest.approx(2 * 256**3 / 0.5)
+    sizes.clear()
+    monkeypatch.setattr(cost, "time", Clock(0.001))  # 0.001 s at 256^2 predicts 0.064 s at 1024^2
+    cost.measure_matmul_flops("cpu", "fp32", size=1024, min_time_s=0.1, rounds=1, max_matmul_s=2.0)
+    assert sizes[:2] == [256, 256] and set(sizes[2:]) == {1024}
