@@ -86,6 +86,8 @@ class Recipe:
         student_pretrain_steps: the student first learns the pretraining corpus (R1's students were
             pretrained base models, not random networks); 0 = distil into a random init.
         grpo_train_problems: GRPO's prompt pool (expert iteration and the oracle read the same stream).
+        grpo_refill_rounds: DAPO's dynamic sampling in GRPO: up to this many extra sampling rounds per step
+            replace the groups whose rewards were all equal (no gradient) with new prompts; 0 = off.
         ei_prompts / ei_epochs: expert iteration's prompts per round and passes over each round's traces.
         ei_lr: its learning rate (each round's SFT starts a fresh AdamW: at the cold start's 3e-3 one
             step of a round destroyed the seed-0 policy, 4.3% -> 0% val pass@1; at 3e-4 it learned).
@@ -129,6 +131,7 @@ class Recipe:
     grpo_lr: float = 1e-4
     grpo_eval_every: int = 50
     grpo_train_problems: int = 20000
+    grpo_refill_rounds: int = 0
     ei_prompts: int = 256
     ei_epochs: float = 1.0
     ei_lr: float = 3e-4
@@ -393,6 +396,8 @@ def stage_grpo(recipe: Recipe, config: Config, run_dir: Path, init: Path):
             group_size=recipe.grpo_group,
             temperature=1.0,
             max_new_tokens=recipe.max_new_tokens,
+            dynamic_sampling=recipe.grpo_refill_rounds > 0,
+            max_sampling_rounds=recipe.grpo_refill_rounds,
         ),
         loss=grpo.LossSection(loss_type="grpo", beta=0.0, mu=1),
         train=grpo.TrainSection(

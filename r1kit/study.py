@@ -66,14 +66,40 @@ def _addition_quick() -> demo.Recipe:
     )
 
 
-def _addition_full() -> demo.Recipe:
-    """The demo's recipe, with expert iteration evaluated every 2 rounds (its learning curve)."""
+def _addition_demo() -> demo.Recipe:
+    """The demo's recipe, with expert iteration evaluated every 2 rounds (its learning curve). Its cold
+    start draws from 100,000 worked solutions and stops early, so "more SFT on the cold-start set" is
+    mostly unseen problems of the same generator: nearly fresh data, not R1's finite cold start."""
     return replace(demo.Recipe.full(), ei_eval_every=2)
 
 
-STUDY_TASKS = {"addition": (_addition_full, _addition_quick)}
-"""Task name -> (full recipe, quick recipe): the demo's addition task (4-digit and hard 5-digit splits).
-Another task joins the study with a `demo.Recipe` preset here."""
+def _addition_finite() -> demo.Recipe:
+    """R1's setting: a finite cold start of a few thousand conversations (4,000; R1 used "thousands"),
+    half of them with hard 5-digit operands so the cold start solves some hard problems and RL has a
+    signal there, trained for a fixed 1,000 steps (16 epochs, no early stop: val_target 1.0) so every
+    arm starts from a cold start that has seen its data many times; then GRPO, expert iteration and more
+    SFT on exactly those 4,000 at GRPO's FLOPs. GRPO uses DAPO's dynamic sampling (one extra
+    sampling round per step replaces the groups whose rewards were all equal: on the hard split most
+    groups of a weak cold start are all wrong and teach nothing)."""
+    return replace(
+        demo.Recipe.full(),
+        sft_examples=4000,
+        hard_share=0.5,
+        sft_max_steps=1000,
+        val_target=1.0,
+        val_every=100,
+        ei_eval_every=2,
+        grpo_refill_rounds=1,
+    )
+
+
+STUDY_TASKS = {
+    "addition": (_addition_finite, _addition_quick),
+    "addition-demo": (_addition_demo, _addition_quick),
+}
+"""Task name -> (full recipe, quick recipe). "addition": the demo's task (4-digit and hard 5-digit
+splits) with R1's finite cold start (`_addition_finite`); "addition-demo": the demo's own recipe. Another
+task joins the study with a `demo.Recipe` preset here."""
 
 
 @dataclass
@@ -82,7 +108,8 @@ class Config:
 
     run_dir (str): where everything goes: <run_dir>/<task>/seed<S>/ (one demo-layout run each) and
         study.md / study.json / plots at the top. An existing seed directory is moved to .prev first.
-    tasks (list[str]): tasks of `STUDY_TASKS` ("addition").
+    tasks (list[str]): tasks of `STUDY_TASKS` ("addition": R1's finite cold start; "addition-demo": the
+        demo's recipe).
     seeds (int): seeds per task, first_seed, first_seed + 1, ...
     first_seed (int): the first seed.
     arms (list[str]): GRPO's controls: "expert iteration", "SFT on cold-start set", "oracle SFT".

@@ -114,3 +114,13 @@ def test_one_quick_seed_end_to_end(tmp_path):
     )
     assert not (tmp_path / "addition" / "seed0.prev").exists()  # the seed directory was not moved aside
     assert json.loads(json.dumps(again.runs["addition"][0])) == json.loads(json.dumps(seed, default=float))
+
+
+def test_addition_preset_is_a_finite_cold_start():
+    """R1's setting: the cold start sees its few thousand conversations many times, without an early stop,
+    so "more SFT on the cold-start set" is more epochs over seen data; the demo's recipe is kept apart."""
+    finite, demo_recipe = study.STUDY_TASKS["addition"][0](), study.STUDY_TASKS["addition-demo"][0]()
+    assert finite.sft_examples <= 10_000 and finite.val_target >= 1.0
+    assert finite.sft_max_steps * finite.sft_batch >= 10 * finite.sft_examples  # >= 10 epochs
+    assert 0.0 < finite.hard_share < 1.0
+    assert demo_recipe.sft_examples > finite.sft_max_steps * finite.sft_batch
