@@ -1,21 +1,33 @@
-"""Does thinking longer pay under GRPO? DeepSeek-R1-Zero's curve on Countdown search, with a control.
+"""Does thinking longer pay under GRPO? DeepSeek-R1-Zero's curve on Countdown search, against two controls.
 
-    PYTHONPATH=. python benchmarks/bench_length.py --threads 1                  # ~20-30 min on 1 core
-    PYTHONPATH=. python benchmarks/bench_length.py --grpo-steps 40 --quick      # a smoke run
+    PYTHONPATH=. python benchmarks/bench_length.py --seeds 3 --threads 1      # ~60 min on 1 core
+    PYTHONPATH=. python benchmarks/bench_length.py --quick --seeds 1          # a smoke run (~3 min)
 
-1. Cold start: SFT of a tiny llama (2 layers, d=128) on Countdown traces of a *short* random search
-   (`r1kit.tasks.countdown`: a budget of 1..max_failed+1 attempts per problem, every new attempt
-   starting with "Wait, ", a search that spends its budget gives up with a wrong answer).
-2. GRPO from the cold start on the same task's train prompts (prompt + verifier only), with the
-   pass-rate filter (`rollout.pass_rate_filter = [0.0, 1.0]`) unless `--no-filter`; held-out pass@1
-   (T=1, k samples) and mean completion length every `--eval-every` steps.
-3. The control: more SFT on the same finite cold-start set (same problems, more epochs) from the same
-   checkpoint, for about the FLOPs GRPO spent, evaluated at the same points of its FLOPs.
-4. Budget forcing (s1, arXiv 2501.19393) on the held-out split for the cold start, GRPO and the control:
-   thinking caps, and "Wait" extensions (a sampled `</think>` replaced by "Wait", N times).
+For each seed (0, 1, ... --seeds - 1):
 
-Writes <workdir>/results.json and <workdir>/length.png (held-out accuracy and mean completion length
-vs step for GRPO and the control; the budget curves). Use one thread on a shared machine.
+1. Cold start: SFT of a tiny llama (2 layers, d=128, seeded init) on Countdown traces of a *short*
+   random search (`r1kit.tasks.countdown`: 4 numbers in 1..9, + and -, only problems one random
+   attempt solves 10..30 % of the time; a budget of 1..max_failed+1 attempts per trace, every new
+   attempt starting with "Wait, ", a search that spends its budget gives up with a wrong answer, half
+   of the hits re-checked on one more "Wait, check ... ok" line).
+2. From that checkpoint, each arm at the FLOPs GRPO spends (sampling + updates, as `r1kit.rl.grpo`
+   counts them):
+   - GRPO on the task's train prompts (prompt + verifier only), the pass-rate filter
+     (`rollout.pass_rate_filter = [0.0, 1.0]`) unless `--no-filter`, and countdown's
+     `verified_search_reward` (a false "ok" costs more than an honest "no") at `--verify-weight`;
+   - expert iteration (`r1kit.expert_iteration`: GRPO's prompts in GRPO's order, its verifier, k
+     samples per prompt, fine-tune on the correct ones, repeat), the fair control;
+   - more SFT on the same finite cold-start set (same problems, more epochs).
+3. Held-out test split (the same problems for every arm and seed): pass@1 over `--samples` samples at
+   T=1 / top-p 1 (the samples of a random search: the length R1-Zero plots is the sampled one), the
+   mean completion length, attempts per sample, false "ok" claims; and budget forcing (s1, arXiv
+   2501.19393) of every final model: thinking caps, and "Wait" extensions (a sampled `</think>`
+   replaced by "Wait, ", N times).
+
+Writes <workdir>/report.md (mean ± spread over seeds: final held-out table, budget tables with a
+monotonicity check, the curves), <workdir>/results.json, <workdir>/length.png (R1-Zero's plot: held-out
+pass@1 and mean sampled completion length against FLOPs, every arm and seed) and budget.png. A seed
+whose <workdir>/seed<S>/result.json exists is read back, not rerun. Use one thread on a shared machine.
 """
 
 from __future__ import annotations
@@ -23,26 +35,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import subprocess
 import time
 from pathlib import Path
 
 TASK = "countdown"
+ARMS = ("cold start", "GRPO", "expert iteration", "SFT on cold-start set")
 
 
-def task_args(max_failed: int) -> dict:
-    """The Countdown configuration of this benchmark: 3 numbers in 1..9, + and -, targets <= 30 (1,723
-    distinct train problems; one random attempt hits 36 % of the time, 2 attempts 57 %, 8 attempts 92 %)."""
+def task_args(args) -> dict:
+    """The Countdown configuration: 4 numbers in 1..9, + and -, targets <= 30, only problems whose hit rate
+    (share of random attempts that reach the target) is in [--min-hit, --max-hit] (default 0.1..0.3: one
+    attempt solves ~20 %, 2 attempts ~36 %, 8 attempts ~83 %), so a 1..2-attempt cold start mostly gives
+    up and a longer search is what solves; `--recheck` of the hits replay themselves on one more line."""
     return {
-        "numbers": 3,
+        "numbers": args.numbers,
         "max_number": 9,
         "max_target": 30,
         "ops": "+-",
-        "max_failed": max_failed,
+        "max_failed": args.max_failed,
         "answer_format": "steps",
+        "min_hit_rate": args.min_hit,
+        "max_hit_rate": args.max_hit,
+        "recheck": args.recheck,
     }
 
 
-def run_sft(run_dir: Path, args, init: str = "", steps: int = 0, seed: int = 0) -> tuple[Path, float]:
+def run_sft(run_dir: Path, args, seed: int, init: str = "", steps: int = 0) -> tuple[Path, float]:
     """SFT on `args.sft_examples` cold-start problems (the same finite set for the control)."""
     from r1kit.train import sft
     from r1kit.train.loop import RunConfig, TrainConfig
@@ -55,15 +75,15 @@ def run_sft(run_dir: Path, args, init: str = "", steps: int = 0, seed: int = 0) 
         tokenizer=TokenizerSection(path=init, vocab_size=384),
         data=sft.SFTData(
             task=TASK,
-            task_args={TASK: task_args(args.max_failed)},
+            task_args={TASK: task_args(args)},
             num_examples=args.sft_examples,
             seed=0,
-            max_len=160,
+            max_len=args.max_len,
         ),
         train=TrainConfig(
             steps=steps or args.sft_steps,
             batch_size=64,
-            lr=3e-3 if not init else 1e-3,
+            lr=args.control_lr if init else 3e-3,
             warmup_steps=0 if init else 20,
             schedule="constant",
             grad_clip=1.0,
@@ -71,7 +91,7 @@ def run_sft(run_dir: Path, args, init: str = "", steps: int = 0, seed: int = 0) 
             seed=seed,
             threads=args.threads,
         ),
-        run=RunConfig(dir=str(run_dir), progress=False, log_every=10),
+        run=RunConfig(dir=str(run_dir), progress=False, log_every=50),
     )
     result = sft.run(cfg)
     return Path(result.model_dir), float(result.cost.get("flops", 0.0))
@@ -88,29 +108,38 @@ def load(model_dir: Path):
     return Transformer.from_pretrained(model_dir, dtype=torch.float32).eval(), tok
 
 
+def search_stats(text: str, problem) -> tuple[int, bool, bool]:
+    """(attempt lines, whether it claimed a hit, whether a claim was false) of one sampled completion."""
+    from r1kit.tasks.countdown import CHECK, verified_search_reward
+
+    think = text.split("</think>", 1)[0]
+    lines = [x.strip().removeprefix("Wait,").strip() for x in think.splitlines()]
+    attempts = sum(1 for x in lines if x.endswith((" ok", " no")) and not x.startswith(CHECK))
+    claimed = any(x.endswith(" ok") for x in lines)
+    return attempts, claimed, verified_search_reward(text, problem) < 0
+
+
 def held_out(model_dir: Path, problems, args) -> dict:
-    """pass@1 over k samples at T=1 (and greedy accuracy) with mean completion lengths."""
+    """pass@1 over k samples (T=1, top-p 1), mean sampled completion tokens and the search's shape."""
     from r1kit.engine import Engine
-    from r1kit.rl.grpo import evaluate_policy
+    from r1kit.evaluate import EvalParams, evaluate_engine
     from r1kit.tasks import get_task
 
     model, tok = load(model_dir)
-    task = get_task(TASK, **task_args(args.max_failed))
-    out = evaluate_policy(Engine(model, tok), tok, task, problems, samples=args.samples, temperature=1.0,
-                          top_p=1.0, max_new_tokens=args.max_new_tokens, template="chat", system="",
-                          seed=args.eval_seed)  # fmt: skip
-    return out
-
-
-def sampled_length(model_dir: Path, problems, args) -> float:
-    """Mean completion tokens of T=1 samples (the length R1-Zero plots is the sampled one)."""
-    from r1kit.engine import Engine, SamplingParams
-
-    model, tok = load(model_dir)
-    prompts = [tok.prompt_ids(p.prompt, "chat", "") for p in problems]
-    params = SamplingParams(n=args.samples, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=3)
-    comps = Engine(model, tok).generate(prompts, params)
-    return sum(len(c.token_ids) for c in comps) / max(len(comps), 1)
+    task = get_task(TASK, **task_args(args))
+    params = EvalParams(k=args.samples, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
+                        greedy=False, seed=args.eval_seed)  # fmt: skip
+    (result,) = evaluate_engine(Engine(model, tok), tok, task, problems, params, template="chat", system="")
+    stats = [search_stats(s, p) for r, p in zip(result.records, problems) for s in r["samples"]]
+    n = max(len(stats), 1)
+    return {
+        "pass@1": result.metrics["pass@1"],
+        "length": result.metrics["completion_tokens"],
+        "attempts": sum(a for a, _, _ in stats) / n,
+        "long_search": sum(a >= 3 for a, _, _ in stats) / n,
+        "claims": sum(c for _, c, _ in stats) / n,
+        "false_claims": sum(f for _, _, f in stats) / n,
+    }
 
 
 def budget(model_dir: Path, problems, args) -> list[dict]:
@@ -122,12 +151,29 @@ def budget(model_dir: Path, problems, args) -> list[dict]:
         caps=list(args.caps), waits=list(args.waits), samples=args.samples, temperature=1.0,
         max_new_tokens=args.budget_max_new_tokens, wait_string=args.wait_string,
     )  # fmt: skip
-    task = get_task(TASK, **task_args(args.max_failed))
+    task = get_task(TASK, **task_args(args))
     return budget_curve(model, tok, task, problems, section, max_new_tokens=args.budget_max_new_tokens,
                         seed=args.eval_seed)  # fmt: skip
 
 
-def run_grpo(run_dir: Path, sft_dir: Path, args) -> dict:
+def eval_section(args):
+    """GRPO's and expert iteration's held-out evaluation during training: the bench's protocol."""
+    from r1kit.rl import grpo
+
+    return grpo.EvalSection(
+        every=args.eval_every, split="test", problems=args.eval_problems, samples=args.samples,
+        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.eval_seed,
+    )  # fmt: skip
+
+
+def data_section(args):
+    from r1kit.rl import grpo
+
+    return grpo.DataSection(task=TASK, task_args={TASK: task_args(args)}, train_problems=args.train_problems)
+
+
+def run_grpo(run_dir: Path, sft_dir: Path, args, seed: int) -> dict:
+    """GRPO from the cold start; its held-out pass@1 and rollout length (train prompts, T=1) vs FLOPs."""
     from r1kit.rl import grpo
 
     rollout = grpo.RolloutSection(
@@ -136,7 +182,6 @@ def run_grpo(run_dir: Path, sft_dir: Path, args) -> dict:
         temperature=1.0,
         max_new_tokens=args.max_new_tokens,
         pass_rate_filter=[] if args.no_filter else [0.0, 1.0],
-        hard_prompt_samples=args.hard_samples,
     )
     names, weights = ["accuracy", "format"], [1.0, 0.1]
     if args.verify_weight:  # a false "ok" costs more than an honest give-up
@@ -144,9 +189,7 @@ def run_grpo(run_dir: Path, sft_dir: Path, args) -> dict:
         weights.append(args.verify_weight)
     cfg = grpo.Config(
         model=grpo.ModelSection(path=str(sft_dir)),
-        data=grpo.DataSection(
-            task=TASK, task_args={TASK: task_args(args.max_failed)}, train_problems=args.train_problems
-        ),
+        data=data_section(args),
         reward=grpo.RewardSection(names=names, weights=weights),
         rollout=rollout,
         loss=grpo.LossSection(loss_type="grpo", beta=0.0, mu=1),
@@ -156,162 +199,297 @@ def run_grpo(run_dir: Path, sft_dir: Path, args) -> dict:
             schedule="constant",
             grad_clip=1.0,
             device="cpu",
-            seed=args.seed,
+            seed=seed,
             threads=args.threads,
-            max_seconds=args.grpo_seconds,
         ),  # fmt: skip
         run=grpo.RunSection(dir=str(run_dir), log_every=1, progress=False, tensorboard=False, save_every=0),
-        eval=grpo.EvalSection(
-            every=args.eval_every,
-            split="test",
-            problems=args.eval_problems,
-            samples=args.samples,
-            temperature=1.0,
-            top_p=1.0,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.eval_seed,
-        ),  # fmt: skip
+        eval=eval_section(args),
     )
     result = grpo.run(cfg)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    curve = []
-    flops = 0.0
+    lengths = {r["step"]: r["completion/length_mean"] for r in rows if "completion/length_mean" in r}
+    curve, flops = [], 0.0
     for row in rows:
         flops = row.get("cost/flops_total", flops + row.get("cost/flops", 0.0))
-        if "eval/pass@1" in row:
-            curve.append({"step": row["step"], "pass@1": row["eval/pass@1"], "flops": flops,
-                          "greedy_len": row.get("eval/length_mean")})  # fmt: skip
-    lengths = [(r["step"], r["completion/length_mean"]) for r in rows if "completion/length_mean" in r]
-    return {
-        "model_dir": str(result.model_dir),
-        "curve": curve,
-        "train_length": lengths,
-        "flops": float(result.cost.get("flops", flops)),
-        "steps": result.steps,
-        "skipped": sum(r.get("curriculum/skipped", 0.0) for r in rows),
-    }
+        if "eval/pass@1" in row:  # the rollout of the step evaluated (or the next one, for step 0)
+            length = lengths.get(row["step"], lengths.get(row["step"] + 1, float("nan")))
+            curve.append(
+                {"step": row["step"], "flops": flops, "accuracy": row["eval/pass@1"], "length": length}
+            )
+    return {"model_dir": str(result.model_dir), "curve": curve, "flops": float(result.cost.get("flops", flops)),
+            "steps": result.steps}  # fmt: skip
 
 
-def plot(path: Path, res: dict) -> None:
-    import matplotlib
+def run_ei(run_dir: Path, sft_dir: Path, args, seed: int, budget_flops: float) -> dict:
+    """Expert iteration at `budget_flops`; held-out pass@1 and sampled length (train prompts) vs FLOPs."""
+    from r1kit import expert_iteration as ei
+    from r1kit.train.loop import RunConfig, TrainConfig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    g, c = res["grpo"]["curve"], res["control"]["curve"]
-    ax[0].plot([r["step"] for r in g], [r["pass@1"] for r in g], "o-", label="GRPO")
-    ax[0].plot([r["step"] for r in c], [r["pass@1"] for r in c], "s--", label="SFT on the cold-start set")
-    ax[0].set(xlabel="GRPO step (control: same FLOPs)", ylabel="held-out pass@1 (T=1)", title="accuracy")
-    ax[1].plot([r["step"] for r in g], [r["length"] for r in g], "o-", label="GRPO")
-    ax[1].plot([r["step"] for r in c], [r["length"] for r in c], "s--", label="control")
-    ax[1].set(xlabel="step", ylabel="mean completion tokens (T=1)", title="length")
-    for name, style in (("sft", ":"), ("grpo", "-"), ("control", "--")):
-        pts = res["budget"].get(name, [])
-        caps = [p for p in pts if p["mode"] == "cap"]
-        waits = [p for p in pts if p["mode"] == "wait"]
-        ax[2].plot(
-            [p["think_tokens"] for p in caps], [p["accuracy"] for p in caps], "o" + style, label=f"{name} cap"
+    evs = eval_section(args)
+    cfg = ei.Config(
+        model=ei.ModelDirSection(path=str(sft_dir)),
+        data=data_section(args),
+        ei=ei.EISection(
+            budget_flops=budget_flops,
+            prompts_per_round=args.ei_prompts,
+            k=args.group,
+            temperature=1.0,
+            max_new_tokens=args.max_new_tokens,
+            max_len=args.max_len,
+        ),  # fmt: skip
+        train=TrainConfig(
+            lr=args.ei_lr,
+            batch_size=32,
+            warmup_steps=0,
+            schedule="constant",
+            grad_clip=1.0,
+            device="cpu",
+            seed=seed,
+            threads=args.threads,
+        ),  # fmt: skip
+        run=RunConfig(dir=str(run_dir), progress=False, log_every=50, plot=False),
+        eval=type(evs)(**{**vars(evs), "every": args.ei_eval_every}),
+    )
+    result = ei.run(cfg)
+    _, tok = load(sft_dir)
+    lengths = {}
+    for info in result.rounds:  # sampled tokens = prompts' prefill + completions (as GRPO counts them)
+        prompt_tokens = sum(len(tok.prompt_ids(p, "chat", "")) for p in info["prompts"])
+        lengths[info["round"]] = (info["sampled_tokens"] - prompt_tokens) / (
+            len(info["prompts"]) * args.group
         )
-        ax[2].plot(
-            [p["think_tokens"] for p in waits],
-            [p["accuracy"] for p in waits],
-            "x" + style,
-            label=f"{name} wait",
+    curve = [{"step": h["step"], "flops": h["flops"], "accuracy": h["eval/pass@1"],
+              "length": lengths.get(h["step"], lengths.get(h["step"] - 1, float("nan")))}
+             for h in result.history if "eval/pass@1" in h]  # fmt: skip
+    return {"model_dir": str(result.model_dir), "curve": curve, "flops": float(result.metrics["flops"]),
+            "steps": result.metrics["rounds"]}  # fmt: skip
+
+
+def run_control(run_dir: Path, sft_dir: Path, sft_flops: float, args, seed: int, budget_flops: float,
+                test, start: dict) -> dict:  # fmt: skip
+    """More SFT on the same cold-start set at about `budget_flops`, in --control-points segments."""
+    per_step = sft_flops / max(args.sft_steps, 1)
+    total = max(1, int(budget_flops / per_step))
+    seg = max(1, total // args.control_points)
+    curve = [{"step": 0, "flops": 0.0, "accuracy": start["pass@1"], "length": start["length"]}]
+    init = sft_dir
+    for k in range(1, args.control_points + 1):
+        init, _ = run_sft(run_dir / f"part{k}", args, seed=1000 * seed + k, init=str(init), steps=seg)
+        ev = held_out(init, test, args)
+        curve.append(
+            {"step": k * seg, "flops": k * seg * per_step, "accuracy": ev["pass@1"], "length": ev["length"]}
         )
-    ax[2].set(xlabel="mean thinking tokens", ylabel="accuracy", title="budget forcing")
-    for a in ax:
-        a.legend(fontsize=7)
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return {"model_dir": str(init), "curve": curve, "flops": seg * args.control_points * per_step,
+            "steps": seg * args.control_points}  # fmt: skip
+
+
+def run_seed(seed: int, args, test) -> dict:
+    """One seed's cold start, three arms, final held-out evaluations and budget curves."""
+    wd = args.workdir / f"seed{seed}"
+    done = wd / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    sft_dir, sft_flops = run_sft(wd / "sft", args, seed=seed)
+    res: dict = {"seed": seed, "final": {}, "budget": {}, "arms": {}, "time_s": {}}
+    res["final"]["cold start"] = start = held_out(sft_dir, test, args)
+    res["time_s"]["cold start"] = time.perf_counter() - t0
+    print(f"seed {seed} cold start:", start, flush=True)
+    t0 = time.perf_counter()
+    res["arms"]["GRPO"] = g = run_grpo(wd / "grpo", sft_dir, args, seed)
+    res["time_s"]["GRPO"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res["arms"]["expert iteration"] = run_ei(wd / "ei", sft_dir, args, seed, g["flops"])
+    res["time_s"]["expert iteration"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res["arms"]["SFT on cold-start set"] = run_control(wd / "control", sft_dir, sft_flops, args, seed, g["flops"],
+                                                       test, start)  # fmt: skip
+    res["time_s"]["SFT on cold-start set"] = time.perf_counter() - t0
+    dirs = {"cold start": sft_dir, **{arm: Path(a["model_dir"]) for arm, a in res["arms"].items()}}
+    for arm, path in dirs.items():
+        if arm != "cold start":
+            res["final"][arm] = held_out(path, test, args)
+        res["budget"][arm] = budget(path, test, args)
+        print(f"seed {seed} {arm}:", res["final"][arm], flush=True)
+    done.write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def machine() -> str:
+    """The CPU model, its relevant flags and the load, for every figure."""
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        info = ""
+    model = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("Model name")), "?")
+    flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in info.split()]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{model} ({' '.join(flags) or 'no AVX-512'}), {os.cpu_count()} CPUs, load average {load}, {platform.python_version()}"
+
+
+def monotone(values: list[float]) -> bool:
+    return all(b >= a for a, b in zip(values, values[1:]))
+
+
+def report(args, seeds: list[dict], started: str) -> str:
+    """The markdown report: final held-out table, budget tables (mean ± spread), the plots."""
+    from r1kit.report import mean_spread, spread_table
+
+    cols = ["pass@1", "length", "attempts", "long_search", "claims", "false_claims"]
+    cells = {arm: {c: [s["final"][arm][c] for s in seeds] for c in cols} for arm in ARMS}
+    flops = {arm: [s["arms"][arm]["flops"] for s in seeds] for arm in ARMS[1:]}
+    lines = [
+        "# Countdown: does thinking longer pay? (bench_length)",
+        "",
+        f"Command: `PYTHONPATH=. python benchmarks/bench_length.py {' '.join(args.argv)}`",
+        f"Machine at the start: {started}; at the end: {machine()}.",
+        f"Seeds {[s['seed'] for s in seeds]}; task_args {task_args(args)}; held-out: {args.eval_problems} test "
+        f"problems x {args.samples} samples at T=1, top-p 1, max {args.max_new_tokens} new tokens.",
+        "",
+        "## Final held-out evaluation (mean ± sd over seeds, the seeds' values in brackets)",
+        "",
+        "length: mean sampled completion tokens; attempts: attempt lines per sample; long_search: share of "
+        "samples with >= 3 attempts; claims / false_claims: share of samples with an 'ok' line / a false one.",
+        "",
+        spread_table(cells, cols).replace("| stage |", "| arm |"),
+        "",
+        "FLOPs per arm (sampling + updates; the control: SFT training FLOPs): "
+        + "; ".join(f"{arm} {mean_spread(v)[0] / 1e12:.2f} TFLOPs" for arm, v in flops.items()),
+        "",
+        "## Budget forcing (accuracy, mean ± sd over seeds)",
+        "",
+    ]
+    for mode, name in (("cap", "thinking cap (tokens)"), ("wait", 'forced "Wait, " extensions')):
+        values = sorted(
+            {p["value"] for s in seeds for pts in s["budget"].values() for p in pts if p["mode"] == mode}
+        )
+        if not values:
+            continue
+        table = {arm: {str(v): [p["accuracy"] for s in seeds for p in s["budget"][arm]
+                                if p["mode"] == mode and p["value"] == v] for v in values} for arm in ARMS}  # fmt: skip
+        lines += [
+            f"### {name}",
+            "",
+            spread_table(table, [str(v) for v in values]).replace("| stage |", "| arm |"),
+            "",
+        ]
+        for arm in ARMS:
+            means = [mean_spread(table[arm][str(v)])[0] for v in values]
+            think = [mean_spread([p["think_tokens"] for s in seeds for p in s["budget"][arm]
+                                  if p["mode"] == mode and p["value"] == v])[0] for v in values]  # fmt: skip
+            lines.append(f"- {arm}: mean accuracy {'monotone non-decreasing' if monotone(means) else 'NOT monotone'}"
+                         f" in the {mode}; mean thinking tokens {', '.join(f'{t:.1f}' for t in think)}")  # fmt: skip
+        lines.append("")
+    lines += ["## Curves", "", "![R1-Zero's plot](length.png)", "", "![budget forcing](budget.png)", "",
+              "Length in the curves: GRPO's and expert iteration's own samples of the step (train prompts, "
+              "T=1); the control's held-out samples. Wall time per seed (s): "
+              + "; ".join(f"seed {s['seed']}: " + ", ".join(f"{k} {v:.0f}" for k, v in s["time_s"].items())
+                          for s in seeds), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot_budget(path: Path, seeds: list[dict]) -> None:
+    """Accuracy against the cap and the Wait count, mean over seeds, one line per arm."""
+    from matplotlib.figure import Figure
+
+    from r1kit.report import mean_spread
+    from r1kit.train.log import save_figure
+
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, mode in zip(axes, ("cap", "wait")):
+        for i, arm in enumerate(ARMS):
+            by: dict = {}
+            for s in seeds:
+                for p in s["budget"][arm]:
+                    if p["mode"] == mode:
+                        by.setdefault(p["value"], []).append(p["accuracy"])
+            xs = sorted(by)
+            ms = [mean_spread(by[x]) for x in xs]
+            ax.errorbar(xs, [m for m, _ in ms], yerr=[sd for _, sd in ms], marker="o", capsize=3, color=f"C{i}",
+                        label=arm)  # fmt: skip
+        ax.set(xlabel="thinking cap (tokens)" if mode == "cap" else 'forced "Wait, " extensions',
+               ylabel="held-out accuracy (T=1)", ylim=(-0.02, 1.02))  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, path, "budget forcing, mean ± sd over seeds")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_length"))
-    ap.add_argument("--sft-dir", type=Path, default=None, help="reuse a cold-start model directory")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (cold start, arms, data order)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: tiny steps and evaluations")
+    ap.add_argument("--numbers", type=int, default=4)
+    ap.add_argument("--min-hit", type=float, default=0.1)
+    ap.add_argument("--max-hit", type=float, default=0.3)
+    ap.add_argument("--recheck", type=float, default=0.5, help="share of solved traces that re-check the hit")
     ap.add_argument("--max-failed", type=int, default=1, help="cold-start search budget: 1..max_failed+1")
     ap.add_argument("--sft-examples", type=int, default=1500)
     ap.add_argument("--sft-steps", type=int, default=600)
-    ap.add_argument("--train-problems", type=int, default=400, help="GRPO prompt pool (train split)")
-    ap.add_argument("--grpo-steps", type=int, default=200)
-    ap.add_argument("--grpo-seconds", type=float, default=900.0)
+    ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--control-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--train-problems", type=int, default=400, help="GRPO's (and EI's) prompt pool (train split)"
+    )
+    ap.add_argument("--grpo-steps", type=int, default=150)
     ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--group", type=int, default=8, help="GRPO's group size = EI's samples per prompt")
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--ei-lr", type=float, default=3e-4)
+    ap.add_argument("--ei-prompts", type=int, default=128, help="expert iteration's prompts per round")
+    ap.add_argument(
+        "--ei-eval-every", type=int, default=4, help="expert iteration's rounds between evaluations"
+    )
+    ap.add_argument("--max-new-tokens", type=int, default=200)
     ap.add_argument("--no-filter", action="store_true", help="GRPO without the pass-rate filter")
-    ap.add_argument("--verify-weight", type=float, default=0.0,
+    ap.add_argument("--verify-weight", type=float, default=0.5,
                     help="weight of countdown's verified_search_reward (-1 for a false 'ok'); 0 = off")  # fmt: skip
-    ap.add_argument("--hard-samples", type=int, default=0, help="rollout.hard_prompt_samples")
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--eval-problems", type=int, default=64)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--eval-seed", type=int, default=7)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--caps", type=int, nargs="*", default=[12, 24, 48, 96])
+    ap.add_argument("--caps", type=int, nargs="*", default=[16, 32, 64, 128])
     ap.add_argument("--waits", type=int, nargs="*", default=[0, 1, 2, 4])
     ap.add_argument(
         "--wait-string", default="Wait, ", help="budget forcing's wait string (the traces' own prefix)"
     )
-    ap.add_argument("--budget-max-new-tokens", type=int, default=240)
-    ap.add_argument("--control-points", type=int, default=4)
+    ap.add_argument("--budget-max-new-tokens", type=int, default=320)
+    ap.add_argument("--control-points", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    args.argv = [a for a in os.sys.argv[1:]]
+    if args.quick:
+        args.sft_steps, args.sft_examples, args.grpo_steps, args.eval_every = 40, 200, 4, 2
+        args.eval_problems, args.samples, args.ei_prompts, args.ei_eval_every = 8, 2, 16, 1
+        args.train_problems, args.prompts, args.caps, args.waits, args.control_points = (
+            40,
+            4,
+            [16, 64],
+            [0, 1],
+            1,
+        )
 
     import torch
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from r1kit.report import plot_learning_curves
     from r1kit.tasks import get_task
 
+    started = machine()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    task = get_task(TASK, **task_args(args.max_failed))
-    test = task.problems("test", n=args.eval_problems, seed=args.eval_seed)
-    res: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "budget": {}}
-    t0 = time.perf_counter()
-    if args.sft_dir:
-        sft_dir, sft_flops = args.sft_dir, 0.0
-    else:
-        sft_dir, sft_flops = run_sft(args.workdir / "sft", args)
-    res["time_sft_s"] = time.perf_counter() - t0
-    res["sft"] = {**held_out(sft_dir, test, args), "length": sampled_length(sft_dir, test, args)}
-    print("cold start:", res["sft"], flush=True)
-
-    t0 = time.perf_counter()
-    g = run_grpo(args.workdir / "grpo", sft_dir, args)
-    res["time_grpo_s"] = time.perf_counter() - t0
-    # the T=1 sampled length at each evaluation step is the rollout's (training prompts) mean length
-    train_len = dict(g["train_length"])
-    for point in g["curve"]:
-        point["length"] = train_len.get(point["step"], train_len.get(point["step"] + 1, float("nan")))
-    g["curve"][0]["length"] = res["sft"]["length"]
-    res["grpo"] = g
-    print("GRPO:", g["curve"], flush=True)
-
-    # the control: SFT on the same finite cold-start set, about GRPO's FLOPs, in segments
-    sft_flops_per_step = sft_flops / max(args.sft_steps, 1)
-    total_steps = max(1, int(g["flops"] / sft_flops_per_step)) if sft_flops_per_step else args.sft_steps
-    seg = max(1, total_steps // args.control_points)
-    control = [{"step": 0, "pass@1": res["sft"]["eval/pass@1"], "length": res["sft"]["length"], "flops": 0.0}]
-    init = sft_dir
-    for k in range(1, args.control_points + 1):
-        init, _ = run_sft(args.workdir / f"control{k}", args, init=str(init), steps=seg, seed=k)
-        ev = held_out(init, test, args)
-        frac = k * seg / total_steps
-        control.append({"step": round(frac * g["steps"]), "pass@1": ev["eval/pass@1"],
-                        "length": sampled_length(init, test, args), "flops": k * seg * sft_flops_per_step})  # fmt: skip
-        print("control:", control[-1], flush=True)
-    res["control"] = {"curve": control, "steps": seg * args.control_points, "model_dir": str(init)}
-
-    for name, path in (("sft", sft_dir), ("grpo", Path(g["model_dir"])), ("control", Path(init))):
-        res["budget"][name] = budget(path, test, args)
-        print("budget", name, [(p["mode"], p["value"], round(p["accuracy"], 3), round(p["think_tokens"], 1))
-                               for p in res["budget"][name]], flush=True)  # fmt: skip
-    (args.workdir / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    plot(args.workdir / "length.png", res)
-    print("wrote", args.workdir / "results.json", args.workdir / "length.png")
+    test = get_task(TASK, **task_args(args)).problems("test", n=args.eval_problems, seed=args.eval_seed)
+    seeds = [run_seed(seed, args, test) for seed in range(args.seeds)]
+    curves = {arm: [s["arms"][arm]["curve"] for s in seeds] for arm in ARMS[1:]}
+    plot_learning_curves(
+        curves, args.workdir / "length.png", "Countdown: held-out pass@1 and sampled length vs FLOPs"
+    )
+    plot_budget(args.workdir / "budget.png", seeds)
+    (args.workdir / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                           "seeds": seeds}, indent=1, default=str))  # fmt: skip
+    (args.workdir / "report.md").write_text(report(args, seeds, started))
+    print("wrote", args.workdir / "report.md")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ model that keeps searching (one more "Wait, ..." line) finds more answers: the t
 longer pays (DeepSeek-R1-Zero's length curve, arXiv 2501.12948; "Wait" is s1's budget-forcing word,
 arXiv 2501.19393, and here it is the in-distribution word that starts a new attempt).
 
+With `recheck` > 0 that share of the solved traces re-checks the hit before stopping: one more line
+"Wait, check 3*7=21,21+25=46 ok" (the hit's chain replayed). Then a line that follows a hit is in
+the data, so budget forcing's forced "Wait, " after a hit (s1) continues in distribution (a re-check,
+the answer still the hit) instead of starting an attempt the answer would copy.
+
 A problem's difficulty is its *hit rate*: the share of random attempts that reach the target,
 estimated from `HIT_TRIALS` attempts with a generator seeded by the problem (deterministic).
 `min_hit_rate` / `max_hit_rate` select problems by it (easy ones where a short search suffices, or
@@ -39,6 +44,8 @@ _Expr = tuple[str, int]
 HIT_TRIALS = 64
 # The verified-search reward reads at most this many characters of the thinking.
 MAX_TRACE_CHARS = 8192
+# The word that starts a re-check line (the hit's chain replayed, see `format_trace`).
+CHECK = "check "
 # One step of a step-chain answer: "a op b=c".
 _STEP = re.compile(r"\s*(\d{1,12})\s*([-+*/])\s*(\d{1,12})\s*=\s*(\d{1,12})\s*")
 
@@ -112,13 +119,18 @@ def bounded_search(
     return out
 
 
-def format_trace(attempts: list[tuple[list[str], int, str]], target: int, wait: str = "Wait") -> str:
+def format_trace(
+    attempts: list[tuple[list[str], int, str]], target: int, wait: str = "Wait", recheck: bool = False
+) -> str:
     """The search trace: one line per attempt, "... ok" for a hit, "... no" otherwise; every attempt
-    after the first starts with "<wait>, " (no prefix when `wait` is empty)."""
+    after the first starts with "<wait>, " (no prefix when `wait` is empty). With `recheck` and a hit,
+    one more line "<wait>, check <the hit's steps> ok" (`CHECK` then the chain)."""
     lines = []
     for k, (steps, value, _) in enumerate(attempts):
         prefix = f"{wait}, " if wait and k else ""
         lines.append(prefix + ",".join(steps) + (" ok" if value == target else " no"))
+    if recheck and attempts and attempts[-1][1] == target:
+        lines.append((f"{wait}, " if wait else "") + CHECK + ",".join(attempts[-1][0]) + " ok")
     return "\n".join(lines)
 
 
@@ -162,7 +174,9 @@ class CountdownTask(ProceduralTask):
     the attempts (a subset of "+-*/"); wait: the word that starts every attempt after the first ("" =
     none); answer_format: "expression" or "steps" (the successful attempt's step chain); solved_only:
     keep only problems the bounded search solved (no give-up traces); min_hit_rate / max_hit_rate:
-    keep problems whose hit rate (share of random attempts that reach the target) is in this range.
+    keep problems whose hit rate (share of random attempts that reach the target) is in this range;
+    recheck: the share of solved traces that replay the hit on one more line before stopping
+    ("Wait, check ... ok", see the module docstring).
     """
 
     name = "countdown"
@@ -179,6 +193,7 @@ class CountdownTask(ProceduralTask):
         solved_only: bool = False,
         min_hit_rate: float = 0.0,
         max_hit_rate: float = 1.0,
+        recheck: float = 0.0,
     ):
         """See the class docstring."""
         lo, hi = (numbers, numbers) if isinstance(numbers, int) else tuple(numbers)
@@ -194,6 +209,8 @@ class CountdownTask(ProceduralTask):
             raise ValueError(
                 f"need 0 <= min_hit_rate <= max_hit_rate <= 1, got {min_hit_rate}, {max_hit_rate}"
             )
+        if not 0.0 <= recheck <= 1.0:
+            raise ValueError(f"recheck must be a share in 0..1, got {recheck}")
         if "\n" in wait or "," in wait:
             raise ValueError("wait must be one word without a comma or newline")
         self.lo, self.hi = int(lo), int(hi)
@@ -205,10 +222,12 @@ class CountdownTask(ProceduralTask):
         )
         self.solved_only = bool(solved_only)
         self.min_hit_rate, self.max_hit_rate = float(min_hit_rate), float(max_hit_rate)
+        self.recheck = float(recheck)
 
     def config(self) -> dict:
-        """The knobs that define the problem distribution."""
-        return {
+        """The knobs that define the problem distribution (`recheck` only when set: the problems of a
+        configuration without it, drawn from this, stay those of earlier versions)."""
+        out = {
             "numbers": (self.lo, self.hi),
             "max_number": self.max_number,
             "max_target": self.max_target,
@@ -220,6 +239,9 @@ class CountdownTask(ProceduralTask):
             "min_hit_rate": self.min_hit_rate,
             "max_hit_rate": self.max_hit_rate,
         }
+        if self.recheck:
+            out["recheck"] = self.recheck
+        return out
 
     def _answer(self, attempt: tuple[list[str], int, str]) -> str:
         return ",".join(attempt[0]) if self.answer_format == "steps" else attempt[2]
@@ -241,6 +263,8 @@ class CountdownTask(ProceduralTask):
             solved = attempts[-1][1] == target
             if solved or not self.solved_only:
                 break
+        # drawn only when asked, so recheck = 0 keeps the problems of earlier versions
+        recheck = solved and self.recheck > 0.0 and rng.random() < self.recheck
         # a give-up trace answers with its closest attempt (and scores 0); the reference answer is right
         closest = min(attempts, key=lambda a: abs(a[1] - target))
         prompt = f"Make {target} from {' '.join(map(str, numbers))}"
@@ -257,7 +281,7 @@ class CountdownTask(ProceduralTask):
             id=prompt,
             prompt=prompt,
             answer=self._answer(solution),
-            solution=format_trace(attempts, target, self.wait),
+            solution=format_trace(attempts, target, self.wait, recheck),
             meta=meta,
         )
 
@@ -313,7 +337,7 @@ def verified_search_reward(completion: str, problem: Problem) -> float:
             line = line.strip()
             if line.endswith(" ok"):
                 chain = line.split(",", 1)[1] if line.startswith("Wait,") else line
-                if not check_steps(chain.strip(), numbers, target):
+                if not check_steps(chain.strip().removeprefix(CHECK), numbers, target):
                     return -1.0
         return 0.0
     except Exception:  # odd input: no claim to judge

@@ -30,6 +30,29 @@ def test_format_trace_by_hand():
     assert format_trace(attempts, 24) == "3+4=7,7+9=16 no\nWait, 9-3=6,6*4=24 ok"
     assert format_trace(attempts, 24, wait="") == "3+4=7,7+9=16 no\n9-3=6,6*4=24 ok"
     assert format_trace(attempts[:1], 24) == "3+4=7,7+9=16 no"  # a give-up: no line ends "ok"
+    checked = "3+4=7,7+9=16 no\nWait, 9-3=6,6*4=24 ok\nWait, check 9-3=6,6*4=24 ok"
+    assert format_trace(attempts, 24, recheck=True) == checked
+    assert format_trace(attempts[:1], 24, recheck=True) == "3+4=7,7+9=16 no"  # nothing to re-check
+
+
+def test_recheck_share_and_answers():
+    """recheck = 1 re-checks every solved trace (the answer still the hit), 0 none; the problems of a
+    configuration without recheck keep their seed (its config, which seeds the draw, omits the knob)."""
+    args = dict(numbers=3, max_number=9, max_target=30, ops="+-", max_failed=1, answer_format="steps")
+    plain = CountdownTask(**args).problems("train", n=40, seed=0)
+    every = CountdownTask(**args, recheck=1.0)
+    checked = every.problems("train", n=40, seed=0)
+    assert "recheck" not in CountdownTask(**args).config() and every.config()["recheck"] == 1.0
+    solved = [p for p in checked if p.meta["solved"]]
+    assert solved and all(p.solution.splitlines()[-1].startswith("Wait, check ") for p in solved)
+    for p in solved:  # the re-check replays the hit line's chain, and the answer is the hit
+        hit, check = p.solution.splitlines()[-2:]
+        assert check.removeprefix("Wait, check ") == hit.removeprefix("Wait, ")
+        assert every.check(every.completion(p).split("</think>\n")[1], p) == 1.0
+    assert not any("check" in p.solution for p in checked if not p.meta["solved"])
+    assert not any("check" in p.solution for p in plain)
+    with pytest.raises(ValueError):
+        CountdownTask(recheck=1.5)
 
 
 def test_random_path_two_numbers_one_op():
@@ -144,4 +167,10 @@ def test_verified_search_reward_by_hand():
     bad_sum = "7+2=9,9+5=10 ok\n</think>\n7+2=9,9+5=10"  # wrong arithmetic, claimed ok
     assert verified_search_reward(bad_sum, p) == -1.0
     assert verified_search_reward("7+2=9,9+5=14 no\n</think>\n7+2=9,9+5=14", p) == 0.0  # honest give-up
+    recheck = "7-2=5,5+5=10 ok\nWait, check 7-2=5,5+5=10 ok\n</think>\n7-2=5,5+5=10"
+    assert verified_search_reward(recheck, p) == 0.0  # an honest re-check
+    assert (
+        verified_search_reward("7-2=5,5+5=10 ok\nWait, check 7+2=9,9+5=14 ok\n</think>\n7-2=5,5+5=10", p)
+        == -1.0
+    )
     assert verified_search_reward(None, p) == 0.0 and verified_search_reward("x" * 100000, p) == 0.0
