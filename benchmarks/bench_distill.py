@@ -57,17 +57,32 @@ STUDENT = {
 }
 
 
-def train_teacher(out: Path, steps: int, target: float, quiet: bool) -> dict:
-    """SFT of the teacher on the task's worked solutions, stopped at `target` held-out greedy accuracy."""
+def train_teacher(
+    out: Path,
+    steps: int,
+    target: float,
+    quiet: bool,
+    task_args: dict | None = None,
+    overrides: dict | None = None,
+    schedule: str = "constant",
+    max_len: int = 64,
+    examples: int = 5000,
+) -> dict:
+    """SFT of the teacher on the task's worked solutions (addition with `task_args`, default this
+    benchmark's 1-3 digits; tiny-llama with `overrides`, default TEACHER), stopped at `target` held-out
+    greedy accuracy. `examples` distinct worked solutions are drawn."""
     config = sft.Config(
-        model=ModelSection(preset="tiny-llama", overrides=dict(TEACHER)),
+        model=ModelSection(preset="tiny-llama", overrides=dict(TEACHER if overrides is None else overrides)),
         tokenizer=TokenizerSection(vocab_size=512),
         data=sft.SFTData(
-            task="addition", task_args={"addition": dict(TASK_ARGS)}, num_examples=5000, max_len=64
+            task="addition",
+            task_args={"addition": dict(task_args or TASK_ARGS)},
+            num_examples=examples,
+            max_len=max_len,
         ),
-        val=sft.ValSection(every=25, problems=64, max_new_tokens=48, target_accuracy=target),
+        val=sft.ValSection(every=25, problems=64, max_new_tokens=max_len - 16, target_accuracy=target),
         train=TrainConfig(
-            steps=steps, batch_size=32, lr=3e-3, warmup_steps=10, schedule="constant", device="cpu"
+            steps=steps, batch_size=32, lr=3e-3, warmup_steps=10, schedule=schedule, device="cpu"
         ),
         run=RunConfig(dir=str(out / "teacher"), progress=not quiet),
     )

@@ -52,6 +52,7 @@ from r1kit.evaluate import (
     as_engine,
     evaluate_engine,
     is_correct,
+    render_prompts,
 )
 from r1kit.loaders import find_tokenizer_dir, load_model, resolve_model_dir, set_threads
 from r1kit.model.counting import flops_per_token
@@ -506,6 +507,18 @@ def format_sample_table(stats: dict[str, dict[str, Any]]) -> Any:
     return table
 
 
+def generation_flops(
+    cfg: Any, prefilled: float, row_prompt_tokens: float, generated: float, rows: float
+) -> float:
+    """FLOPs of sampling `rows` completions: one forward (a third of `flops_per_token`'s training
+    FLOPs) over the `prefilled` prompt tokens (each group's prompt once: its samples share the prefill)
+    and the `generated` tokens, at the mean sequence length (`row_prompt_tokens` = the prompt tokens
+    summed over the rows, + generated) / rows. Rejection sampling and on-policy distillation both
+    count their sampling this way."""
+    seq = max(1, int((row_prompt_tokens + generated) / max(rows, 1.0)))
+    return flops_per_token(cfg, seq, include_mtp=False) * (prefilled + generated) / 3
+
+
 def _teacher(config: Config):
     """(teacher model, tokenizer, model dir) on train.device."""
     if not config.teacher.path:
@@ -547,7 +560,14 @@ def run_sample(config: Config, console: Any = None) -> SampleRunResult:
             console=console,
         )
     generated = result.stats["total"]["generated_tokens"]
-    meter.add(tokens=generated, flops=generated * flops_per_token(model.config, 0) / 3)  # forward = 1/3
+    prompt_tokens = sum(
+        len(ids)
+        for name in tasks
+        for ids in render_prompts(tokenizer, problems[name], config.prompt.template, config.prompt.system)
+    )
+    samples = result.stats["total"]["samples"]
+    flops = generation_flops(model.config, prompt_tokens, prompt_tokens * s.k, generated, samples)
+    meter.add(tokens=generated, flops=flops)
     meter.stop()
     out = write_chat_jsonl(s.out, result.rows)
     payload = {"out": str(out), "stats": result.stats}
@@ -971,7 +991,10 @@ class OnPolicyStage(Stage):
         seq = max(1, int(trained / max(n_rows, 1.0)))
         student_fpt = flops_per_token(self.student.config, seq, include_mtp=False)
         teacher_fpt = flops_per_token(self.teacher.config, seq, include_mtp=False)
-        flops = student_fpt * (sampled / 3 + trained) + teacher_fpt * trained / 3
+        sampling = generation_flops(
+            self.student.config, sampled - generated, trained - generated, generated, n_rows
+        )
+        flops = sampling + student_fpt * trained + teacher_fpt * trained / 3
         metrics = {
             "reward/mean": reward_sum / max(n_rows, 1.0),
             "completion/length_mean": generated / max(n_rows, 1.0),
@@ -1084,6 +1107,7 @@ __all__ = [
     "SampleRunResult",
     "check_same_vocabulary",
     "distillation_loss",
+    "generation_flops",
     "rejection_sample",
     "run",
     "run_sample",

@@ -222,6 +222,39 @@ def test_sample_then_distill_stages(tmp_path, teacher_dir):
     assert kd_result.model_dir == tmp_path / "kd" / "model" and kd_result.method == "logits"
 
 
+def test_generation_flops_by_hand():
+    from r1kit.model import ModelConfig
+    from r1kit.model.counting import flops_per_token
+
+    cfg = ModelConfig.preset("tiny-llama", vocab_size=64, **TINY)
+    # 2 prompts of 5 tokens, 3 samples each (30 prompt tokens over the rows), 60 generated tokens
+    got = distill.generation_flops(cfg, prefilled=10, row_prompt_tokens=30, generated=60, rows=6)
+    assert got == pytest.approx(flops_per_token(cfg, 15, include_mtp=False) * 70 / 3)  # seq (30 + 60) / 6
+
+
+def test_rejection_sampling_flops_count_the_prompts_once_and_every_generated_token(tmp_path, teacher_dir):
+    from r1kit.evaluate import render_prompts
+    from r1kit.loaders import load_model
+    from r1kit.model.counting import flops_per_token
+    from r1kit.tasks import get_task, task_kwargs
+
+    config = _config(tmp_path, teacher_dir)
+    sampled = distill.run_sample(config)
+    model, tok, _ = load_model(str(teacher_dir), device="cpu")
+    s = config.sample
+    problems = get_task(s.tasks[0], **task_kwargs(s.task_args, s.tasks[0])).problems(
+        s.split, s.prompts, s.seed
+    )
+    prompt = sum(
+        len(ids) for ids in render_prompts(tok, problems, config.prompt.template, config.prompt.system)
+    )
+    generated = sampled.stats["total"]["generated_tokens"]
+    assert prompt > 0 and generated > 0
+    seq = (prompt * s.k + generated) // (s.prompts * s.k)
+    expected = flops_per_token(model.config, seq, include_mtp=False) * (prompt + generated) / 3
+    assert sampled.cost["flops"] == pytest.approx(expected)
+
+
 def test_logit_distillation_refuses_another_vocabulary(tmp_path, teacher_dir):
     (tmp_path / "traces.jsonl").write_text(
         json.dumps({"messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}]})
