@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.teacher_steps, args.prompts, args.sft_steps, args.eval_problems = 20, 32, 12, 8
+        args.teacher_steps, args.prompts, args.sft_steps, args.eval_problems = 200, 32, 12, 8
         args.points, args.seeds = 2, 1
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]

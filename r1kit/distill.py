@@ -81,6 +81,7 @@ from r1kit.train.pretrain import build_model, fit_stage, start_stage
 from r1kit.train.result import RunResult
 from r1kit.train.sections import (
     SFT_TEMPLATES,
+    EngineSection,
     LoRASection,
     ModelDirSection,
     ModelSection,
@@ -196,6 +197,7 @@ class Config:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-3, warmup_steps=20))
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/distill"))
     lora: LoRASection = field(default_factory=LoRASection)  # adapters on the student (student.init)
+    engine: EngineSection = field(default_factory=EngineSection)  # the teacher's and on-policy sampling
 
     def __post_init__(self) -> None:
         self.lora.check_stage(init=self.student.init, where="student.init", strategy=self.train.strategy)
@@ -348,6 +350,7 @@ def rejection_sample(
     seed: int = 0,
     template: str = "chat",
     system: str = "",
+    engine: EngineSection | None = None,
     batch_prompts: int = 256,
     progress: bool = False,
     console: Any = None,
@@ -358,12 +361,13 @@ def rejection_sample(
         model: a `Transformer`, or any object with `Engine.generate`'s signature.
         tokenizer: renders prompts with the chat template and counts tokens.
         tasks: label -> task (scores completions); problems: label -> that task's prompts.
+        engine: the [engine] settings of the Engine built over `model` (default ones when None).
         Others: the sampling and selection options of `SampleSection`.
 
     Returns:
         `SampleResult` (rows in task order, then prompt order; statistics per task and in total).
     """
-    engine = as_engine(model, tokenizer)
+    engine = as_engine(model, tokenizer, engine)
     # each prompt's k samples are seeded by problem_seed(seed, id): the same traces whatever the batch
     params = EvalParams(
         k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, greedy=False, seed=seed
@@ -555,6 +559,7 @@ def run_sample(config: Config, console: Any = None) -> SampleRunResult:
             seed=s.seed,
             template=config.prompt.template,
             system=config.prompt.system,
+            engine=config.engine,
             batch_prompts=s.batch_prompts,
             progress=config.run.progress,
             console=console,
@@ -915,7 +920,6 @@ class OnPolicyStage(Stage):
         validate: Any = None,
         should_stop: Any = None,
     ):
-        from r1kit.engine import Engine
         from r1kit.rl.rollout import PromptStream
 
         d, t = config.distill, config.train
@@ -930,7 +934,7 @@ class OnPolicyStage(Stage):
             )
         self.local_prompts = t.batch_size // (group * dist.world_size)
         self.prompts = PromptStream(problems, seed=t.seed, rank=dist.rank, world_size=dist.world_size)
-        self.engine = Engine(student, tokenizer)
+        self.engine = config.engine.build(student, tokenizer)
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         self.prompt_cache: dict[str, list[int]] = {}
         # the loop's autocast (it depends on the model's width under precision "auto")

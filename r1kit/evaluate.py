@@ -47,7 +47,14 @@ from r1kit.report import plot_budget, plot_scaling
 from r1kit.seeding import stable_seed
 from r1kit.train.log import RateProgress
 from r1kit.train.result import RunResult
-from r1kit.train.sections import DType, ModelDirSection, PromptSection, check_task_args, normalize_dtype
+from r1kit.train.sections import (
+    DType,
+    EngineSection,
+    ModelDirSection,
+    PromptSection,
+    check_task_args,
+    normalize_dtype,
+)
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -201,6 +208,7 @@ class Config:
     sampling: SamplingSection = field(default_factory=SamplingSection)
     budget: BudgetSection = field(default_factory=BudgetSection)
     run: RunSection = field(default_factory=RunSection)
+    engine: EngineSection = field(default_factory=EngineSection)
 
     def __post_init__(self) -> None:
         from r1kit.config import ConfigError, check_positive, check_range
@@ -578,14 +586,12 @@ def problem_seed(seed: int, problem_id: Any) -> int:
     return stable_seed(seed, problem_id)
 
 
-def as_engine(model_or_engine: Any, tokenizer: Any) -> Any:
+def as_engine(model_or_engine: Any, tokenizer: Any, engine: EngineSection | None = None) -> Any:
     """An object with `generate(prompts, params)`: the argument itself when it has one, else an
-    `r1kit.engine.Engine` over the model."""
+    `r1kit.engine.Engine` over the model, built with the [engine] settings `engine` (default ones)."""
     if hasattr(model_or_engine, "generate") and not hasattr(model_or_engine, "new_cache"):
         return model_or_engine
-    from r1kit.engine import Engine
-
-    return Engine(model_or_engine, tokenizer)
+    return (engine or EngineSection()).build(model_or_engine, tokenizer)
 
 
 def _takes_request_keys(engine: Any) -> bool:
@@ -1222,6 +1228,7 @@ def run(config: Config, console: Any = None) -> EvalRunResult:
     out_dir = Path(config.run.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     s, d, p = config.sampling, config.data, config.prompt
+    engine = config.engine.build(model, tokenizer)
     results: list[EvalResult] = []
     meter.start()
     for name in d.tasks:
@@ -1229,7 +1236,7 @@ def run(config: Config, console: Any = None) -> EvalRunResult:
         for split in d.splits:
             problems = task.problems(split=split, n=d.problems, seed=d.seed)
             result = evaluate(
-                model, tokenizer, task, problems, s, config.budget, template=p.template, system=p.system,
+                engine, tokenizer, task, problems, s, config.budget, template=p.template, system=p.system,
                 label=name, split=split, progress=config.run.progress, console=console,
             )  # fmt: skip
             generated = result.timing["generated_tokens"] + result.timing.get("budget_generated_tokens", 0.0)

@@ -58,6 +58,7 @@ from r1kit.train.loop import RunConfig, TrainConfig
 from r1kit.train.result import RunResult
 from r1kit.train.sections import (
     SFT_TEMPLATES,
+    EngineSection,
     ModelDirSection,
     ModelSection,
     PromptSection,
@@ -124,6 +125,7 @@ class Config:
     )
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/expert_iteration"))
     eval: EvalSection = field(default_factory=lambda: EvalSection(every=1))
+    engine: EngineSection = field(default_factory=EngineSection)  # sampling and evaluation
 
     def __post_init__(self) -> None:
         if not self.ei.rounds and not self.ei.budget_flops:
@@ -170,12 +172,11 @@ def steps_within(step_flops_: list[float], budget: float) -> int:
 
 def _evaluate(model: Any, tokenizer: Any, task: Any, problems: list, config: Config) -> dict[str, float]:
     """GRPO's held-out evaluation (`r1kit.rl.grpo.evaluate_policy`) of the current policy."""
-    from r1kit.engine import Engine
 
     c = config.eval
     with torch.no_grad():
         return evaluate_policy(
-            Engine(model, tokenizer),
+            config.engine.build(model, tokenizer),
             tokenizer,
             task,
             problems,
@@ -230,6 +231,7 @@ def _sample_round(model, tokenizer, task, problems, config: Config, round_: int,
             seed=stable_seed(config.train.seed, "ei", round_),
             template=pr.template,
             system=pr.system,
+            engine=config.engine,
             progress=config.run.progress,
             console=console,
         )

@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from r1kit import lora
 from r1kit.config import ConfigError, check_positive, check_range
-from r1kit.engine import Engine, SamplingParams
+from r1kit.engine import SamplingParams
 from r1kit.evaluate import EvalParams, evaluate_engine, is_correct
 from r1kit.loaders import load_tokenizer, resolve_device, resolve_model_dir, set_threads
 from r1kit.metrics import pass_at_k
@@ -73,7 +73,7 @@ from r1kit.train.loop import (
 )
 from r1kit.train.pretrain import finish_lora
 from r1kit.train.result import RunResult
-from r1kit.train.sections import LoRASection, ModelDirSection, PromptSection, check_task_args
+from r1kit.train.sections import EngineSection, LoRASection, ModelDirSection, PromptSection, check_task_args
 
 PLOT_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@1", "completion/length_mean")
 
@@ -276,6 +276,7 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
     eval: EvalSection = field(default_factory=EvalSection)
     lora: LoRASection = field(default_factory=LoRASection)  # the KL reference is then the base weights
+    engine: EngineSection = field(default_factory=EngineSection)  # rollouts and held-out evaluation
 
     def __post_init__(self) -> None:
         r = self.rollout
@@ -557,7 +558,7 @@ class GRPOTrainer(Stage):
             validate_on_stop=True,
         )
         self.autocast = self.loop.autocast
-        self.engine = Engine(self.policy, self.tokenizer)
+        self.engine = c.engine.build(self.policy, self.tokenizer)
         self.time_totals = {"generate": 0.0, "score": 0.0, "logprobs": 0.0, "backward": 0.0, "eval": 0.0}
         self.first_eval: dict[str, float] = {}
         self.ref_step = 0

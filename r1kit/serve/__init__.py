@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1kit.config import ConfigError
+from r1kit.train.sections import EngineSection
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class Config:
     log_level: uvicorn log level: "critical", "error", "warning", "info", "debug".
     shutdown_timeout_s: on SIGTERM / Ctrl-C, how long requests still being answered may finish
         before they are cancelled (abandoned requests end at once).
+    limits: per-request limits (`Limits`, [limits]).
+    engine: the decode settings (`r1kit.train.sections.EngineSection`, [engine]).
     """
 
     model: str = ""
@@ -87,6 +90,7 @@ class Config:
     log_level: str = "info"
     shutdown_timeout_s: float = 5.0
     limits: Limits = field(default_factory=Limits)
+    engine: EngineSection = field(default_factory=EngineSection)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.batch_window_ms < 0 or self.default_max_tokens < 1:
@@ -119,7 +123,6 @@ def run(config: Config) -> None:
     """Load the model, start the batching worker and serve HTTP until interrupted."""
     import uvicorn
 
-    from r1kit.engine import Engine
     from r1kit.loaders import load_model
     from r1kit.serve.app import create_app
 
@@ -135,7 +138,7 @@ def run(config: Config) -> None:
     if config.api_key is None and os.environ.get("R1KIT_API_KEY"):
         config.api_key = os.environ["R1KIT_API_KEY"]
     name = config.served_model_name or Path(config.model).resolve().name
-    app = create_app(Engine(model, tokenizer), tokenizer, config, model_name=name)
+    app = create_app(config.engine.build(model, tokenizer), tokenizer, config, model_name=name)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         log.warning(
             "serving on %s without --api-key: anyone who can reach the port can use the model", config.host
