@@ -7,8 +7,10 @@ chat template and its generation prompt (the response starts inside `<think>`), 
 correctness over the k samples. On top of that this module reports
 
 - unbiased pass@k for several k (`r1kit.metrics.pass_at_k_many`);
-- maj@k (cons@k): majority vote over the normalised final answers (the text after `</think>`),
-  averaged over the n // k disjoint blocks of k samples (lower variance than the first k alone);
+- maj@k (cons@k): majority vote over the final answers (the text after `</think>`), averaged over the
+  n // k disjoint blocks of k samples (lower variance than the first k alone). The samples the verifier
+  scores correct cast one vote (they all equal the reference, so they are one answer: "86" and
+  "3 + 83 = 86" under math-verify), the others vote by their normalised text (`CORRECT_VOTE`);
 - best-of-N under a scorer: "logprob" (the sample's mean token log-prob: the model's own
   confidence), "accuracy" (the task's verifier: an oracle), "format", or any `r1kit.rewards` name;
 - greedy accuracy, mean thinking and answer lengths in tokens, the share of truncated samples;
@@ -447,7 +449,8 @@ def score_problems(
             (`r1kit.tasks.base.answer_only`); default False (R1's rule: no `</think>`, no answer).
 
     Returns:
-        (P,) dicts: id, prompt, reference, samples (texts), scores, correct, answers (normalised),
+        (P,) dicts: id, prompt, reference, samples (texts), scores, correct, answers (normalised), votes
+        (what each sample votes for in maj@k: `CORRECT_VOTE` when correct, else its answer),
         think_tokens, answer_tokens, finish_reasons, best_of ({scorer: [score per sample]}),
         majority (the most voted answer) and, with greedy, greedy {text, score, answer, think_tokens,
         answer_tokens}.
@@ -463,19 +466,23 @@ def score_problems(
         scores = [float(task.score(text, problem)) for text in read]
         lengths = [_lengths(c, text, tokenizer) for c, text in zip(outs, read)]
         answers = [extract_answer(text) for text in read]
+        correct = [is_correct(s) for s in scores]
+        votes = [CORRECT_VOTE if ok else answer for answer, ok in zip(answers, correct)]
+        winner = majority_vote(votes, normalize=None)[0] if outs else None
         record: dict[str, Any] = {
             "id": problem.id,
             "prompt": prompts[i] if prompts is not None else problem.prompt,
             "reference": problem.answer,
             "samples": [c.text for c in outs],
             "scores": scores,
-            "correct": [is_correct(s) for s in scores],
+            "correct": correct,
             "answers": answers,
+            "votes": votes,
             "think_tokens": [t for t, _ in lengths],
             "answer_tokens": [a for _, a in lengths],
             "finish_reasons": [c.finish_reason for c in outs],
             "best_of": {name: [fn(c, problem) for c in outs] for name, fn in scorers.items()},
-            "majority": majority_vote(answers, normalize=None)[0] if outs else None,
+            "majority": next((a for a, v in zip(answers, votes) if v == winner), None),
         }
         if greedy is not None:
             g = greedy[i]
@@ -506,6 +513,11 @@ def _block_mean(n: int, k: int, fn: Callable[[int, int], float]) -> float:
     return sum(fn(b * k, (b + 1) * k) for b in range(blocks)) / blocks
 
 
+# The vote of every sample the verifier scores correct (`score_problems`' "votes"): a string no
+# normalised answer text can be (the NUL character), so a wrong answer never joins it.
+CORRECT_VOTE = "\x00correct"
+
+
 def aggregate(
     records: Sequence[dict[str, Any]], ks: Sequence[int] | None = None
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -514,8 +526,9 @@ def aggregate(
     Every record must hold the same number n of samples. pass@k is the unbiased estimator from the n
     samples (its mean over problems); maj@k and best-of-k are averaged over the n // k disjoint blocks of
     k consecutive samples of each problem, then over problems (maj@n and best-of-n use all n).
-    Majority voting compares the normalised answers; the winner is correct when its first sample is
-    (a missing answer does not vote; no vote at all counts as wrong). Best-of-k picks the sample with
+    Majority voting counts the records' "votes" (`CORRECT_VOTE` for the verified samples, the normalised
+    answer otherwise); the winner is correct when its first sample is (a missing answer does not vote;
+    no vote at all counts as wrong). Best-of-k picks the sample with
     the highest score (first on ties) and takes its correctness.
 
     Returns:
@@ -544,7 +557,11 @@ def aggregate(
             metrics[f"maj@{k}"] = (
                 sum(
                     _block_mean(
-                        n, k, lambda a, b, r=r: maj_at_k(r["answers"][a:b], r["correct"][a:b], b - a, None)
+                        n,
+                        k,
+                        lambda a, b, r=r: maj_at_k(
+                            r.get("votes", r["answers"])[a:b], r["correct"][a:b], b - a, None
+                        ),
                     )
                     for r in records
                 )

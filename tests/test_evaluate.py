@@ -186,6 +186,30 @@ def test_maj_at_k_uses_normalised_answers():
     assert metrics["maj@3"] == 1.0 and task.score("x</think>7", Problem("a", "a", "7")) == 1.0
 
 
+class EndsWithTask(Task):
+    """A verifier that accepts any answer ending with the reference (like math-verify reading "3 + 83 = 86")."""
+
+    name = "endswith"
+
+    def check(self, answer, problem):
+        return float(answer.strip().endswith(problem.answer))
+
+
+def test_maj_at_k_counts_every_verified_variant_as_one_answer():
+    """Three correct samples written three ways outvote two identical wrong ones: the verifier says they
+    are the reference, so they are one answer; by text alone the wrong "85" would win 2 to 1."""
+    tok = CharTokenizer()
+    texts = ["a</think>86", "a</think>3 + 83 = 86", "a</think>85", "a</think>85", "a</think>x = 86"]
+    engine = ScriptedEngine(tok, {"q0<think>": ("a</think>86", [(t, -1.0) for t in texts])})
+    result = evaluate.evaluate(engine, tok, EndsWithTask(), [Problem("0", "0", "86")], S(k=5))
+    (record,) = result.records
+    assert record["correct"] == [True, True, False, False, True]
+    assert record["votes"] == [evaluate.CORRECT_VOTE] * 2 + ["85", "85", evaluate.CORRECT_VOTE]
+    assert result.metrics["maj@5"] == 1.0 and record["majority"] == "86"
+    text_only = dict(record, votes=record["answers"])  # the text vote: "85" wins
+    assert evaluate.aggregate([text_only], [5])[0]["maj@5"] == 0.0
+
+
 # ----------------------------------------------------------------------------------------------
 # budget forcing through the real engine
 
