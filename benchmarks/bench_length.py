@@ -1,12 +1,13 @@
 """Does thinking longer pay under GRPO? DeepSeek-R1-Zero's curve on Countdown search, against two controls.
 
-    PYTHONPATH=. python benchmarks/bench_length.py --seeds 3 --threads 1      # ~60 min on 1 core
+    PYTHONPATH=. python benchmarks/bench_length.py --seeds 3 --threads 1      # ~30 min a seed on 1 core
     PYTHONPATH=. python benchmarks/bench_length.py --quick --seeds 1          # a smoke run (~3 min)
 
 For each seed (0, 1, ... --seeds - 1):
 
 1. Cold start: SFT of a tiny llama (2 layers, d=128, seeded init) on Countdown traces of a *short*
-   random search (`r1kit.tasks.countdown`: 4 numbers in 1..9, + and -, only problems one random
+   random search (`r1kit.tasks.countdown`: 3 numbers in 1..9 (with 4 the cold start could not execute
+   the 3-step chains: 2.7% held-out pass@1, docs/LOG.md 2026-12-06), + and -, only problems one random
    attempt solves 10..30 % of the time; a budget of 1..max_failed+1 attempts per trace, every new
    attempt starting with "Wait, ", a search that spends its budget gives up with a wrong answer, half
    of the hits re-checked on one more "Wait, check ... ok" line).
@@ -45,7 +46,7 @@ ARMS = ("cold start", "GRPO", "expert iteration", "SFT on cold-start set")
 
 
 def task_args(args) -> dict:
-    """The Countdown configuration: 4 numbers in 1..9, + and -, targets <= 30, only problems whose hit rate
+    """The Countdown configuration: --numbers numbers (3) in 1..9, + and -, targets <= 30, only problems whose hit rate
     (share of random attempts that reach the target) is in [--min-hit, --max-hit] (default 0.1..0.3: one
     attempt solves ~20 %, 2 attempts ~36 %, 8 attempts ~83 %), so a 1..2-attempt cold start mostly gives
     up and a longer search is what solves; `--recheck` of the hits replay themselves on one more line."""
@@ -420,12 +421,16 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_length"))
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (cold start, arms, data order)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny steps and evaluations")
-    ap.add_argument("--numbers", type=int, default=4)
+    ap.add_argument(
+        "--numbers", type=int, default=3, help="numbers per problem (4: see docs/LOG.md 2026-12-06)"
+    )
     ap.add_argument("--min-hit", type=float, default=0.1)
     ap.add_argument("--max-hit", type=float, default=0.3)
     ap.add_argument("--recheck", type=float, default=0.5, help="share of solved traces that re-check the hit")
     ap.add_argument("--max-failed", type=int, default=1, help="cold-start search budget: 1..max_failed+1")
-    ap.add_argument("--sft-examples", type=int, default=1500)
+    ap.add_argument(
+        "--sft-examples", type=int, default=800, help="<= ~870 distinct 3-number problems in the band"
+    )
     ap.add_argument("--sft-steps", type=int, default=600)
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--control-lr", type=float, default=1e-3)
