@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -283,20 +281,10 @@ def plot(report: dict, path: Path) -> None:
 
 
 def machine() -> str:
-    """CPU model, the relevant flags, threads and load: every figure says where it was measured."""
-    model, flags = platform.processor() or "?", ""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in info.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("Flags:"):
-                have = line.split(":", 1)[1].split()
-                flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in have)
-    except OSError:
-        pass
-    load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    return f"{model} ({flags}), torch threads {torch.get_num_threads()}, {load.split('load average')[-1].strip(': ')} load"
+    """CPU model, its matmul flags, load and torch threads: every figure says where it was measured."""
+    from r1kit.train.cost import cpu_description
+
+    return f"{cpu_description()}, torch threads {torch.get_num_threads()}"
 
 
 def bench(args: argparse.Namespace) -> dict:

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -317,15 +316,10 @@ def run_seed(seed: int, args, test) -> dict:
 
 
 def machine() -> str:
-    """The CPU model, its relevant flags and the load, for every figure."""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        info = ""
-    model = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("Model name")), "?")
-    flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in info.split()]
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{model} ({' '.join(flags) or 'no AVX-512'}), {os.cpu_count()} CPUs, load average {load}, {platform.python_version()}"
+    """The CPU model, its matmul flags and the load, for every figure."""
+    from r1kit.train.cost import cpu_description
+
+    return f"{cpu_description()}, Python {platform.python_version()}"
 
 
 def monotone(values: list[float]) -> bool:

@@ -115,19 +115,10 @@ def _run(name: str, args: dict) -> dict:
 
 
 def _cpu() -> str:
-    """lscpu's model name and the AVX-512 / AMX flags (every figure is recorded with them)."""
-    import subprocess
+    """lscpu's model name and the matmul flags (every figure is recorded with them)."""
+    from r1kit.train.cost import cpu_description
 
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name")), "?"
-    )
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("Flags")), [])
-    wanted = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f == "avx2")
-    return f"{model}; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
+    return cpu_description()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,15 +33,10 @@ from r1kit.tasks.math import math_score
 
 
 def _cpu() -> str:
-    """The CPU model and its avx512/amx flags (lscpu), for the record."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor()
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "?")
-    flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
-    wide = sorted(f for f in flags if f.startswith(("avx512", "amx")))
-    return f"{model}; {' '.join(wide) or 'no avx512/amx flags'}"
+    """The CPU model and its matmul flags, for the record."""
+    from r1kit.train.cost import cpu_description
+
+    return cpu_description()
 
 
 def _last_number_right(text: str, reference: str) -> float:

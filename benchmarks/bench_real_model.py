@@ -25,12 +25,9 @@ from r1kit.loaders import load_model, set_threads
 
 
 def _cpu() -> str:
-    import subprocess
+    from r1kit.train.cost import cpu_description
 
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
-    return f"{model}; {' '.join(sorted(f for f in flags if f.startswith(('avx512', 'amx'))))}"
+    return cpu_description()
 
 
 def _hf_generate(

@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # Dense (no 2:4 sparsity) peak FLOP/s per device, from the vendors' datasheets and architecture
@@ -180,6 +181,36 @@ def cpu_name() -> str:
     import platform
 
     return platform.processor() or platform.machine() or "cpu"
+
+
+# The CPU flags that decide matmul speed (AVX2 / AVX-512 fp32, native bf16, AMX tiles): every CPU figure
+# is recorded with them (`cpu_description`).
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags(cpuinfo: str | None = None, wanted: tuple[str, ...] = MATMUL_FLAGS) -> list[str]:
+    """The flags among `wanted` (in that order) of the first CPU in `cpuinfo` (/proc/cpuinfo's text;
+    None reads it; [] when it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+    line = next((ln for ln in cpuinfo.splitlines() if ln.split(":", 1)[0].strip() == "flags"), "")
+    have = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    return [f for f in wanted if f in have]
+
+
+def cpu_description() -> str:
+    """One line for the record of a CPU figure: model, matmul flags, CPU count and load average."""
+    import os
+
+    flags = " ".join(cpu_flags()) or "no AVX2/AVX-512/AMX flags read"
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    return f"{cpu_name()} ({flags}), {os.cpu_count()} CPUs, load average {load}"
 
 
 def measure_matmul_flops(

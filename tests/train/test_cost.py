@@ -236,3 +236,12 @@ def test_matmul_probe_shrinks_for_an_emulated_dtype(monkeypatch):
     monkeypatch.setattr(cost, "time", Clock(0.001))  # 0.001 s at 256^2 predicts 0.064 s at 1024^2
     cost.measure_matmul_flops("cpu", "fp32", size=1024, min_time_s=0.1, rounds=1, max_matmul_s=2.0)
     assert sizes[:2] == [256, 256] and set(sizes[2:]) == {1024}
+
+
+def test_cpu_flags_reads_the_matmul_flags_in_order():
+    from r1kit.train.cost import cpu_description, cpu_flags
+
+    info = "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse avx512f amx_bf16 avx2 fma\n\nprocessor\t: 1\n"
+    assert cpu_flags(info) == ["avx2", "fma", "avx512f", "amx_bf16"]
+    assert cpu_flags("no flags line here") == [] and cpu_flags(info, ("sse", "avx512_bf16")) == ["sse"]
+    assert "CPUs, load average" in cpu_description()
