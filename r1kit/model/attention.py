@@ -78,6 +78,21 @@ def _sdpa(q, k, v, mask, scale):
     )
 
 
+def _decode_attend(q, k, v, mask, scale):
+    """Attention of a few packed queries q (B, Hkv, R, d) over k/v (B, Hkv, S, d); mask (B, 1, 1, S) bool or None.
+
+    On a CPU it is two batched matmuls around an fp32 softmax: for these shapes (R = the query heads per kv
+    head, one token each) the flash SDPA kernel measured 1.3-2.5x slower on 2 cores (its blocking is built for
+    long queries; benchmarks/bench_engine.py). Elsewhere SDPA (a fused decode kernel on a GPU).
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
 class Attention(nn.Module):
     """Grouped-query attention with rope; Qwen2 q/k/v biases and Qwen3 per-head q/k RMSNorm as options.
 
@@ -157,9 +172,7 @@ class Attention(nn.Module):
         if end is not None:
             keys, values = keys[:, :, :end], values[:, :, :end]
         # query head j*rep + r uses kv head j: (B, H, 1, Dh) -> (B, Hkv, rep, Dh), the rep heads as queries
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, hk, h // hk, dh), keys, values, attn_mask=mask, scale=self.scale
-        )
+        out = _decode_attend(q.reshape(b, hk, h // hk, dh), keys, values, mask, self.scale)
         return self.o_proj(out.reshape(b, 1, h * dh))
 
 
