@@ -1,7 +1,14 @@
-"""Does thinking longer pay under GRPO? DeepSeek-R1-Zero's curve on Countdown search, against two controls.
+"""Does thinking longer pay under GRPO? DeepSeek-R1-Zero's curve on a search task, against two controls.
 
     PYTHONPATH=. python benchmarks/bench_length.py --seeds 3 --threads 1      # ~30 min a seed on 1 core
     PYTHONPATH=. python benchmarks/bench_length.py --quick --seeds 1          # a smoke run (~3 min)
+    PYTHONPATH=. python benchmarks/bench_length.py --task chase --sft-examples 4000 --train-problems 2000 \
+        --max-new-tokens 160 --only-seed 0                                    # one seed (run seeds in parallel)
+
+`--task countdown` (default) or `--task chase` (`r1kit.tasks.chase`: the start letter whose 3-hop chain
+through a random permutation ends at the target; the start cannot be computed without trying, so only a
+longer search solves more: k of 10 attempts solve k / 10). The steps below are Countdown's; chase's cold
+start is the same kind of short search (`chase_args`).
 
 For each seed (0, 1, ... --seeds - 1):
 
@@ -40,15 +47,16 @@ import platform
 import time
 from pathlib import Path
 
-TASK = "countdown"
 ARMS = ("cold start", "GRPO", "expert iteration", "SFT on cold-start set")
 
 
 def task_args(args) -> dict:
-    """The Countdown configuration: --numbers numbers (3) in 1..9, + and -, targets <= 30, only problems whose hit rate
-    (share of random attempts that reach the target) is in [--min-hit, --max-hit] (default 0.1..0.3: one
+    """The task's configuration (`--task`; chase's is `chase_args`). Countdown's: --numbers numbers (3) in
+    1..9, + and -, targets <= 30, only problems whose hit rate (share of random attempts that reach the target) is in [--min-hit, --max-hit] (default 0.1..0.3: one
     attempt solves ~20 %, 2 attempts ~36 %, 8 attempts ~83 %), so a 1..2-attempt cold start mostly gives
     up and a longer search is what solves; `--recheck` of the hits replay themselves on one more line."""
+    if args.task == "chase":
+        return chase_args(args)
     return {
         "numbers": args.numbers,
         "max_number": 9,
@@ -60,6 +68,20 @@ def task_args(args) -> dict:
         "max_hit_rate": args.max_hit,
         "recheck": args.recheck,
     }
+
+
+def chase_args(args) -> dict:
+    """Pointer chase (`r1kit.tasks.chase`): a random permutation of --size letters, the start whose
+    --hops-step chain ends at the target; the cold start tries starts in order and goes on after a miss
+    with probability --continue-p (mean ~1.7 attempts, ~17 % solved); k attempts solve k / size."""
+    return {"size": args.size, "hops": args.hops, "continue_p": args.continue_p, "recheck": args.recheck}
+
+
+def verify_reward(args) -> str:
+    """The task's verified-search reward (-1 for a false "ok")."""
+    if args.task == "chase":
+        return "r1kit.tasks.chase:verified_chase_reward"
+    return "r1kit.tasks.countdown:verified_search_reward"
 
 
 def run_sft(run_dir: Path, args, seed: int, init: str = "", steps: int = 0) -> tuple[Path, float]:
@@ -74,8 +96,8 @@ def run_sft(run_dir: Path, args, seed: int, init: str = "", steps: int = 0) -> t
         ),
         tokenizer=TokenizerSection(path=init, vocab_size=384),
         data=sft.SFTData(
-            task=TASK,
-            task_args={TASK: task_args(args)},
+            task=args.task,
+            task_args={args.task: task_args(args)},
             num_examples=args.sft_examples,
             seed=0,
             max_len=args.max_len,
@@ -108,8 +130,14 @@ def load(model_dir: Path):
     return Transformer.from_pretrained(model_dir, dtype=torch.float32).eval(), tok
 
 
-def search_stats(text: str, problem) -> tuple[int, bool, bool]:
+def search_stats(text: str, problem, task: str = "countdown") -> tuple[int, bool, bool]:
     """(attempt lines, whether it claimed a hit, whether a claim was false) of one sampled completion."""
+    if task == "chase":
+        from r1kit.tasks.chase import search_lines, verified_chase_reward
+
+        lines = search_lines(text)
+        attempts = sum(1 for _, _, recheck in lines if not recheck)
+        return attempts, any(v == "ok" for _, v, _ in lines), verified_chase_reward(text, problem) < 0
     from r1kit.tasks.countdown import CHECK, verified_search_reward
 
     think = text.split("</think>", 1)[0]
@@ -126,11 +154,11 @@ def held_out(model_dir: Path, problems, args) -> dict:
     from r1kit.tasks import get_task
 
     model, tok = load(model_dir)
-    task = get_task(TASK, **task_args(args))
+    task = get_task(args.task, **task_args(args))
     params = EvalParams(k=args.samples, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
                         greedy=False, seed=args.eval_seed)  # fmt: skip
     (result,) = evaluate_engine(Engine(model, tok), tok, task, problems, params, template="chat", system="")
-    stats = [search_stats(s, p) for r, p in zip(result.records, problems) for s in r["samples"]]
+    stats = [search_stats(s, p, args.task) for r, p in zip(result.records, problems) for s in r["samples"]]
     n = max(len(stats), 1)
     return {
         "pass@1": result.metrics["pass@1"],
@@ -151,7 +179,7 @@ def budget(model_dir: Path, problems, args) -> list[dict]:
         caps=list(args.caps), waits=list(args.waits), samples=args.samples, temperature=1.0,
         max_new_tokens=args.budget_max_new_tokens, wait_string=args.wait_string,
     )  # fmt: skip
-    task = get_task(TASK, **task_args(args))
+    task = get_task(args.task, **task_args(args))
     return budget_curve(model, tok, task, problems, section, max_new_tokens=args.budget_max_new_tokens,
                         seed=args.eval_seed)  # fmt: skip
 
@@ -169,7 +197,9 @@ def eval_section(args):
 def data_section(args):
     from r1kit.rl import grpo
 
-    return grpo.DataSection(task=TASK, task_args={TASK: task_args(args)}, train_problems=args.train_problems)
+    return grpo.DataSection(
+        task=args.task, task_args={args.task: task_args(args)}, train_problems=args.train_problems
+    )
 
 
 def run_grpo(run_dir: Path, sft_dir: Path, args, seed: int) -> dict:
@@ -185,7 +215,7 @@ def run_grpo(run_dir: Path, sft_dir: Path, args, seed: int) -> dict:
     )
     names, weights = ["accuracy", "format"], [1.0, 0.1]
     if args.verify_weight:  # a false "ok" costs more than an honest give-up
-        names.append("r1kit.tasks.countdown:verified_search_reward")
+        names.append(verify_reward(args))
         weights.append(args.verify_weight)
     cfg = grpo.Config(
         model=grpo.ModelSection(path=str(sft_dir)),
@@ -334,7 +364,7 @@ def report(args, seeds: list[dict], started: str) -> str:
     cells = {arm: {c: [s["final"][arm][c] for s in seeds] for c in cols} for arm in ARMS}
     flops = {arm: [s["arms"][arm]["flops"] for s in seeds] for arm in ARMS[1:]}
     lines = [
-        "# Countdown: does thinking longer pay? (bench_length)",
+        f"# {args.task.capitalize()}: does thinking longer pay? (bench_length)",
         "",
         f"Command: `PYTHONPATH=. python benchmarks/bench_length.py {' '.join(args.argv)}`",
         f"Machine at the start: {started}; at the end: {machine()}.",
@@ -414,6 +444,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_length"))
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (cold start, arms, data order)")
+    ap.add_argument("--only-seed", type=int, default=None,
+                    help="run this one seed and stop (run seeds in parallel, then once more to report)")  # fmt: skip
+    ap.add_argument("--task", choices=["countdown", "chase"], default="countdown")
+    ap.add_argument("--size", type=int, default=10, help="chase: letters in the map")
+    ap.add_argument("--hops", type=int, default=3, help="chase: steps of the chain (> the model's 2 layers)")
+    ap.add_argument("--continue-p", type=float, default=0.4, help="chase: cold start's P(another attempt)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny steps and evaluations")
     ap.add_argument(
         "--numbers", type=int, default=3, help="numbers per problem (4: see docs/LOG.md 2026-12-06)"
@@ -478,11 +514,16 @@ def main() -> None:
 
     started = machine()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    test = get_task(TASK, **task_args(args)).problems("test", n=args.eval_problems, seed=args.eval_seed)
+    test = get_task(args.task, **task_args(args)).problems("test", n=args.eval_problems, seed=args.eval_seed)
+    if args.only_seed is not None:
+        run_seed(args.only_seed, args, test)
+        return
     seeds = [run_seed(seed, args, test) for seed in range(args.seeds)]
     curves = {arm: [s["arms"][arm]["curve"] for s in seeds] for arm in ARMS[1:]}
     plot_learning_curves(
-        curves, args.workdir / "length.png", "Countdown: held-out pass@1 and sampled length vs FLOPs"
+        curves,
+        args.workdir / "length.png",
+        f"{args.task.capitalize()}: held-out pass@1 and sampled length vs FLOPs",
     )
     plot_budget(args.workdir / "budget.png", seeds)
     (args.workdir / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

@@ -4,7 +4,7 @@
     problems = task.problems(split="train", n=100, seed=0)
     task.score(completion_text, problems[0])   # float in [0, 1]
 
-Names: "addition", "multiplication", "countdown", "gym:<reasoning-gym dataset>" (a bare
+Names: "addition", "multiplication", "countdown", "chase", "gym:<reasoning-gym dataset>" (a bare
 reasoning-gym name works too), "math:<file or folder>" (jsonl, json, csv, parquet, arrow),
 "jsonl:<file.jsonl>", the maths presets "gsm8k", "math500", "aime24", "amc" (hub, or `path`), and
 "hf:<hub dataset>" (`r1kit.tasks.datasets`).
@@ -17,6 +17,7 @@ from typing import Any
 
 from r1kit.tasks.arithmetic import AdditionTask, MultiplicationTask
 from r1kit.tasks.base import SPLITS, MixtureTask, Problem, ProceduralTask, Task, split_of
+from r1kit.tasks.chase import ChaseTask
 from r1kit.tasks.countdown import CountdownTask
 from r1kit.tasks.datasets import PRESETS, DatasetTask, hub_task, local_math_task, preset_task
 from r1kit.tasks.gym import GymTask, gym_dataset_names
@@ -27,6 +28,7 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "addition": AdditionTask,
     "multiplication": MultiplicationTask,
     "countdown": CountdownTask,
+    "chase": ChaseTask,
     **{name: preset_task(name) for name in PRESETS},
 }
 PREFIXED_TASKS: dict[str, Callable[..., Task]] = {
@@ -74,6 +76,7 @@ def task_kwargs(task_args: dict[str, Any], name: str) -> dict[str, Any]:
 __all__ = [
     "SPLITS",
     "AdditionTask",
+    "ChaseTask",
     "CountdownTask",
     "DatasetTask",
     "GymTask",

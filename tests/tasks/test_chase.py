@@ -1,0 +1,90 @@
+"""Pointer chase: the map, the answer, the short-search traces and the checker, by hand."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from r1kit.tasks import get_task
+from r1kit.tasks.base import Problem
+from r1kit.tasks.chase import ChaseTask, chain, parse_map, search_lines, verified_chase_reward
+
+# a hand-made problem: a>b b>c c>a d>d, 2 hops; chains a>b>c, b>c>a, c>a>b, d>d>d
+PROMPT = "a>b b>c c>a d>d; reach a in 2"
+MAP = {"a": "b", "b": "c", "c": "a", "d": "d"}
+HAND = Problem(PROMPT, PROMPT, "b", None, {"map": MAP, "target": "a"})
+
+
+def test_parse_map_and_chain_by_hand():
+    assert parse_map(PROMPT) == MAP
+    assert chain(MAP, "b", 2) == ["b", "c", "a"]
+    assert chain(MAP, "d", 3) == ["d", "d", "d", "d"]
+
+
+def test_check_by_hand():
+    task = ChaseTask(size=4, hops=2)
+    assert task.score("</think>\nb", HAND) == 1.0
+    assert task.score("</think>\nb>c>a", HAND) == 1.0  # the whole chain, right
+    assert task.score("</think>\nb>a>a", HAND) == 0.0  # the right start with a wrong chain
+    for wrong in ("a", "c", "d", "z", "", "b c"):
+        assert task.score(f"</think>\n{wrong}", HAND) == 0.0, wrong
+    assert task.score("b", HAND) == 0.0  # no </think>: no answer
+
+
+def test_traces_are_true_chains_in_order_and_the_reference_is_the_only_start():
+    task = ChaseTask(size=8, hops=3, continue_p=0.5, recheck=0.5)
+    problems = task.problems("train", n=300, seed=1)
+    letters = "abcdefgh"
+    for p in problems:
+        mapping, target = p.meta["map"], p.meta["target"]
+        assert parse_map(p.prompt) == mapping and sorted(mapping.values()) == sorted(letters)  # a permutation
+        right = [s for s in letters if chain(mapping, s, 3)[-1] == target]
+        assert right == [p.answer]
+        lines = search_lines(p.solution + "\n</think>")
+        attempts = [x for x in lines if not x[2]]
+        starts = [x[0][0] for x in attempts]
+        # consecutive letters from a random first one, wrapping around, no repeats
+        first = letters.index(starts[0])
+        assert starts == [letters[(first + k) % 8] for k in range(len(starts))]
+        for line, verdict, _ in lines:
+            assert line == ">".join(chain(mapping, line[0], 3))
+            assert (verdict == "ok") == (chain(mapping, line[0], 3)[-1] == target)
+        assert p.meta["solved"] == (attempts[-1][1] == "ok")
+        assert task.score(task.completion(p), p) == float(p.meta["solved"])
+        assert task.score("</think>\n" + p.answer, p) == 1.0
+        assert p.solution.count("Wait, ") == len(lines) - 1
+
+
+def test_cold_start_searches_are_short_with_a_tail():
+    task = ChaseTask(size=10, hops=3, continue_p=0.4)
+    problems = task.problems("train", n=2000, seed=0)
+    attempts = Counter(p.meta["attempts"] for p in problems)
+    mean = sum(k * v for k, v in attempts.items()) / len(problems)
+    assert 1.4 < mean < 1.9  # ~1 / (1 - 0.4), a little less where hits end the search
+    assert attempts[1] > attempts[2] > attempts[3] > attempts[4] > 0
+    solved = sum(p.meta["solved"] for p in problems) / len(problems)
+    assert 0.12 < solved < 0.22  # mean attempts / size
+    # an exhaustive search always finds the start
+    full = ChaseTask(size=6, hops=3, continue_p=0.999).problems("train", n=50, seed=0)
+    assert all(p.meta["solved"] for p in full)
+
+
+def test_verified_chase_reward_flags_false_claims_only():
+    honest = "b>c>a ok\n</think>\nb"
+    miss = "a>b>c no\nWait, b>c>a ok\n</think>\nb"
+    false_claim = "a>b>c ok\n</think>\na"
+    wrong_chain = "d>a>b ok\n</think>\nd"
+    assert verified_chase_reward(honest, HAND) == 0.0
+    assert verified_chase_reward(miss, HAND) == 0.0
+    assert verified_chase_reward(false_claim, HAND) == -1.0
+    assert verified_chase_reward(wrong_chain, HAND) == -1.0
+    assert verified_chase_reward(None, HAND) == 0.0
+
+
+def test_registered_and_validated():
+    assert isinstance(get_task("chase", size=5), ChaseTask)
+    for bad in ({"size": 1}, {"size": 27}, {"hops": 0}, {"continue_p": 1.0}, {"max_attempts": 11},
+                {"recheck": 2.0}, {"wait": "a>b"}):  # fmt: skip
+        with pytest.raises(ValueError):
+            ChaseTask(**bad)
