@@ -11,6 +11,9 @@
    - "on-policy": `distill.method = "on_policy"` (the student samples the train prompts, the teacher
      scores every sampled token, exact per-token reverse KL; GKD lambda = 1); no traces, so no
      rejection-sampling cost, but every step pays for the student's sampling and the teacher's forward.
+   - "SFT then on-policy": trace SFT's own checkpoint at --handoff of its steps (same seed), then on-policy
+     distillation from it at --handoff-lr until the same total FLOPs (the 2026-12-06 run that came
+     closest did this by hand: docs/LOG.md).
    Each run saves checkpoints every --points-th of its steps. Trace SFT runs --sft-steps; logit KD and
    on-policy get the steps that bring them to the same total FLOPs (trace SFT's + the rejection
    sampling), estimated from trace SFT's measured FLOPs per step (`_steps_for`); the x axis is the
@@ -63,7 +66,7 @@ STUDENT = {
     "num_attention_heads": 2,
     "num_key_value_heads": 1,
 }
-METHODS = ("trace SFT", "logit KD", "on-policy")
+METHODS = ("trace SFT", "logit KD", "on-policy", "SFT then on-policy")
 MAX_NEW_TOKENS = 64
 
 
@@ -79,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32, help="sequences (or completions) per step")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--on-policy-lr", type=float, default=3e-3)
+    parser.add_argument("--handoff", type=float, default=0.5,
+                        help="SFT then on-policy: share of trace SFT's steps before on-policy takes over")  # fmt: skip
+    parser.add_argument("--handoff-lr", type=float, default=1e-3, help="SFT then on-policy: on-policy lr")
     parser.add_argument("--points", type=int, default=6, help="checkpoints evaluated per run")
     parser.add_argument("--eval-problems", type=int, default=100, help="test problems per split")
     parser.add_argument("--eval-k", type=int, default=4, help="samples per problem for pass@1")
@@ -94,8 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.points, args.seeds = 2, 1
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
+    args.methods = sorted(args.methods, key=lambda m: METHODS.index(m) if m in METHODS else 0)  # SFT first
     if unknown:
         parser.error(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+    if "SFT then on-policy" in args.methods and "trace SFT" not in args.methods:
+        parser.error("method 'SFT then on-policy' starts from trace SFT's checkpoints: add 'trace SFT'")
+    if not 0.0 < args.handoff < 1.0:
+        parser.error(f"--handoff is a share of trace SFT's steps in (0, 1); got {args.handoff}")
     return args
 
 
@@ -176,6 +187,12 @@ def method_overrides(method: str, args: argparse.Namespace, steps: int) -> dict:
     common = {"train.steps": steps, "run.save_every": every}
     if method == "trace SFT":
         return {**common, "distill.method": "sft", "distill.files": [str(Path(args.out) / "traces.jsonl")]}
+    if method == "SFT then on-policy":
+        return {
+            **method_overrides("on-policy", args, steps),
+            "train.lr": args.handoff_lr,
+            "train.warmup_steps": 0,
+        }
     if method == "logit KD":  # bench_distill's setting: T 2, alpha 0.5
         return {
             **common,
@@ -193,11 +210,19 @@ def method_overrides(method: str, args: argparse.Namespace, steps: int) -> dict:
     }
 
 
-def run_student(out: Path, args: argparse.Namespace, method: str, seed: int, steps: int, charge: float):
+def run_student(
+    out: Path, args: argparse.Namespace, method: str, seed: int, steps: int, charge: float, **extra
+):
     """Train one student, then score each of its checkpoints; returns its curve
-    [{"step", "flops" (training + charge), "scores"}] and the run's total training FLOPs."""
+    [{"step", "flops" (training + charge), "scores"}] and the run's total training FLOPs. `extra`: more
+    config overrides ("section.key": value)."""
     run_dir = out / "students" / f"{method.replace(' ', '_')}_seed{seed}"
-    overrides = {**method_overrides(method, args, steps), "run.dir": str(run_dir), "train.seed": seed}
+    overrides = {
+        **method_overrides(method, args, steps),
+        "run.dir": str(run_dir),
+        "train.seed": seed,
+        **extra,
+    }
     distill.run(base_config(out, args, **overrides))
     flops = flops_by_step(run_dir)
     problems = split_problems(args.eval_problems)
@@ -334,6 +359,11 @@ def bench(args: argparse.Namespace) -> dict:
     for method in args.methods:  # trace SFT first: its FLOPs set the budget of the others
         start = time.perf_counter()
         for seed in range(args.seeds):
+            if method == "SFT then on-policy":
+                curve, total = run_handoff(out, args, seed, charge, curves["trace SFT"][seed], steps)
+                curves[method].append(curve)
+                totals[method].append(total)
+                continue
             n = steps.setdefault(method, _steps_for(method, args, out, charge, steps))
             curve, total = run_student(out, args, method, seed, n, 0.0 if method == "on-policy" else charge)
             curves[method].append(curve)
@@ -362,6 +392,23 @@ def bench(args: argparse.Namespace) -> dict:
     plot(report, out / "pass1_vs_flops.png")
     (out / "bench_distill_methods.md").write_text(markdown(report) + "\n")
     return report
+
+
+def run_handoff(out: Path, args: argparse.Namespace, seed: int, charge: float, sft_curve: list[dict],
+                steps: dict[str, int]) -> tuple[list[dict], float]:  # fmt: skip
+    """ "SFT then on-policy" for one seed: trace SFT's checkpoint at --handoff of its steps (its curve up to
+    there is this method's too), then on-policy from it for the steps that reach trace SFT's total FLOPs."""
+    sft_dir = out / "students" / f"trace_SFT_seed{seed}"
+    ckpts = {int(c.name.split("_")[-1]): c for c in list_checkpoints(sft_dir)}
+    handoff = min(ckpts, key=lambda k: abs(k - args.handoff * steps["trace SFT"]))
+    spent = flops_by_step(sft_dir)[handoff]
+    budget = per_step_flops(sft_dir) * steps["trace SFT"]
+    n = max(args.points, round(_steps_for("on-policy", args, out, charge, steps) * (1 - spent / budget)))
+    steps.setdefault("SFT then on-policy", n)
+    prefix = [p for p in sft_curve if p["step"] <= handoff]
+    curve, total = run_student(out, args, "SFT then on-policy", seed, n, charge + spent,
+                               **{"student.init": str(ckpts[handoff])})  # fmt: skip
+    return prefix + [{**p, "step": handoff + p["step"]} for p in curve], spent + total
 
 
 def _steps_for(method: str, args: argparse.Namespace, out: Path, charge: float, steps: dict[str, int]) -> int:
