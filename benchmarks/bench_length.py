@@ -494,6 +494,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     args.argv = [a for a in os.sys.argv[1:]]
+    if args.task == "chase" and args.wait_string == "Wait, ":
+        args.wait_string = "Wait,"  # chase's own prefix (no space: letters stay bare tokens)
     if args.quick:
         args.sft_steps, args.sft_examples, args.grpo_steps, args.eval_every = 40, 200, 4, 2
         args.eval_problems, args.samples, args.ei_prompts, args.ei_eval_every = 8, 2, 16, 1

@@ -1,13 +1,15 @@
 """Pointer chase: which start reaches the target in `hops` steps of a random map? A search that cannot be aimed.
 
-Prompt "a>f b>c c>h d>a e>j f>b g>e h>d i>g j>i; reach d in 3": the map sends each of `size` letters to
+Prompt "a>f,b>c,c>h,d>a,e>j,f>b,g>e,h>d,i>g,j>i;reach:d in 3": the map sends each of `size` letters to
 another (a random permutation), and the answer is the start letter whose `hops`-step chain ends at the
 target ("c": c>h>d>... , written "c>h>d>a" for 3 hops). Following the map forward is one lookup per
 written letter (a 2-layer transformer's induction head does it); finding the start without searching
 means inverting `hops` lookups before writing the first letter, which a model with fewer layers than hops
 cannot do in one token. So the only way to solve more problems is to try more starts: each attempt is
 one line "c>h>d>a no" (or "... ok" when it ends at the target), every attempt after the first starts
-with "Wait, ", and the starts are tried in alphabetical order from a random first one, wrapping around
+with "Wait," (no space: every letter is then the same bare token in the map, the chains and the answer,
+which is what lets a small model learn the lookup; with "a>f b>c" and "Wait, b>..." the sources were
+space-prefixed tokens and a 2-layer model never learned it, docs/LOG.md 2026-12-07), and the starts are tried in alphabetical order from a random first one, wrapping around
 (no repeats; after `size` attempts every start was tried). With a permutation exactly one start is
 right, so k attempts solve k / size of the problems: accuracy is linear in the search length, the task
 where thinking longer pays (DeepSeek-R1-Zero's curve, arXiv 2501.12948).
@@ -16,7 +18,7 @@ The cold-start traces are *short* searches: after each failed attempt the trace 
 `continue_p` (else it gives up and answers its last start, scoring 0), so most traces show one or two
 attempts and a few show longer ones (every depth has a non-zero share, which is what lets RL find that
 longer searches pay). With `recheck` > 0 that share of the hits replays the hit on one more line
-"Wait, check c>h>d>a ok", so budget forcing's forced "Wait, " after a hit (s1, arXiv 2501.19393) stays
+"Wait,check:c>h>d>a ok", so budget forcing's forced "Wait," after a hit (s1, arXiv 2501.19393) stays
 in distribution (and after a give-up it is the trace's own word for the next attempt).
 
 Nothing is executed: the checker looks the answer's chain up in the problem's map.
@@ -31,15 +33,15 @@ import string
 from r1kit.tasks.base import Problem, ProceduralTask
 
 # The word that starts a re-check line (the hit's chain replayed).
-CHECK = "check "
+CHECK = "check:"
 # The verified-search reward reads at most this many characters of the thinking.
 MAX_TRACE_CHARS = 8192
 _LINE = re.compile(r"([a-z](?:>[a-z])+) (ok|no)")
 
 
 def parse_map(prompt: str) -> dict[str, str]:
-    """The map of a prompt "a>f b>c ...; reach d in 3" as {"a": "f", "b": "c", ...}."""
-    pairs = prompt.split(";", 1)[0].split()
+    """The map of a prompt "a>f,b>c,...;reach:d in 3" as {"a": "f", "b": "c", ...}."""
+    pairs = prompt.split(";", 1)[0].split(",")
     return dict(p.split(">", 1) for p in pairs)
 
 
@@ -66,8 +68,8 @@ class ChaseTask(ProceduralTask):
     the model has layers keeps the start from being computed in one token); continue_p: the cold-start
     trace's chance of another attempt after each failed one (short searches: mean attempts about
     1 / (1 - continue_p)); max_attempts: the trace's cap on attempts (default `size`: an exhaustive
-    search); wait: the word that starts every attempt after the first ("" = none); recheck: the share of
-    hits replayed on one more "Wait, check ... ok" line.
+    search); wait: the word that starts every attempt after the first, followed by a comma ("" = none);
+    recheck: the share of hits replayed on one more "Wait,check:... ok" line.
     """
 
     name = "chase"
@@ -122,7 +124,7 @@ class ChaseTask(ProceduralTask):
         for k in range(self.max_attempts):
             start = letters[(first + k) % self.size]
             hit = start == answer
-            prefix = f"{self.wait}, " if self.wait and k else ""
+            prefix = f"{self.wait}," if self.wait and k else ""
             lines.append(prefix + ">".join(chain(mapping, start, self.hops)) + (" ok" if hit else " no"))
             if hit:
                 solved = True
@@ -131,16 +133,16 @@ class ChaseTask(ProceduralTask):
                 break
         if solved and self.recheck > 0.0 and rng.random() < self.recheck:
             lines.append(
-                (f"{self.wait}, " if self.wait else "")
+                (f"{self.wait}," if self.wait else "")
                 + CHECK
                 + ">".join(chain(mapping, answer, self.hops))
                 + " ok"
             )
-        prompt = " ".join(f"{a}>{b}" for a, b in mapping.items()) + f"; reach {target} in {self.hops}"
+        prompt = ",".join(f"{a}>{b}" for a, b in mapping.items()) + f";reach:{target} in {self.hops}"
         meta = {
             "map": mapping,
             "target": target,
-            "attempts": sum(1 for x in lines if not x.removeprefix(f"{self.wait}, ").startswith(CHECK)),
+            "attempts": sum(1 for x in lines if not x.removeprefix(f"{self.wait},").startswith(CHECK)),
             "solved": solved,
             "trace_answer": answer if solved else start,
         }
@@ -169,12 +171,12 @@ class ChaseTask(ProceduralTask):
         return 1.0 if chain(mapping, start, self.hops)[-1] == target else 0.0
 
 
-def search_lines(completion: str) -> list[tuple[str, str, bool]]:
+def search_lines(completion: str, wait: str = "Wait") -> list[tuple[str, str, bool]]:
     """(chain, "ok"/"no", is a re-check) of each attempt line of a completion's thinking."""
     think = completion.split("</think>", 1)[0] if isinstance(completion, str) else ""
     out = []
     for line in think[:MAX_TRACE_CHARS].split("\n"):
-        line = line.strip().removeprefix("Wait,").strip()
+        line = line.strip().removeprefix(f"{wait},").strip()
         recheck = line.startswith(CHECK)
         m = _LINE.fullmatch(line.removeprefix(CHECK))
         if m:
@@ -198,5 +200,5 @@ def verified_chase_reward(completion: str, problem: Problem) -> float:
 
 
 def _hops(problem: Problem) -> int:
-    """The chain length of a problem, read from its prompt ("...; reach d in 3")."""
+    """The chain length of a problem, read from its prompt ("...;reach:d in 3")."""
     return int(problem.prompt.rsplit(" in ", 1)[1])

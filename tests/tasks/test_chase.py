@@ -11,7 +11,7 @@ from r1kit.tasks.base import Problem
 from r1kit.tasks.chase import ChaseTask, chain, parse_map, search_lines, verified_chase_reward
 
 # a hand-made problem: a>b b>c c>a d>d, 2 hops; chains a>b>c, b>c>a, c>a>b, d>d>d
-PROMPT = "a>b b>c c>a d>d; reach a in 2"
+PROMPT = "a>b,b>c,c>a,d>d;reach:a in 2"
 MAP = {"a": "b", "b": "c", "c": "a", "d": "d"}
 HAND = Problem(PROMPT, PROMPT, "b", None, {"map": MAP, "target": "a"})
 
@@ -53,7 +53,7 @@ def test_traces_are_true_chains_in_order_and_the_reference_is_the_only_start():
         assert p.meta["solved"] == (attempts[-1][1] == "ok")
         assert task.score(task.completion(p), p) == float(p.meta["solved"])
         assert task.score("</think>\n" + p.answer, p) == 1.0
-        assert p.solution.count("Wait, ") == len(lines) - 1
+        assert p.solution.count("Wait,") == len(lines) - 1
 
 
 def test_cold_start_searches_are_short_with_a_tail():
@@ -72,7 +72,7 @@ def test_cold_start_searches_are_short_with_a_tail():
 
 def test_verified_chase_reward_flags_false_claims_only():
     honest = "b>c>a ok\n</think>\nb"
-    miss = "a>b>c no\nWait, b>c>a ok\n</think>\nb"
+    miss = "a>b>c no\nWait,b>c>a ok\n</think>\nb"
     false_claim = "a>b>c ok\n</think>\na"
     wrong_chain = "d>a>b ok\n</think>\nd"
     assert verified_chase_reward(honest, HAND) == 0.0
@@ -80,6 +80,20 @@ def test_verified_chase_reward_flags_false_claims_only():
     assert verified_chase_reward(false_claim, HAND) == -1.0
     assert verified_chase_reward(wrong_chain, HAND) == -1.0
     assert verified_chase_reward(None, HAND) == 0.0
+
+
+def test_every_letter_is_one_bare_token():
+    """The map, the chains and the answer spell each letter the same way (no space-prefixed variants), so a
+    small model's lookup matches the same token: with "a>f b>c" and "Wait, b>..." it never learned it."""
+    from r1kit.tokenizer import Tokenizer
+
+    task = ChaseTask(recheck=0.5)
+    problems = task.problems("train", n=200, seed=0)
+    tok = Tokenizer.train([p.prompt + "\n" + task.completion(p) for p in problems], vocab_size=300)
+    for p in problems[:20]:
+        pieces = {tok.decode([i]) for i in tok.encode(p.prompt + "\n" + task.completion(p))}
+        spaced = {x for x in pieces if x.strip() in set("abcdefghij") and x != x.strip()}
+        assert not spaced, spaced
 
 
 def test_registered_and_validated():
