@@ -10,45 +10,46 @@ from r1kit.tasks import get_task
 from r1kit.tasks.base import Problem
 from r1kit.tasks.chase import ChaseTask, chain, parse_map, search_lines, verified_chase_reward
 
-# a hand-made problem: a>b b>c c>a d>d, 2 hops; chains a>b>c, b>c>a, c>a>b, d>d>d
-PROMPT = "a>b,b>c,c>a,d>d;reach:a in 2"
-MAP = {"a": "b", "b": "c", "c": "a", "d": "d"}
-HAND = Problem(PROMPT, PROMPT, "b", None, {"map": MAP, "target": "a"})
+# a hand-made problem: 0>1 1>2 2>0 3>3, 2 hops; chains 012, 120, 201, 333
+PROMPT = "01,12,20,33;to 0 in 2"
+MAP = {"0": "1", "1": "2", "2": "0", "3": "3"}
+HAND = Problem(PROMPT, PROMPT, "1", None, {"map": MAP, "target": "0"})
 
 
 def test_parse_map_and_chain_by_hand():
     assert parse_map(PROMPT) == MAP
-    assert chain(MAP, "b", 2) == ["b", "c", "a"]
-    assert chain(MAP, "d", 3) == ["d", "d", "d", "d"]
+    assert chain(MAP, "1", 2) == ["1", "2", "0"]
+    assert chain(MAP, "3", 3) == ["3", "3", "3", "3"]
 
 
 def test_check_by_hand():
     task = ChaseTask(size=4, hops=2)
-    assert task.score("</think>\nb", HAND) == 1.0
-    assert task.score("</think>\nb>c>a", HAND) == 1.0  # the whole chain, right
-    assert task.score("</think>\nb>a>a", HAND) == 0.0  # the right start with a wrong chain
-    for wrong in ("a", "c", "d", "z", "", "b c"):
+    assert task.score("</think>\n1", HAND) == 1.0
+    assert task.score("</think>\n120", HAND) == 1.0  # the whole chain, right
+    assert task.score("</think>\n100", HAND) == 0.0  # the right start with a wrong chain
+    for wrong in ("0", "2", "3", "9", "", "1 2", "a"):
         assert task.score(f"</think>\n{wrong}", HAND) == 0.0, wrong
-    assert task.score("b", HAND) == 0.0  # no </think>: no answer
+    assert task.score("1", HAND) == 0.0  # no </think>: no answer
 
 
 def test_traces_are_true_chains_in_order_and_the_reference_is_the_only_start():
     task = ChaseTask(size=8, hops=3, continue_p=0.5, recheck=0.5)
     problems = task.problems("train", n=300, seed=1)
-    letters = "abcdefgh"
+    digits = "01234567"
     for p in problems:
         mapping, target = p.meta["map"], p.meta["target"]
-        assert parse_map(p.prompt) == mapping and sorted(mapping.values()) == sorted(letters)  # a permutation
-        right = [s for s in letters if chain(mapping, s, 3)[-1] == target]
+        assert parse_map(p.prompt) == mapping and sorted(mapping.values()) == sorted(digits)  # a permutation
+        right = [s for s in digits if chain(mapping, s, 3)[-1] == target]
         assert right == [p.answer]
         lines = search_lines(p.solution + "\n</think>")
         attempts = [x for x in lines if not x[2]]
+        assert len(attempts) == p.meta["attempts"]
         starts = [x[0][0] for x in attempts]
-        # consecutive letters from a random first one, wrapping around, no repeats
-        first = letters.index(starts[0])
-        assert starts == [letters[(first + k) % 8] for k in range(len(starts))]
+        # consecutive digits from a random first one, wrapping around, no repeats
+        first = digits.index(starts[0])
+        assert starts == [digits[(first + k) % 8] for k in range(len(starts))]
         for line, verdict, _ in lines:
-            assert line == ">".join(chain(mapping, line[0], 3))
+            assert line == "".join(chain(mapping, line[0], 3))
             assert (verdict == "ok") == (chain(mapping, line[0], 3)[-1] == target)
         assert p.meta["solved"] == (attempts[-1][1] == "ok")
         assert task.score(task.completion(p), p) == float(p.meta["solved"])
@@ -71,20 +72,21 @@ def test_cold_start_searches_are_short_with_a_tail():
 
 
 def test_verified_chase_reward_flags_false_claims_only():
-    honest = "b>c>a ok\n</think>\nb"
-    miss = "a>b>c no\nWait,b>c>a ok\n</think>\nb"
-    false_claim = "a>b>c ok\n</think>\na"
-    wrong_chain = "d>a>b ok\n</think>\nd"
+    honest = "120 ok\n</think>\n1"
+    miss = "012 no\nWait,120 ok\nWait,check:120 ok\n</think>\n1"
+    false_claim = "012 ok\n</think>\n0"
+    wrong_chain = "301 ok\n</think>\n3"
     assert verified_chase_reward(honest, HAND) == 0.0
     assert verified_chase_reward(miss, HAND) == 0.0
     assert verified_chase_reward(false_claim, HAND) == -1.0
     assert verified_chase_reward(wrong_chain, HAND) == -1.0
     assert verified_chase_reward(None, HAND) == 0.0
+    assert [x[2] for x in search_lines(miss)] == [False, False, True]
 
 
-def test_every_letter_is_one_bare_token():
-    """The map, the chains and the answer spell each letter the same way (no space-prefixed variants), so a
-    small model's lookup matches the same token: with "a>f b>c" and "Wait, b>..." it never learned it."""
+def test_every_digit_is_one_token():
+    """The map, the chains and the answer spell each symbol as the same single token (a small model's
+    lookup must match it): with letters written "a>f b>c" the 2-layer model never learned the lookup."""
     from r1kit.tokenizer import Tokenizer
 
     task = ChaseTask(recheck=0.5)
@@ -92,13 +94,13 @@ def test_every_letter_is_one_bare_token():
     tok = Tokenizer.train([p.prompt + "\n" + task.completion(p) for p in problems], vocab_size=300)
     for p in problems[:20]:
         pieces = {tok.decode([i]) for i in tok.encode(p.prompt + "\n" + task.completion(p))}
-        spaced = {x for x in pieces if x.strip() in set("abcdefghij") and x != x.strip()}
-        assert not spaced, spaced
+        with_digit = {x for x in pieces if any(c.isdigit() for c in x)}
+        assert all(len(x) == 1 for x in with_digit), with_digit
 
 
 def test_registered_and_validated():
     assert isinstance(get_task("chase", size=5), ChaseTask)
-    for bad in ({"size": 1}, {"size": 27}, {"hops": 0}, {"continue_p": 1.0}, {"max_attempts": 11},
-                {"recheck": 2.0}, {"wait": "a>b"}):  # fmt: skip
+    for bad in ({"size": 1}, {"size": 11}, {"hops": 0}, {"continue_p": 1.0}, {"max_attempts": 11},
+                {"recheck": 2.0}, {"wait": "W1"}):  # fmt: skip
         with pytest.raises(ValueError):
             ChaseTask(**bad)
