@@ -198,6 +198,21 @@ def self_distill_mtp(model: Transformer, prompts, new: int, steps: int) -> None:
     model.eval()
 
 
+def gemm_share(fn) -> float:
+    """Share of `fn`'s profiled CPU time spent in GEMMs (aten::mm, addmm, bmm, baddbmm): the Amdahl bound of a
+    faster engine is 1 / share, assuming it runs the same GEMMs no faster. The profiler's per-op overhead
+    inflates the non-GEMM part a little, so the bound is slightly generous."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm",
+                                                                    "aten::baddbmm"))  # fmt: skip
+    return gemm / max(total, 1e-9)
+
+
 def first_call_and_steady(fn, repeats: int) -> tuple[float, float]:
     """(seconds of the first call, best seconds of `repeats` later calls): compile time shows in the first."""
     sync()
@@ -224,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         help="an r1kit/HF checkpoint with a trained MTP block for (c) (default: self-distilled)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--bound", action="store_true",
+                        help="profile transformers once per row: its GEMM share and the speed-up bound it implies")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     parser.add_argument(
         "--dtype",
@@ -344,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
                     f"{t_hf / t:.2f}x",
                     roofline(ours.config, context, tps, peak.flops),
                 )
+            )
+        if args.bound:
+            share = gemm_share(run_hf)
+            notes.append(
+                f"{name}: transformers spends {share:.0%} of its generate in GEMMs (aten mm/addmm/bmm, "
+                f"profiled once): an engine with zero non-GEMM time would be at most {1 / share:.2f}x"
             )
         w = engines["eager"].decoder.weights
         notes.append(

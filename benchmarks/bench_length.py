@@ -105,7 +105,7 @@ def run_sft(run_dir: Path, args, seed: int, init: str = "", steps: int = 0) -> t
         train=TrainConfig(
             steps=steps or args.sft_steps,
             batch_size=64,
-            lr=args.control_lr if init else 3e-3,
+            lr=args.control_lr if init else args.sft_lr,
             warmup_steps=0 if init else 20,
             schedule="constant",
             grad_clip=1.0,
@@ -462,6 +462,7 @@ def main() -> None:
         "--sft-examples", type=int, default=800, help="<= ~870 distinct 3-number problems in the band"
     )
     ap.add_argument("--sft-steps", type=int, default=600)
+    ap.add_argument("--sft-lr", type=float, default=3e-3, help="the cold start's learning rate")
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--control-lr", type=float, default=1e-3)
     ap.add_argument(
