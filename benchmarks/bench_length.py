@@ -160,7 +160,7 @@ def held_out(model_dir: Path, problems, args) -> dict:
     (result,) = evaluate_engine(Engine(model, tok), tok, task, problems, params, template="chat", system="")
     stats = [search_stats(s, p, args.task) for r, p in zip(result.records, problems) for s in r["samples"]]
     n = max(len(stats), 1)
-    return {
+    out = {
         "pass@1": result.metrics["pass@1"],
         "length": result.metrics["completion_tokens"],
         "attempts": sum(a for a, _, _ in stats) / n,
@@ -168,6 +168,30 @@ def held_out(model_dir: Path, problems, args) -> dict:
         "claims": sum(c for _, c, _ in stats) / n,
         "false_claims": sum(f for _, _, f in stats) / n,
     }
+    if args.task == "chase":  # can the model execute the lookups? (each hop of each attempt line, vs the map)
+        samples = [(s, p) for r, p in zip(result.records, problems) for s in r["samples"]]
+        out.update(hop_accuracy(samples, args.hops))
+    return out
+
+
+def hop_accuracy(samples, hops: int) -> dict:
+    """Share of attempt lines whose k-th digit is the map's image of the (k-1)-th, k = 1..hops, and of lines
+    whose whole chain is right, over (completion text, problem) pairs of chase."""
+    from r1kit.tasks.chase import search_lines
+
+    right, whole, lines = [0] * hops, 0, 0
+    for text, problem in samples:
+        mapping = problem.meta["map"]
+        for line, _, _ in search_lines(text):
+            lines += 1
+            ok = True
+            for k in range(1, hops + 1):
+                good = len(line) > k and line[k] == mapping.get(line[k - 1])
+                right[k - 1] += good
+                ok &= good
+            whole += ok
+    n = max(lines, 1)
+    return {**{f"hop{k + 1}": right[k] / n for k in range(hops)}, "chains_ok": whole / n}
 
 
 def budget(model_dir: Path, problems, args) -> list[dict]:
@@ -361,6 +385,11 @@ def report(args, seeds: list[dict], started: str) -> str:
     from r1kit.report import mean_spread, spread_table
 
     cols = ["pass@1", "length", "attempts", "long_search", "claims", "false_claims"]
+    cols += [
+        c
+        for c in ("hop1", "hop2", "hop3", "chains_ok")
+        if all(c in s["final"][a] for s in seeds for a in ARMS)
+    ]
     cells = {arm: {c: [s["final"][arm][c] for s in seeds] for c in cols} for arm in ARMS}
     flops = {arm: [s["arms"][arm]["flops"] for s in seeds] for arm in ARMS[1:]}
     lines = [
