@@ -413,7 +413,7 @@ def report(args, seeds: list[dict], started: str) -> str:
         "## Budget forcing (accuracy, mean ± sd over seeds)",
         "",
     ]
-    for mode, name in (("cap", "thinking cap (tokens)"), ("wait", 'forced "Wait, " extensions')):
+    for mode, name in (("cap", "thinking cap (tokens)"), ("wait", f'forced "{args.wait_string}" extensions')):
         values = sorted(
             {p["value"] for s in seeds for pts in s["budget"].values() for p in pts if p["mode"] == mode}
         )
