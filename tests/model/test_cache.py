@@ -121,3 +121,27 @@ def test_cache_overflow_and_bad_mask_are_clear_errors():
         model(
             torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.ones(1, 2), cache=model.new_cache(1, 4)
         )
+
+
+def test_cpu_decode_attention_equals_sdpa():
+    """The CPU decode attention (two matmuls around an fp32 softmax) is SDPA's, padding masked, GQA packed."""
+    import torch.nn.functional as F
+
+    from r1kit.model.attention import _decode_attend
+
+    gen = torch.Generator().manual_seed(0)
+    b, hk, rep, d, s = 5, 2, 3, 16, 11
+    q, k, v = (torch.randn(b, hk, n, d, generator=gen) for n in (rep, s, s))
+    mask = torch.ones(b, 1, 1, s, dtype=torch.bool)
+    mask[1, ..., :4] = False  # a left-padded row
+    mask[3, ..., 7:] = False  # unwritten slots
+    for m in (mask, None):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=d**-0.5)
+        got = _decode_attend(q, k, v, m, d**-0.5)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the masked keys carry no weight: changing them changes nothing
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, :4], v2[3, :, 7:] = 1e3, -1e3
+    torch.testing.assert_close(
+        _decode_attend(q, k2, v2, mask, d**-0.5), _decode_attend(q, k, v, mask, d**-0.5)
+    )
