@@ -193,6 +193,23 @@ class ProceduralTask(Task):
         return f"{type(self).__name__}({args})"
 
 
+class SearchTraceTask(ProceduralTask):
+    """A procedural task whose cold-start trace is a bounded search that may give up (Countdown, chase):
+    the SFT completion ends with the answer the *search* reached (`meta["trace_answer"]`, wrong on a
+    give-up), while `problem.answer` stays the reference the scorer compares with."""
+
+    def completion(self, problem: Problem) -> str:
+        """The cold-start completion: the search trace and the answer it reached (wrong on a give-up)."""
+        answer = problem.meta.get("trace_answer", problem.answer)
+        return f"{(problem.solution or '').strip()}\n</think>\n{answer}"
+
+    def sft_messages(self, problem: Problem, system: str | None = None) -> list[dict[str, str]]:
+        """The cold-start chat: the search trace and the answer the search reached."""
+        answer = problem.meta.get("trace_answer", problem.answer)
+        shown = Problem(problem.id, problem.prompt, answer, problem.solution, problem.meta)
+        return super().sft_messages(shown, system)
+
+
 class MixtureTask(Task):
     """Problems drawn from several tasks with weights, e.g. 90 % 1-4 digit and 10 % 5-digit addition.
 

@@ -31,7 +31,7 @@ import random
 import re
 import string
 
-from r1kit.tasks.base import Problem, ProceduralTask
+from r1kit.tasks.base import Problem, SearchTraceTask
 
 # The word that starts a re-check line (the hit's chain replayed).
 CHECK = "check:"
@@ -62,7 +62,7 @@ def chain_ok(line: str, mapping: dict[str, str], target: str, hops: int) -> bool
     return digits == chain(mapping, digits[0], hops) and digits[-1] == target
 
 
-class ChaseTask(ProceduralTask):
+class ChaseTask(SearchTraceTask):
     """Find the start digit whose `hops`-step chain through a random map of `size` digits ends at the target.
 
     size: digits in the map (2..10; one attempt solves 1 / size); hops: steps of the chain (more hops than
@@ -146,17 +146,6 @@ class ChaseTask(ProceduralTask):
             "trace_answer": answer if solved else start,
         }
         return Problem(id=prompt, prompt=prompt, answer=answer, solution="\n".join(lines), meta=meta)
-
-    def completion(self, problem: Problem) -> str:
-        """The cold-start completion: the search trace and the start it ended on (wrong on a give-up)."""
-        answer = problem.meta.get("trace_answer", problem.answer)
-        return f"{(problem.solution or '').strip()}\n</think>\n{answer}"
-
-    def sft_messages(self, problem: Problem, system: str | None = None) -> list[dict[str, str]]:
-        """The cold-start chat: the search trace and the start the search ended on."""
-        answer = problem.meta.get("trace_answer", problem.answer)
-        shown = Problem(problem.id, problem.prompt, answer, problem.solution, problem.meta)
-        return super().sft_messages(shown, system)
 
     def check(self, answer: str, problem: Problem) -> float:
         """1.0 when the answer (the start digit, or its whole chain) reaches the target."""

@@ -36,7 +36,7 @@ import re
 from collections import Counter
 
 from r1kit.safe_math import evaluate_arithmetic
-from r1kit.tasks.base import Problem, ProceduralTask, rng_for
+from r1kit.tasks.base import Problem, SearchTraceTask, rng_for
 
 # An expression string with its precedence: 3 literal, 2 * /, 1 + -.
 _Expr = tuple[str, int]
@@ -163,7 +163,7 @@ def check_steps(answer: str, numbers: list[int], target: int) -> bool:
     return value == target
 
 
-class CountdownTask(ProceduralTask):
+class CountdownTask(SearchTraceTask):
     """Reach `target` from `numbers` (each used at most once) with the operations `ops` and parentheses.
 
     numbers: how many numbers (int or (min, max)); max_number: numbers are drawn in 1..max_number;
@@ -284,17 +284,6 @@ class CountdownTask(ProceduralTask):
             solution=format_trace(attempts, target, self.wait, recheck),
             meta=meta,
         )
-
-    def completion(self, problem: Problem) -> str:
-        """The cold-start completion: the search trace and the answer it reached (wrong on a give-up)."""
-        answer = problem.meta.get("trace_answer", problem.answer)
-        return f"{(problem.solution or '').strip()}\n</think>\n{answer}"
-
-    def sft_messages(self, problem: Problem, system: str | None = None) -> list[dict[str, str]]:
-        """The cold-start chat: the search trace and the answer the search reached."""
-        answer = problem.meta.get("trace_answer", problem.answer)
-        shown = Problem(problem.id, problem.prompt, answer, problem.solution, problem.meta)
-        return super().sft_messages(shown, system)
 
     def check(self, answer: str, problem: Problem) -> float:
         """1.0 when the answer reaches the target from the given numbers, each used at most once.
