@@ -74,7 +74,8 @@ def chase_args(args) -> dict:
     """Pointer chase (`r1kit.tasks.chase`): a random permutation of --size letters, the start whose
     --hops-step chain ends at the target; the cold start tries starts in order and goes on after a miss
     with probability --continue-p (mean ~1.7 attempts, ~17 % solved); k attempts solve k / size."""
-    return {"size": args.size, "hops": args.hops, "continue_p": args.continue_p, "recheck": args.recheck}
+    return {"size": args.size, "hops": args.hops, "continue_p": args.continue_p, "recheck": args.recheck,
+            "symbols": args.symbols}  # fmt: skip
 
 
 def verify_reward(args) -> str:
@@ -92,7 +93,7 @@ def run_sft(run_dir: Path, args, seed: int, init: str = "", steps: int = 0) -> t
 
     cfg = sft.Config(
         model=ModelSection(
-            preset="tiny-llama", init=init, overrides={} if init else {"num_hidden_layers": 2}
+            preset="tiny-llama", init=init, overrides={} if init else {"num_hidden_layers": args.layers}
         ),
         tokenizer=TokenizerSection(path=init, vocab_size=384),
         data=sft.SFTData(
@@ -349,6 +350,9 @@ def run_seed(seed: int, args, test) -> dict:
     res["final"]["cold start"] = start = held_out(sft_dir, test, args)
     res["time_s"]["cold start"] = time.perf_counter() - t0
     print(f"seed {seed} cold start:", start, flush=True)
+    if args.cold_start_only:  # a pilot of the task design: can the cold start execute the search?
+        (wd / "cold_start.json").write_text(json.dumps(res, indent=1, default=str))
+        return res
     t0 = time.perf_counter()
     res["arms"]["GRPO"] = g = run_grpo(wd / "grpo", sft_dir, args, seed)
     res["time_s"]["GRPO"] = time.perf_counter() - t0
@@ -478,6 +482,12 @@ def main() -> None:
     ap.add_argument("--task", choices=["countdown", "chase"], default="countdown")
     ap.add_argument("--size", type=int, default=10, help="chase: letters in the map")
     ap.add_argument("--hops", type=int, default=3, help="chase: steps of the chain (> the model's 2 layers)")
+    ap.add_argument(
+        "--symbols",
+        choices=["digits", "pairs"],
+        default="digits",
+        help='chase: "digits" (map "05,12,..") or "pairs" (letters, map entries one token each)',
+    )
     ap.add_argument("--continue-p", type=float, default=0.4, help="chase: cold start's P(another attempt)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny steps and evaluations")
     ap.add_argument(
@@ -491,6 +501,12 @@ def main() -> None:
         "--sft-examples", type=int, default=800, help="<= ~870 distinct 3-number problems in the band"
     )
     ap.add_argument("--sft-steps", type=int, default=600)
+    ap.add_argument("--layers", type=int, default=2, help="the cold-start model's layers (tiny llama, d=128)")
+    ap.add_argument(
+        "--cold-start-only",
+        action="store_true",
+        help="stop after the cold start's held-out evaluation (a pilot of the task design)",
+    )
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="the cold start's learning rate")
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--control-lr", type=float, default=1e-3)
@@ -547,8 +563,9 @@ def main() -> None:
     started = machine()
     args.workdir.mkdir(parents=True, exist_ok=True)
     test = get_task(args.task, **task_args(args)).problems("test", n=args.eval_problems, seed=args.eval_seed)
-    if args.only_seed is not None:
-        run_seed(args.only_seed, args, test)
+    if args.only_seed is not None or args.cold_start_only:
+        for seed in [args.only_seed] if args.only_seed is not None else range(args.seeds):
+            run_seed(seed, args, test)
         return
     seeds = [run_seed(seed, args, test) for seed in range(args.seeds)]
     curves = {arm: [s["arms"][arm]["curve"] for s in seeds] for arm in ARMS[1:]}

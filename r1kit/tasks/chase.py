@@ -38,10 +38,12 @@ CHECK = "check:"
 # The verified-search reward reads at most this many characters of the thinking.
 MAX_TRACE_CHARS = 8192
 _LINE = re.compile(r"(\d{2,17}) (ok|no)")
+_PAIRS_LINE = re.compile(r"([a-j](?:,[a-j]){1,16}) (ok|no)")
+SYMBOLS = ("digits", "pairs")
 
 
 def parse_map(prompt: str) -> dict[str, str]:
-    """The map of a prompt "05,12,...;to 3 in 3" as {"0": "5", "1": "2", ...}."""
+    """The map of a prompt "05,12,...;to 3 in 3" (or "af,bc,...;to:d,in:3") as {"0": "5", "1": "2", ...}."""
     pairs = prompt.split(";", 1)[0].split(",")
     return {p[0]: p[1] for p in pairs}
 
@@ -55,8 +57,9 @@ def chain(mapping: dict[str, str], start: str, hops: int) -> list[str]:
 
 
 def chain_ok(line: str, mapping: dict[str, str], target: str, hops: int) -> bool:
-    """Whether "4968" is the true `hops`-step chain of its first digit and ends at `target`."""
-    digits = list(line)
+    """Whether "4968" is the true `hops`-step chain of its first digit and ends at `target` (the "pairs"
+    symbols' "b,j,d,c" may be given with or without its commas)."""
+    digits = list(line.replace(",", ""))
     if len(digits) != hops + 1 or digits[0] not in mapping:
         return False
     return digits == chain(mapping, digits[0], hops) and digits[-1] == target
@@ -70,7 +73,10 @@ class ChaseTask(SearchTraceTask):
     trace's chance of another attempt after each failed one (short searches: mean attempts about
     1 / (1 - continue_p)); max_attempts: the trace's cap on attempts (default `size`: an exhaustive
     search); wait: the word that starts every attempt after the first, followed by a comma ("" = none);
-    recheck: the share of hits replayed on one more "Wait,check:... ok" line.
+    recheck: the share of hits replayed on one more "Wait,check:... ok" line; symbols: "digits" (the map
+    "05,12,...", chains "4968") or "pairs" (letters: the map "af,bc,...;to:d,in:3", each entry one BPE token
+    once the tokenizer has merged it, chains "b,j,d,c": a lookup is then one attention step, with no
+    previous-token head to bind a source to its image first).
     """
 
     name = "chase"
@@ -83,8 +89,11 @@ class ChaseTask(SearchTraceTask):
         max_attempts: int | None = None,
         wait: str = "Wait",
         recheck: float = 0.0,
+        symbols: str = "digits",
     ):
         """See the class docstring."""
+        if symbols not in SYMBOLS:
+            raise ValueError(f"symbols must be one of {', '.join(SYMBOLS)}; got {symbols!r}")
         if not 2 <= size <= 10:
             raise ValueError(f"size must be in 2..10 digits, got {size}")
         if not 1 <= hops <= 16:
@@ -100,6 +109,7 @@ class ChaseTask(SearchTraceTask):
             raise ValueError("wait must be one word without a comma, digit or newline")
         self.size, self.hops, self.continue_p = int(size), int(hops), float(continue_p)
         self.max_attempts, self.wait, self.recheck = max_attempts, wait, float(recheck)
+        self.symbols = symbols
 
     def config(self) -> dict:
         """The knobs that define the problem distribution."""
@@ -110,11 +120,14 @@ class ChaseTask(SearchTraceTask):
             "max_attempts": self.max_attempts,
             "wait": self.wait,
             "recheck": self.recheck,
+            "symbols": self.symbols,
         }
 
     def sample(self, rng: random.Random) -> Problem:
         """A random permutation map, a random target, and a short search from a random first start."""
-        digits = list(string.digits[: self.size])
+        pairs = self.symbols == "pairs"
+        digits = list((string.ascii_lowercase if pairs else string.digits)[: self.size])
+        sep = "," if pairs else ""  # pairs: "b,j,d,c" (each letter one token; a map entry "bj" is one token)
         images = digits[:]
         rng.shuffle(images)
         mapping = dict(zip(digits, images))
@@ -127,7 +140,7 @@ class ChaseTask(SearchTraceTask):
             start = digits[(first + k) % self.size]
             hit = start == answer
             lines.append(
-                (prefix if k else "") + "".join(chain(mapping, start, self.hops)) + (" ok" if hit else " no")
+                (prefix if k else "") + sep.join(chain(mapping, start, self.hops)) + (" ok" if hit else " no")
             )
             if hit:
                 solved = True
@@ -136,8 +149,9 @@ class ChaseTask(SearchTraceTask):
                 break
         attempts = len(lines)
         if solved and self.recheck > 0.0 and rng.random() < self.recheck:
-            lines.append(prefix + CHECK + "".join(chain(mapping, answer, self.hops)) + " ok")
-        prompt = ",".join(f"{a}{b}" for a, b in mapping.items()) + f";to {target} in {self.hops}"
+            lines.append(prefix + CHECK + sep.join(chain(mapping, answer, self.hops)) + " ok")
+        tail = f";to:{target},in:{self.hops}" if pairs else f";to {target} in {self.hops}"
+        prompt = ",".join(f"{a}{b}" for a, b in mapping.items()) + tail
         meta = {
             "map": mapping,
             "target": target,
@@ -151,7 +165,8 @@ class ChaseTask(SearchTraceTask):
         """1.0 when the answer (the start digit, or its whole chain) reaches the target."""
         mapping, target = problem.meta["map"], problem.meta["target"]
         first = answer.strip().splitlines()[0].strip().removesuffix(" ok") if answer.strip() else ""
-        if not first.isdigit() or first[0] not in mapping:
+        first = first.replace(",", "") if self.symbols == "pairs" else first
+        if not first or any(c not in mapping for c in first):
             return 0.0
         if len(first) > 1 and not chain_ok(first, mapping, target, self.hops):
             return 0.0
@@ -159,15 +174,17 @@ class ChaseTask(SearchTraceTask):
 
 
 def search_lines(completion: str, wait: str = "Wait") -> list[tuple[str, str, bool]]:
-    """(chain, "ok"/"no", is a re-check) of each attempt line of a completion's thinking."""
+    """(chain, "ok"/"no", is a re-check) of each attempt line of a completion's thinking; a chain is its
+    symbols without separators ("4968", or "bjdc" for the "pairs" line "b,j,d,c ok")."""
     think = completion.split("</think>", 1)[0] if isinstance(completion, str) else ""
     out = []
     for line in think[:MAX_TRACE_CHARS].split("\n"):
         line = line.strip().removeprefix(f"{wait},").strip()
         recheck = line.startswith(CHECK)
-        m = _LINE.fullmatch(line.removeprefix(CHECK))
+        body = line.removeprefix(CHECK)
+        m = _LINE.fullmatch(body) or _PAIRS_LINE.fullmatch(body)
         if m:
-            out.append((m[1], m[2], recheck))
+            out.append((m[1].replace(",", ""), m[2], recheck))
     return out
 
 
@@ -187,5 +204,5 @@ def verified_chase_reward(completion: str, problem: Problem) -> float:
 
 
 def _hops(problem: Problem) -> int:
-    """The chain length of a problem, read from its prompt ("...;to 3 in 3")."""
-    return int(problem.prompt.rsplit(" in ", 1)[1])
+    """The chain length of a problem, read from its prompt ("...;to 3 in 3" or "...;to:d,in:3")."""
+    return int(re.split(r"in[ :]", problem.prompt)[-1])

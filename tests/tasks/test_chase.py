@@ -98,9 +98,44 @@ def test_every_digit_is_one_token():
         assert all(len(x) == 1 for x in with_digit), with_digit
 
 
+def test_pairs_symbols_by_hand_and_one_token_per_map_entry():
+    """symbols="pairs": letters, the map "ab,bc,..." (each entry one token once merged), chains "a,b,c"."""
+    from r1kit.tokenizer import Tokenizer
+
+    hand = Problem("ab,bc,ca,dd;to:a,in:2", "ab,bc,ca,dd;to:a,in:2", "b", None,
+                   {"map": {"a": "b", "b": "c", "c": "a", "d": "d"}, "target": "a"})  # fmt: skip
+    task = ChaseTask(size=4, hops=2, symbols="pairs")
+    assert parse_map(hand.prompt) == hand.meta["map"]
+    assert task.score("</think>\nb", hand) == 1.0
+    assert task.score("</think>\nb,c,a", hand) == 1.0  # the whole chain, right
+    for wrong in ("a", "c", "d", "b,c,b", "1", ""):
+        assert task.score(f"</think>\n{wrong}", hand) == 0.0, wrong
+    assert verified_chase_reward("a,b,c no\nWait,b,c,a ok\n</think>\nb", hand) == 0.0
+    assert verified_chase_reward("a,b,c ok\n</think>\na", hand) == -1.0
+    assert search_lines("a,b,c no\nWait,check:b,c,a ok") == [("abc", "no", False), ("bca", "ok", True)]
+
+    task = ChaseTask(size=10, hops=3, symbols="pairs", recheck=0.5)
+    problems = task.problems("train", n=400, seed=0)
+    for p in problems:
+        mapping = p.meta["map"]
+        assert sorted(mapping) == list("abcdefghij") and sorted(mapping.values()) == list("abcdefghij")
+        for line, verdict, _ in search_lines(p.solution):
+            assert line == "".join(chain(mapping, line[0], 3))
+            assert (verdict == "ok") == (line[-1] == p.meta["target"])
+        assert task.score(task.completion(p), p) == float(p.meta["solved"])
+        assert task.score("</think>\n" + p.answer, p) == 1.0
+    tok = Tokenizer.train([p.prompt + "\n" + task.completion(p) for p in problems], vocab_size=384)
+    for p in problems[:20]:
+        pieces = [tok.decode([i]) for i in tok.encode(p.prompt)]
+        entries = p.prompt.split(";")[0].split(",")
+        assert all(e in pieces for e in entries), pieces  # each map entry is one token
+        chain_pieces = [tok.decode([i]) for i in tok.encode(p.solution.splitlines()[0])]
+        assert all(len(x) == 1 for x in chain_pieces if x.isalpha()), chain_pieces
+
+
 def test_registered_and_validated():
     assert isinstance(get_task("chase", size=5), ChaseTask)
     for bad in ({"size": 1}, {"size": 11}, {"hops": 0}, {"continue_p": 1.0}, {"max_attempts": 11},
-                {"recheck": 2.0}, {"wait": "W1"}):  # fmt: skip
+                {"recheck": 2.0}, {"wait": "W1"}, {"symbols": "emoji"}):  # fmt: skip
         with pytest.raises(ValueError):
             ChaseTask(**bad)
