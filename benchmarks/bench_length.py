@@ -344,14 +344,20 @@ def run_seed(seed: int, args, test) -> dict:
     done = wd / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    t0 = time.perf_counter()
-    sft_dir, sft_flops = run_sft(wd / "sft", args, seed=seed)
-    res: dict = {"seed": seed, "final": {}, "budget": {}, "arms": {}, "time_s": {}}
-    res["final"]["cold start"] = start = held_out(sft_dir, test, args)
-    res["time_s"]["cold start"] = time.perf_counter() - t0
+    pilot = wd / "cold_start.json"  # a cold start already trained and scored (--cold-start-only) is reused
+    if pilot.exists():
+        res = json.loads(pilot.read_text())
+        sft_dir, sft_flops, start = Path(res["sft_dir"]), float(res["sft_flops"]), res["final"]["cold start"]
+    else:
+        t0 = time.perf_counter()
+        sft_dir, sft_flops = run_sft(wd / "sft", args, seed=seed)
+        res = {"seed": seed, "final": {}, "budget": {}, "arms": {}, "time_s": {}}
+        res["final"]["cold start"] = start = held_out(sft_dir, test, args)
+        res["time_s"]["cold start"] = time.perf_counter() - t0
+        res["sft_dir"], res["sft_flops"] = str(sft_dir), sft_flops
+        pilot.write_text(json.dumps(res, indent=1, default=str))
     print(f"seed {seed} cold start:", start, flush=True)
     if args.cold_start_only:  # a pilot of the task design: can the cold start execute the search?
-        (wd / "cold_start.json").write_text(json.dumps(res, indent=1, default=str))
         return res
     t0 = time.perf_counter()
     res["arms"]["GRPO"] = g = run_grpo(wd / "grpo", sft_dir, args, seed)
@@ -505,7 +511,8 @@ def main() -> None:
     ap.add_argument(
         "--cold-start-only",
         action="store_true",
-        help="stop after the cold start's held-out evaluation (a pilot of the task design)",
+        help="stop after the cold start's held-out evaluation (a pilot of the task design); a later run "
+        "without it reuses that cold start (<workdir>/seed<S>/cold_start.json)",
     )
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="the cold start's learning rate")
     ap.add_argument("--max-len", type=int, default=256)
