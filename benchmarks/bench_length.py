@@ -22,7 +22,8 @@ For each seed (0, 1, ... --seeds - 1):
    counts them):
    - GRPO on the task's train prompts (prompt + verifier only), the pass-rate filter
      (`rollout.pass_rate_filter = [0.0, 1.0]`) unless `--no-filter`, and countdown's
-     `verified_search_reward` (a false "ok" costs more than an honest "no") at `--verify-weight`;
+     `verified_search_reward` (a false "ok" costs more than an honest "no") at `--verify-weight`
+     (chase: `--verify verdicts` fines every false verdict, a hit called "no" too);
    - expert iteration (`r1kit.expert_iteration`: GRPO's prompts in GRPO's order, its verifier, k
      samples per prompt, fine-tune on the correct ones, repeat), the fair control;
    - more SFT on the same finite cold-start set (same problems, more epochs).
@@ -79,9 +80,11 @@ def chase_args(args) -> dict:
 
 
 def verify_reward(args) -> str:
-    """The task's verified-search reward (-1 for a false "ok")."""
+    """The task's verified-search reward: -1 for a false "ok" (chase with `--verify verdicts`: for any false
+    verdict, a hit called "no" included)."""
     if args.task == "chase":
-        return "r1kit.tasks.chase:verified_chase_reward"
+        name = "honest_chase_reward" if args.verify == "verdicts" else "verified_chase_reward"
+        return f"r1kit.tasks.chase:{name}"
     return "r1kit.tasks.countdown:verified_search_reward"
 
 
@@ -533,6 +536,12 @@ def main() -> None:
     ap.add_argument("--no-filter", action="store_true", help="GRPO without the pass-rate filter")
     ap.add_argument("--verify-weight", type=float, default=0.5,
                     help="weight of countdown's verified_search_reward (-1 for a false 'ok'); 0 = off")  # fmt: skip
+    ap.add_argument(
+        "--verify",
+        choices=["claims", "verdicts"],
+        default="claims",
+        help='chase: fine false "ok" claims only, or every false verdict (a hit called "no" too)',
+    )
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--eval-problems", type=int, default=64)
     ap.add_argument("--samples", type=int, default=4)

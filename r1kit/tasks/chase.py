@@ -203,6 +203,25 @@ def verified_chase_reward(completion: str, problem: Problem) -> float:
         return 0.0
 
 
+def honest_chase_reward(completion: str, problem: Problem) -> float:
+    """-1.0 when any attempt line's verdict is false, either way: an "ok" on a chain that is not the map's or
+    misses the target, or a "no" on the map's chain that hits it; else 0.0. Never raises.
+
+    `verified_chase_reward` fines false "ok"s only, and GRPO learned to dodge it by never saying "ok": it
+    wrote its hits as "... no" and answered them anyway (docs/LOG.md 2026-12-07, third session); this
+    fine is symmetric, so the cheapest way to avoid it is to say what the chain does. Use as
+    ``reward.names = ["accuracy", "format", "r1kit.tasks.chase:honest_chase_reward"]``."""
+    try:
+        mapping, target = problem.meta["map"], problem.meta["target"]
+        hops = _hops(problem)
+        for line, verdict, _ in search_lines(completion):
+            if (verdict == "ok") != chain_ok(line, mapping, target, hops):
+                return -1.0
+        return 0.0
+    except Exception:  # odd input: no claim to judge
+        return 0.0
+
+
 def _hops(problem: Problem) -> int:
     """The chain length of a problem, read from its prompt ("...;to 3 in 3" or "...;to:d,in:3")."""
     return int(re.split(r"in[ :]", problem.prompt)[-1])

@@ -8,7 +8,14 @@ import pytest
 
 from r1kit.tasks import get_task
 from r1kit.tasks.base import Problem
-from r1kit.tasks.chase import ChaseTask, chain, parse_map, search_lines, verified_chase_reward
+from r1kit.tasks.chase import (
+    ChaseTask,
+    chain,
+    honest_chase_reward,
+    parse_map,
+    search_lines,
+    verified_chase_reward,
+)
 
 # a hand-made problem: 0>1 1>2 2>0 3>3, 2 hops; chains 012, 120, 201, 333
 PROMPT = "01,12,20,33;to 0 in 2"
@@ -82,6 +89,20 @@ def test_verified_chase_reward_flags_false_claims_only():
     assert verified_chase_reward(wrong_chain, HAND) == -1.0
     assert verified_chase_reward(None, HAND) == 0.0
     assert [x[2] for x in search_lines(miss)] == [False, False, True]
+
+
+def test_honest_chase_reward_fines_false_verdicts_either_way():
+    """The claims-only fine lets a hit be written "... no" and answered anyway (what GRPO learned); this
+    one fines a false "no" on the map's hit as it fines a false "ok"."""
+    hidden_hit = "012 no\nWait,120 no\n</think>\n1"  # 120 reaches 0: a hit, called "no", answered
+    assert verified_chase_reward(hidden_hit, HAND) == 0.0
+    assert honest_chase_reward(hidden_hit, HAND) == -1.0
+    assert honest_chase_reward("012 no\nWait,120 ok\nWait,check:120 ok\n</think>\n1", HAND) == 0.0
+    assert honest_chase_reward("012 no\n</think>\n0", HAND) == 0.0  # an honest give-up
+    assert honest_chase_reward("012 ok\n</think>\n0", HAND) == -1.0  # a false "ok"
+    assert honest_chase_reward("301 ok\n</think>\n3", HAND) == -1.0  # "ok" on a chain that is not the map's
+    assert honest_chase_reward("301 no\n</think>\n3", HAND) == 0.0  # a wrong chain, honestly a miss
+    assert honest_chase_reward(None, HAND) == 0.0
 
 
 def test_every_digit_is_one_token():
