@@ -259,7 +259,7 @@ def run_grpo(run_dir: Path, sft_dir: Path, args, seed: int) -> dict:
             device="cpu",
             seed=seed,
             threads=args.threads,
-        ),  # fmt: skip
+        ),
         run=grpo.RunSection(dir=str(run_dir), log_every=1, progress=False, tensorboard=False, save_every=0),
         eval=eval_section(args),
     )
@@ -294,7 +294,7 @@ def run_ei(run_dir: Path, sft_dir: Path, args, seed: int, budget_flops: float) -
             temperature=1.0,
             max_new_tokens=args.max_new_tokens,
             max_len=args.max_len,
-        ),  # fmt: skip
+        ),
         train=TrainConfig(
             lr=args.ei_lr,
             batch_size=32,
@@ -304,7 +304,7 @@ def run_ei(run_dir: Path, sft_dir: Path, args, seed: int, budget_flops: float) -
             device="cpu",
             seed=seed,
             threads=args.threads,
-        ),  # fmt: skip
+        ),
         run=RunConfig(dir=str(run_dir), progress=False, log_every=50, plot=False),
         eval=type(evs)(**{**vars(evs), "every": args.ei_eval_every}),
     )
@@ -351,6 +351,17 @@ def run_seed(seed: int, args, test) -> dict:
     if pilot.exists():
         res = json.loads(pilot.read_text())
         sft_dir, sft_flops, start = Path(res["sft_dir"]), float(res["sft_flops"]), res["final"]["cold start"]
+    elif args.cold_start_from is not None:  # a longer cold start: another run's more-SFT model of this seed
+        src = json.loads((args.cold_start_from / f"seed{seed}" / "result.json").read_text())
+        longer = src["arms"]["SFT on cold-start set"]
+        # sft_flops stays the first SFT's: the control's per-step cost is read from it
+        sft_dir, sft_flops = Path(longer["model_dir"]), float(src["sft_flops"])
+        res = {"seed": seed, "final": {}, "budget": {}, "arms": {}, "time_s": {}, "sft_dir": str(sft_dir),
+               "sft_flops": sft_flops, "cold_start_flops": sft_flops + float(longer["flops"]),
+               "cold_start_steps": args.sft_steps + int(longer["steps"])}  # fmt: skip
+        res["final"]["cold start"] = start = held_out(sft_dir, test, args)
+        wd.mkdir(parents=True, exist_ok=True)
+        pilot.write_text(json.dumps(res, indent=1, default=str))
     else:
         t0 = time.perf_counter()
         sft_dir, sft_flops = run_sft(wd / "sft", args, seed=seed)
@@ -412,6 +423,15 @@ def report(args, seeds: list[dict], started: str) -> str:
         f"Machine at the start: {started}; at the end: {machine()}.",
         f"Seeds {[s['seed'] for s in seeds]}; task_args {task_args(args)}; held-out: {args.eval_problems} test "
         f"problems x {args.samples} samples at T=1, top-p 1, max {args.max_new_tokens} new tokens.",
+        *(
+            [
+                f"Cold start: {args.cold_start_from}'s 'SFT on cold-start set' model of each seed (steps "
+                f"{[s.get('cold_start_steps') for s in seeds]}, FLOPs "
+                f"{[round(s.get('cold_start_flops', 0.0) / 1e12, 2) for s in seeds]} T)."
+            ]
+            if args.cold_start_from is not None
+            else []
+        ),
         "",
         "## Final held-out evaluation (mean ± sd over seeds, the seeds' values in brackets)",
         "",
@@ -516,6 +536,13 @@ def main() -> None:
         action="store_true",
         help="stop after the cold start's held-out evaluation (a pilot of the task design); a later run "
         "without it reuses that cold start (<workdir>/seed<S>/cold_start.json)",
+    )
+    ap.add_argument(
+        "--cold-start-from",
+        type=Path,
+        default=None,
+        help="start every arm from the 'SFT on cold-start set' model of this earlier workdir's seed (a cold "
+        "start trained longer on the same set), instead of training one",
     )
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="the cold start's learning rate")
     ap.add_argument("--max-len", type=int, default=256)
