@@ -166,6 +166,7 @@ def held_out(model_dir: Path, problems, args) -> dict:
     n = max(len(stats), 1)
     out = {
         "pass@1": result.metrics["pass@1"],
+        "maj@k": result.metrics[f"maj@{args.samples}"],  # majority vote over the k samples' answers
         "length": result.metrics["completion_tokens"],
         "attempts": sum(a for a, _, _ in stats) / n,
         "long_search": sum(a >= 3 for a, _, _ in stats) / n,
@@ -408,7 +409,8 @@ def report(args, seeds: list[dict], started: str) -> str:
     """The markdown report: final held-out table, budget tables (mean ± spread), the plots."""
     from r1kit.report import mean_spread, spread_table
 
-    cols = ["pass@1", "length", "attempts", "long_search", "claims", "false_claims"]
+    cols = ["pass@1", *(["maj@k"] if all("maj@k" in s["final"][a] for s in seeds for a in ARMS) else [])]
+    cols += ["length", "attempts", "long_search", "claims", "false_claims"]
     cols += [
         c
         for c in ("hop1", "hop2", "hop3", "chains_ok")
@@ -435,8 +437,8 @@ def report(args, seeds: list[dict], started: str) -> str:
         "",
         "## Final held-out evaluation (mean ± sd over seeds, the seeds' values in brackets)",
         "",
-        "length: mean sampled completion tokens; attempts: attempt lines per sample; long_search: share of "
-        "samples with >= 3 attempts; claims / false_claims: share of samples with an 'ok' line / a false one.",
+        f"maj@k: majority vote over the {args.samples} samples; length: mean sampled completion tokens; "
+        "attempts: attempt lines per sample; long_search: share of samples with >= 3 attempts; claims / false_claims: share of samples with an 'ok' line / a false one.",
         "",
         spread_table(cells, cols).replace("| stage |", "| arm |"),
         "",
