@@ -180,14 +180,15 @@ def held_out(model_dir: Path, problems, args) -> dict:
 
 
 def hop_accuracy(samples, hops: int) -> dict:
-    """Share of attempt lines whose k-th digit is the map's image of the (k-1)-th, k = 1..hops, and of lines
-    whose whole chain is right, over (completion text, problem) pairs of chase."""
-    from r1kit.tasks.chase import search_lines
+    """Over the attempt lines of (completion text, problem) pairs of chase: the share whose k-th symbol is the
+    map's image of the (k-1)-th, k = 1..hops; of whole right chains; and of the two false verdicts, an "ok"
+    on a line that does not hit the target (false_ok_lines) and a "no" on one that does (hidden_hits)."""
+    from r1kit.tasks.chase import chain_ok, search_lines
 
-    right, whole, lines = [0] * hops, 0, 0
+    right, whole, lines, false_ok, hidden = [0] * hops, 0, 0, 0, 0
     for text, problem in samples:
-        mapping = problem.meta["map"]
-        for line, _, _ in search_lines(text):
+        mapping, target = problem.meta["map"], problem.meta["target"]
+        for line, verdict, _ in search_lines(text):
             lines += 1
             ok = True
             for k in range(1, hops + 1):
@@ -195,8 +196,12 @@ def hop_accuracy(samples, hops: int) -> dict:
                 right[k - 1] += good
                 ok &= good
             whole += ok
+            hit = chain_ok(line, mapping, target, hops)
+            false_ok += verdict == "ok" and not hit
+            hidden += verdict == "no" and hit
     n = max(lines, 1)
-    return {**{f"hop{k + 1}": right[k] / n for k in range(hops)}, "chains_ok": whole / n}
+    return {**{f"hop{k + 1}": right[k] / n for k in range(hops)}, "chains_ok": whole / n,
+            "false_ok_lines": false_ok / n, "hidden_hits": hidden / n}  # fmt: skip
 
 
 def budget(model_dir: Path, problems, args) -> list[dict]:
@@ -413,7 +418,7 @@ def report(args, seeds: list[dict], started: str) -> str:
     cols += ["length", "attempts", "long_search", "claims", "false_claims"]
     cols += [
         c
-        for c in ("hop1", "hop2", "hop3", "chains_ok")
+        for c in ("hop1", "hop2", "hop3", "chains_ok", "false_ok_lines", "hidden_hits")
         if all(c in s["final"][a] for s in seeds for a in ARMS)
     ]
     cells = {arm: {c: [s["final"][arm][c] for s in seeds] for c in cols} for arm in ARMS}
@@ -438,7 +443,10 @@ def report(args, seeds: list[dict], started: str) -> str:
         "## Final held-out evaluation (mean ± sd over seeds, the seeds' values in brackets)",
         "",
         f"maj@k: majority vote over the {args.samples} samples; length: mean sampled completion tokens; "
-        "attempts: attempt lines per sample; long_search: share of samples with >= 3 attempts; claims / false_claims: share of samples with an 'ok' line / a false one.",
+        "attempts: attempt lines per sample; long_search: share of samples with >= 3 attempts; claims / "
+        "false_claims: share of samples with an 'ok' line / a false one; chase's hopK / chains_ok: share of "
+        "attempt lines whose K-th hop / whole chain is the map's; false_ok_lines / hidden_hits: share of "
+        "attempt lines saying 'ok' without hitting the target / 'no' on a hit.",
         "",
         spread_table(cells, cols).replace("| stage |", "| arm |"),
         "",
