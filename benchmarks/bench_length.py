@@ -515,7 +515,10 @@ def plot_budget(path: Path, seeds: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_length"))
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (cold start, arms, data order)")
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="N seeds, --first-seed.. (cold start, arms, data order)"
+    )
+    ap.add_argument("--first-seed", type=int, default=0, help="the first of the --seeds seeds")
     ap.add_argument("--only-seed", type=int, default=None,
                     help="run this one seed and stop (run seeds in parallel, then once more to report)")  # fmt: skip
     ap.add_argument("--task", choices=["countdown", "chase"], default="countdown")
@@ -616,11 +619,12 @@ def main() -> None:
     started = machine()
     args.workdir.mkdir(parents=True, exist_ok=True)
     test = get_task(args.task, **task_args(args)).problems("test", n=args.eval_problems, seed=args.eval_seed)
+    seed_ids = range(args.first_seed, args.first_seed + args.seeds)
     if args.only_seed is not None or args.cold_start_only:
-        for seed in [args.only_seed] if args.only_seed is not None else range(args.seeds):
+        for seed in [args.only_seed] if args.only_seed is not None else seed_ids:
             run_seed(seed, args, test)
         return
-    seeds = [run_seed(seed, args, test) for seed in range(args.seeds)]
+    seeds = [run_seed(seed, args, test) for seed in seed_ids]
     curves = {arm: [s["arms"][arm]["curve"] for s in seeds] for arm in ARMS[1:]}
     plot_learning_curves(
         curves,
