@@ -620,6 +620,12 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     test = get_task(args.task, **task_args(args)).problems("test", n=args.eval_problems, seed=args.eval_seed)
     seed_ids = range(args.first_seed, args.first_seed + args.seeds)
+    if args.cold_start_from is not None:  # one clear line (exit 2) rather than a KeyError mid-run
+        for s in [args.only_seed] if args.only_seed is not None else seed_ids:
+            src = args.cold_start_from / f"seed{s}" / "result.json"
+            if not (args.workdir / f"seed{s}" / "cold_start.json").exists() and not src.exists():
+                ap.exit(2, f"bench_length.py: error: --cold-start-from: {src} does not exist; run bench_length "
+                           f"with --workdir {args.cold_start_from} for seed {s} first (all arms)\n")  # fmt: skip
     if args.only_seed is not None or args.cold_start_only:
         for seed in [args.only_seed] if args.only_seed is not None else seed_ids:
             run_seed(seed, args, test)
