@@ -231,8 +231,10 @@ def run_seed(config: Config, task: str, seed: int, console: Any) -> dict[str, An
     return out
 
 
-def _findings(task: str, seeds: list[dict[str, Any]], arms: list[str]) -> list[str]:
-    """The issue's checks on one task, from the numbers: met / NOT met, with the counts."""
+def findings(task: str, seeds: list[dict[str, Any]], arms: list[str]) -> list[str]:
+    """The issue's checks on one task, from the numbers: met / NOT met, with the counts. A seed is a
+    `run_seed` dict (only "seed", "results" (stage -> split -> {"pass@1", "maj@<k>"}), "splits" (the last
+    is the hard one) and "eval_k" are read); "SFT" is the cold start."""
     hard = seeds[0]["splits"][-1]
     k = seeds[0]["eval_k"]
 
@@ -276,12 +278,24 @@ def _findings(task: str, seeds: list[dict[str, Any]], arms: list[str]) -> list[s
     return lines
 
 
+def budget_finding(task: str, budget_points: list[list[dict[str, Any]]], who: str = "") -> str:
+    """Is the seeds' mean accuracy monotone (non-decreasing) in the thinking cap? One line, met / NOT met.
+    budget_points: per seed, points {"mode": "cap" | "wait", "value", "accuracy"}."""
+    caps = sorted({p["value"] for pts in budget_points for p in pts if p["mode"] == "cap"})
+    acc = [mean_spread([p["accuracy"] for pts in budget_points for p in pts if p["mode"] == "cap" and p["value"] == c])[0] for c in caps]  # fmt: skip
+    monotone = all(b >= a - 1e-9 for a, b in zip(acc, acc[1:]))
+    return (
+        f"{task}: budget-forcing accuracy{f' of {who}' if who else ''} monotone in the cap (mean over seeds, "
+        f"caps {caps}): {'met' if monotone else 'NOT met'} ({', '.join(f'{100 * a:.1f}%' for a in acc)})"
+    )
+
+
 def write_study_report(config: Config, runs: dict[str, dict[int, dict[str, Any]]], elapsed_s: float) -> Path:
     """study.md / study.json: per task the mean ± spread tables over seeds, the checks, the equal-FLOPs
     table, the length-vs-compute and budget plots; the cost table sums every seed."""
     run_dir = Path(config.run_dir)
     sections: dict[str, str] = {}
-    findings: list[str] = []
+    checks: list[str] = []
     stage_reports: list[StageReport] = []
     for task, by_seed in runs.items():
         seeds = [by_seed[s] for s in sorted(by_seed)]
@@ -297,7 +311,7 @@ def write_study_report(config: Config, runs: dict[str, dict[int, dict[str, Any]]
             }
             for stage in stages
         }
-        findings += _findings(task, seeds, list(config.arms))
+        checks += findings(task, seeds, list(config.arms))
         sections[f"{task}: held-out test split, mean ± sd over {len(seeds)} seed(s) (each seed's value)"] = (
             spread_table(cells, metric_names)
         )
@@ -334,13 +348,7 @@ def write_study_report(config: Config, runs: dict[str, dict[int, dict[str, Any]]
                 budget_points, run_dir / f"{task}_budget.png", f"{task}: budget forcing (GRPO)"
             )
             body += ["", f"![{task} budget forcing]({bplot.name})"]
-            caps = sorted({p["value"] for pts in budget_points for p in pts if p["mode"] == "cap"})
-            acc = [mean_spread([p["accuracy"] for pts in budget_points for p in pts if p["mode"] == "cap" and p["value"] == c])[0] for c in caps]  # fmt: skip
-            monotone = all(b >= a - 1e-9 for a, b in zip(acc, acc[1:]))
-            findings.append(
-                f"{task}: budget-forcing accuracy monotone in the cap (mean over seeds, caps {caps}): "
-                f"{'met' if monotone else 'NOT met'} ({', '.join(f'{100 * a:.1f}%' for a in acc)})"
-            )
+            checks.append(budget_finding(task, budget_points))
         sections[f"{task}: accuracy and completion length against compute"] = "\n".join(body)
         for stage in stages:
             costs = [s["costs"][stage] for s in seeds if stage in s["costs"]]
@@ -358,11 +366,11 @@ def write_study_report(config: Config, runs: dict[str, dict[int, dict[str, Any]]
         f"{config.threads or 'the default number of'} thread(s). Expert iteration is the fair control "
         "(GRPO's prompts and verifier only); the oracle SFT is a reference (a perfect teacher R1 did not have)."
     )
-    sections = {"Checks": "\n".join(f"- {line}" for line in findings), **sections}
+    sections = {"Checks": "\n".join(f"- {line}" for line in checks), **sections}
     path = write_report(run_dir / "study.md", "r1kit study: what RL adds", summary, stage_reports,
                         extra_sections=sections)  # fmt: skip
     data = json.loads(path.with_suffix(".json").read_text())  # write_report's title, summary and stages
-    data.update(config=asdict(config), findings=findings, runs=runs, elapsed_s=elapsed_s)
+    data.update(config=asdict(config), findings=checks, runs=runs, elapsed_s=elapsed_s)
     path.with_suffix(".json").write_text(json.dumps(data, indent=1, default=float))
     return path
 
@@ -392,4 +400,5 @@ def run(config: Config) -> StudyResult:
     return StudyResult(report=report, runs=runs, elapsed_s=time.perf_counter() - t0)
 
 
-__all__ = ["Config", "STUDY_TASKS", "StudyResult", "run", "run_seed", "write_study_report"]
+__all__ = ["Config", "STUDY_TASKS", "StudyResult", "budget_finding", "findings", "run", "run_seed",
+           "write_study_report"]  # fmt: skip

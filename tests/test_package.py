@@ -33,3 +33,11 @@ def test_cli_unknown_stage_names_valid_ones(capsys):
 def test_info_stage_counts_a_preset(capsys):
     assert cli.main(["info", "--model", "tiny-llama", "--seq_len", "64"]) == 0
     assert "parameters" in capsys.readouterr().out
+
+
+def test_python_dash_m_is_the_command():
+    """`python -m r1kit` (what benchmarks/bench_study.py runs) is `r1kit`: same help, same exit 2 on a typo."""
+    ok = subprocess.run([sys.executable, "-m", "r1kit", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and all(stage in ok.stdout for stage in cli.STAGES)
+    bad = subprocess.run([sys.executable, "-m", "r1kit", "pretrian"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "pretrain" in bad.stderr
