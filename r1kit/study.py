@@ -245,9 +245,15 @@ def findings(task: str, seeds: list[dict[str, Any]], arms: list[str]) -> list[st
     lines = []
     lifts = [p1(s, "GRPO") - p1(s, "SFT") for s in seeds]
     hits = sum(d >= 0.15 for d in lifts)
+    capped = [f"{s['seed']} ({100 * p1(s, 'SFT'):.1f}%)" for s in seeds if p1(s, "SFT") > 0.85]
     lines.append(
         f"{task}: GRPO lifts the hard split ({hard}) by ≥ 15 points in {hits} of {n} seeds "
         f"({', '.join(f'{100 * d:+.1f}' for d in lifts)}): {'met' if hits == n else 'NOT met'}"
+        + (
+            f"; a +15 lift is impossible where the cold start is above 85%: seed {', '.join(capped)}"
+            if capped
+            else ""
+        )
     )
     means = {a: mean_spread([p1(s, a) for s in seeds])[0] for a in ("GRPO", *arms)}
     ei, cold = demo.EXPERT_ITERATION, demo.COLD_START_SFT

@@ -66,7 +66,15 @@ def test_report_of_made_up_seeds_states_the_checks(tmp_path):
     text = path.read_text()
     checks = text.split("## Checks\n", 1)[1].split("\n## ", 1)[0]
     # lifts over SFT's 5%: +25, +5, +45 points -> 2 of 3 seeds
-    assert "by ≥ 15 points in 2 of 3 seeds (+25.0, +5.0, +45.0): NOT met" in checks
+    assert "by ≥ 15 points in 2 of 3 seeds (+25.0, +5.0, +45.0): NOT met\n" in checks  # no capped seed
+    capped = dict(
+        runs["addition"][1],
+        results={**runs["addition"][1]["results"], "SFT": {"5-digit": {"pass@1": 0.9, "maj@8": 0.9}}},
+    )
+    line = study.findings("addition", [runs["addition"][0], capped], list(demo.ARMS))[0]
+    assert line.endswith(
+        "(+25.0, -80.0): NOT met; a +15 lift is impossible where the cold start is above 85%: seed 1 (90.0%)"
+    )
     assert "GRPO ≥ expert iteration on 5-digit pass@1 in 2 of 3 seeds (means 30.0% vs 21.7%)" in checks
     assert "30.0% / 21.7% / 11.7%): met" in checks
     # expert iteration's maj@8 is 10 points under its pass@1 on 5-digit in every seed (all above 5%)
