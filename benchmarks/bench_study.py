@@ -109,11 +109,12 @@ def run_logged(cmd: list[str], log: Path, threads: int) -> int:
     with log.open("a") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def run_parts(args: argparse.Namespace) -> None:
-    """Every part whose results are missing: its seed commands --jobs at a time, then its reporting pass."""
+    """Every part's seed commands, --jobs at a time (a finished seed is read back by its command), then each
+    part's reporting pass; a finished distillation run is not run again."""
     todo = {
         part: cmds for part, cmds in commands(args).items() if not distill_done(args) or part != "distill"
     }
@@ -312,9 +313,9 @@ def main(argv: list[str] | None = None) -> Path:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.seeds < 1 or args.jobs < 1:
         ap.error("--seeds and --jobs take a number ≥ 1")
+    args.workdir = args.workdir.resolve()  # absolute: the commands' paths do not depend on where they run
     for part in PARTS:
-        if part_dir(args, part) is None:
-            setattr(args, f"{part}_dir", args.workdir / part)
+        setattr(args, f"{part}_dir", (part_dir(args, part) or args.workdir / part).resolve())
         try:
             shlex.split(getattr(args, f"{part}_args"))
         except ValueError as e:

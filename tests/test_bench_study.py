@@ -114,7 +114,7 @@ def test_commands_per_seed_and_report_pass(bench, tmp_path):
     assert cmds["distill"][0] == [] and cmds["distill"][1][cmds["distill"][1].index("--seeds") + 1] == "2"
 
 
-def test_report_only_writes_one_report_from_the_parts(bench, tmp_path):
+def test_report_only_writes_one_report_from_the_parts(bench, tmp_path, monkeypatch):
     wd = tmp_path / "study"
     (wd / "chase").mkdir(parents=True)
     (wd / "chase" / "results.json").write_text(json.dumps(_chase_results()))
@@ -124,7 +124,9 @@ def test_report_only_writes_one_report_from_the_parts(bench, tmp_path):
     (wd / "addition").mkdir()
     (wd / "addition" / "study.json").write_text(json.dumps({"findings": ["addition: a check: met"]}))
     (wd / "addition" / "study.md").write_text("# r1kit study\n\n## Checks\n- addition: a check: met\n")
-    path = bench.main(["--workdir", str(wd), "--report-only", "--seeds", "3"])
+    monkeypatch.chdir(tmp_path)  # a relative --workdir is made absolute (the parts run as subprocesses)
+    path = bench.main(["--workdir", "study", "--report-only", "--seeds", "3"])
+    assert path == wd / "study.md" and path.is_absolute()
     text = path.read_text()
     assert text.count("\n## ") == 3  # Checks, then addition's and chase's reports
     assert "### addition\n\n- addition: a check: met" in text
