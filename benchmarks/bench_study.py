@@ -313,9 +313,9 @@ def main(argv: list[str] | None = None) -> Path:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.seeds < 1 or args.jobs < 1:
         ap.error("--seeds and --jobs take a number ≥ 1")
-    args.workdir = args.workdir.resolve()  # absolute: the commands' paths do not depend on where they run
+    args.workdir = args.workdir.absolute()  # absolute: the commands' paths do not depend on where they run
     for part in PARTS:
-        setattr(args, f"{part}_dir", (part_dir(args, part) or args.workdir / part).resolve())
+        setattr(args, f"{part}_dir", (part_dir(args, part) or args.workdir / part).absolute())
         try:
             shlex.split(getattr(args, f"{part}_args"))
         except ValueError as e:
