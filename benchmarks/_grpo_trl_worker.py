@@ -13,6 +13,17 @@ import json
 import os
 import time
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def gemm_profile(prof) -> dict[str, float]:
+    """{"gemm_s", "total_s", "gemm_share"} of a finished CPU `torch.profiler.profile`: self time in the GEMM
+    ops (`GEMM_OPS`, what any implementation of the same step must run) and in all ops."""
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6
+    return {"gemm_s": gemm, "total_s": total, "gemm_share": gemm / max(total, 1e-9)}
+
 
 def main() -> None:
     """Parse the arguments, train `--steps` GRPO steps with TRL and print the timings as JSON."""
@@ -28,6 +39,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--precision", default="fp32", help="fp32 or bf16 (TRL's bf16 autocast)")
     ap.add_argument("--out", default="runs/bench_grpo_trl/trl")
+    ap.add_argument(
+        "--profile-step", type=int, default=0, help="profile this step (1-based; 0: none): its GEMM share"
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,6 +92,8 @@ def main() -> None:
     step_ends: list[float] = []
     cpu_ends: list[float] = []
     lengths: list[float] = []
+    profiled: dict[str, float] = {}
+    profiler: list = []
 
     class StepTimer(TrainerCallback):
         # TRL generates inside the training step (at its first micro-batch), so begin..end spans the
@@ -86,10 +102,18 @@ def main() -> None:
             if not step_ends:
                 step_ends.append(time.perf_counter())
                 cpu_ends.append(time.process_time())
+            if args.profile_step and state.global_step + 1 == args.profile_step:
+                from torch.profiler import ProfilerActivity, profile
+
+                profiler.append(profile(activities=[ProfilerActivity.CPU]))
+                profiler[0].__enter__()
 
         def on_step_end(self, args_, state, control, **kwargs):
             step_ends.append(time.perf_counter())
             cpu_ends.append(time.process_time())
+            if profiler and not profiled:
+                profiler[0].__exit__(None, None, None)
+                profiled.update(gemm_profile(profiler[0]))
 
         def on_log(self, args_, state, control, logs=None, **kwargs):
             # the completion lengths TRL saw, to check the forced length
@@ -116,6 +140,7 @@ def main() -> None:
                 "total_seconds": total,
                 "mean_completion_length": lengths,
                 "torch_threads": torch.get_num_threads(),
+                "profile": profiled,
                 "trl_version": __import__("trl").__version__,
                 "torch_version": torch.__version__,
             }

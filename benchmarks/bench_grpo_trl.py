@@ -4,6 +4,7 @@
     python benchmarks/bench_grpo_trl.py --steps 12 --warmup 2 --skip-trl
     python benchmarks/bench_grpo_trl.py --trl-python /work/trl-venv/bin/python --precision auto --compile
     python benchmarks/bench_grpo_trl.py --device cuda --trl-python PYTHON_WITH_TRL
+    python benchmarks/bench_grpo_trl.py --threads 2 --engine-compile on --bound   # + the GEMM bound
 
 Both sides train the same randomly initialised Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads,
 char-level vocab of ~100, saved once with transformers; r1kit loads the same directory) on the same
@@ -19,6 +20,9 @@ two alternate, never at once: `--rounds` rounds of `--steps` steps each, the ord
 round, so a shared machine's load hits both sides alike. Seconds per step are the median over all
 rounds' steps after each round's warm-up; the process CPU time per step (robust to other jobs when
 `--threads 1`) is reported too. The script prints a markdown table and the command that produced it.
+`--bound` adds the Amdahl bound of the comparison: one profiled step of each side (separate short runs)
+gives the share of TRL's step spent in GEMMs, which an implementation running the same GEMMs no faster
+cannot go below.
 
 Top-level imports are stdlib only: the TRL worker imports `bench_reward` from this file.
 """
@@ -115,8 +119,10 @@ def ensure_trl_venv() -> Path:
     return python
 
 
-def run_trl(python: Path, model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> dict:
-    """Run the TRL worker in its environment; return its JSON report."""
+def run_trl(
+    python: Path, model_dir: Path, prompts_file: Path, args: argparse.Namespace, profile_step: int = 0
+) -> dict:
+    """Run the TRL worker in its environment; return its JSON report (`profile_step`: see `--bound`)."""
     cmd = [
         str(python),
         str(HERE / "_grpo_trl_worker.py"),
@@ -142,6 +148,8 @@ def run_trl(python: Path, model_dir: Path, prompts_file: Path, args: argparse.Na
         args.trl_precision,
         "--out",
         str(args.workdir / "trl"),
+        "--profile-step",
+        str(profile_step),
     ]
     env = dict(os.environ, PYTHONPATH=str(HERE))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -151,8 +159,9 @@ def run_trl(python: Path, model_dir: Path, prompts_file: Path, args: argparse.Na
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> dict:
-    """Train the same steps with `r1kit.rl.grpo.run` in this process; return step times."""
+def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace, profile_step: int = 0) -> dict:
+    """Train the same steps with `r1kit.rl.grpo.run` in this process; return step times (and, for
+    `profile_step` > 0, that step's GEMM profile: see `--bound`)."""
     import torch
 
     from r1kit.config import load_config
@@ -170,6 +179,7 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> 
         "train.device": args.device,
         "train.precision": args.precision,
         "train.compile": "true" if args.compile else "false",
+        "engine.compile": args.engine_compile,
         "train.steps": str(args.steps),
         "run.log_every": "1",
         "run.progress": "false",
@@ -200,9 +210,19 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> 
     cpu_seconds: list[float] = []
     real_step = grpo.GRPOTrainer.train_step
 
+    profiled: dict[str, float] = {}
+
     def timed_step(self):  # process CPU time per step: robust to other jobs on a shared machine
         c0 = time.process_time()
-        out = real_step(self)
+        if len(cpu_seconds) + 1 == profile_step:
+            from _grpo_trl_worker import gemm_profile
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                out = real_step(self)
+            profiled.update(gemm_profile(prof))
+        else:
+            out = real_step(self)
         cpu_seconds.append(time.process_time() - c0)
         return out
 
@@ -230,6 +250,7 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace) -> 
         },
         "total_seconds": total,
         "torch_threads": torch.get_num_threads(),
+        "profile": profiled,
     }
 
 
@@ -274,6 +295,21 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="r1kit: train.compile (torch.compile of the update)"
     )
+    ap.add_argument(
+        "--bound",
+        action="store_true",
+        help="after the timed rounds, profile one step of each side (a separate 3-step run, its third step): "
+        "the share of the step in GEMMs (aten mm/addmm/bmm/baddbmm) and the speed-up over TRL that an "
+        "implementation running the same GEMMs no faster, with zero time outside them, could reach",
+    )
+    ap.add_argument(
+        "--engine-compile",
+        default="",
+        choices=["", "auto", "on", "off"],
+        help="r1kit's engine.compile for the rollouts: on = the compiled decode step from the first step (its "
+        "compile lands in the warm-up step, reported apart); default the engine's own (auto: compiles after "
+        "2M decoded row-steps, ~490 steps of this benchmark)",
+    )
     args = ap.parse_args()
     args.trl_precision = args.trl_precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -296,6 +332,12 @@ def main() -> None:
                 med = median_after_warmup(last["step_seconds"], args.warmup)
                 print(f"round {i + 1}: {name} {med:.3f} s/step", file=sys.stderr)
     rounds = {k: v for k, v in rounds.items() if v}
+    bounds: dict[str, dict] = {}
+    if args.bound:  # separate short runs: the profiler's overhead stays out of the timed rounds
+        short = argparse.Namespace(**{**vars(args), "steps": 3})
+        bounds["r1kit"] = run_r1kit(model_dir, prompts_file, short, profile_step=3)["profile"]
+        if python is not None:
+            bounds["TRL"] = run_trl(python, model_dir, prompts_file, short, profile_step=3)["profile"]
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
     n = args.prompts_per_step * args.group_size
@@ -304,7 +346,8 @@ def main() -> None:
         f"\nGRPO step, tiny Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads, vocab {len(SPECIALS) + len(CHARS)}), "
         f"{args.prompts_per_step} prompts x {args.group_size} completions x {args.new_tokens} new tokens "
         f"({n} sequences), beta 0, mu 1, r1kit {rounds['r1kit'][0]['precision']}"
-        f"{' + torch.compile' if args.compile else ''}, TRL {args.trl_precision}, {args.device} "
+        f"{' + torch.compile' if args.compile else ''}"
+        f"{f', engine.compile {args.engine_compile}' if args.engine_compile else ''}, TRL {args.trl_precision}, {args.device} "
         f"({os.cpu_count()} cores, {threads} torch threads); "
         f"{args.rounds} alternating rounds of {args.steps} steps, first {args.warmup} of each left out\n"
     )
@@ -362,11 +405,26 @@ def main() -> None:
             "r1kit time split (median s): "
             + ", ".join(f"{k[5:]} {statistics.median(s[k] for s in splits):.3f}" for k in keys)
         )
+    for name, b in bounds.items():
+        if b:
+            print(
+                f"{name} spends {b['gemm_share']:.0%} of a profiled step in GEMMs ({b['gemm_s']:.3f} of "
+                f"{b['total_s']:.3f} s, aten mm/addmm/bmm/baddbmm)"
+                + (
+                    f": an implementation running these GEMMs no faster, with zero time outside them, would "
+                    f"be at most {1 / b['gemm_share']:.2f}x TRL"
+                    if name == "TRL"
+                    else ""
+                )
+            )
+    first = [r["step_seconds"][0] for r in rounds["r1kit"] if r.get("step_seconds")]
+    if first:  # where a compile lands (the engine's with --engine-compile on, the update's with --compile)
+        print("r1kit first step of each round (s): " + ", ".join(f"{x:.1f}" for x in first))
     if "TRL" in rounds:
         v = rounds["TRL"][0]
         print(f"TRL {v.get('trl_version')}, torch {v.get('torch_version')}")
     print(f"\ncommand: {command}")
-    (args.workdir / "results.json").write_text(json.dumps(rounds, indent=1))
+    (args.workdir / "results.json").write_text(json.dumps({**rounds, "bound": bounds}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""benchmarks/_grpo_trl_worker.py `gemm_profile`: the GEMM share behind bench_grpo_trl's `--bound`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def worker():
+    spec = importlib.util.spec_from_file_location(
+        "_grpo_trl_worker", ROOT / "benchmarks" / "_grpo_trl_worker.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _profiled(fn):
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof
+
+
+def test_gemm_share_counts_matmuls_and_nothing_else(worker):
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    only_gemm = worker.gemm_profile(_profiled(lambda: [a @ b for _ in range(20)]))
+    no_gemm = worker.gemm_profile(_profiled(lambda: [(a * b).exp() for _ in range(20)]))
+    mixed = worker.gemm_profile(_profiled(lambda: [(a @ b).exp() for _ in range(20)]))
+    assert only_gemm["gemm_share"] > 0.9 and only_gemm["gemm_s"] > 0
+    assert no_gemm["gemm_s"] == 0 and no_gemm["gemm_share"] == 0
+    assert 0 < mixed["gemm_share"] < 1
+    assert mixed["gemm_s"] <= mixed["total_s"]
+    # linear with a bias (addmm) and batched matmuls count too
+    w, bias = torch.randn(128, 256), torch.randn(128)
+    lin = worker.gemm_profile(_profiled(lambda: [torch.nn.functional.linear(a, w, bias) for _ in range(20)]))
+    bmm = worker.gemm_profile(
+        _profiled(lambda: [torch.randn(8, 64, 64) @ torch.randn(8, 64, 64) for _ in range(5)])
+    )
+    assert lin["gemm_share"] > 0.5 and bmm["gemm_s"] > 0
