@@ -311,6 +311,9 @@ def main() -> None:
         "2M decoded row-steps, ~490 steps of this benchmark)",
     )
     args = ap.parse_args()
+    if args.bound and args.device != "cpu":
+        # on a GPU the profiler's self CPU time of aten::mm is the kernel launch, not the GEMM
+        ap.error("--bound profiles CPU time and works on --device cpu only; drop --bound on a GPU")
     args.trl_precision = args.trl_precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.workdir.mkdir(parents=True, exist_ok=True)
 

@@ -10,6 +10,8 @@
 #   2. training MFU, ~0.5B dense (Qwen2.5-0.5B shape) and a ~0.5B DeepSeek-V3-style MoE, bf16 (bench_train.py)
 #   3. log-probs + backward memory at vocabulary 151,936, full logits vs the chunked head (bench_logprob_memory.py)
 #   4. GRPO step r1kit vs TRL GRPOTrainer, when a python with trl is given or importable (bench_grpo_trl.py)
+#   5. the r1kit GRPO step again with the rollouts' decode compiled from the first step (--engine-compile on:
+#      CUDA graphs on a GPU; last, so a failed capture costs no other figure)
 # Writes OUTDIR/<name>.txt (each benchmark's output), OUTDIR/summary.md (the tables, with the device named)
 # and OUTDIR/results.json (status and seconds of each part).
 set -u
@@ -97,6 +99,8 @@ else
   run_part grpo_r1kit_only "$LIMIT" "$PY" benchmarks/bench_grpo_trl.py --device "$DEVICE" --skip-trl \
     --workdir "$OUT/grpo_trl_work" "${GRPO_ARGS[@]}"
 fi
+run_part grpo_r1kit_compiled_decode "$LIMIT" "$PY" benchmarks/bench_grpo_trl.py --device "$DEVICE" --skip-trl \
+  --engine-compile on --workdir "$OUT/grpo_compiled_work" "${GRPO_ARGS[@]}"
 
 {
   cat "$OUT/env.txt"
@@ -104,7 +108,7 @@ fi
   for i in "${!NAMES[@]}"; do
     echo "## ${NAMES[$i]} (${STATUS[$i]}, ${SECONDS_[$i]} s)"
     echo
-    grep -E '^\||^(sampling|speed-up|step FLOP|target|max \||per-token|GRPO step|batch|Device|Peak|r1kit time)' "$OUT/${NAMES[$i]}.txt" || true
+    grep -E '^\||^(sampling|speed-up|step FLOP|target|max \||per-token|GRPO step|batch|Device|Peak|r1kit time|r1kit first)' "$OUT/${NAMES[$i]}.txt" || true
     if [ "${STATUS[$i]}" != ok ]; then echo; echo '```'; tail -n 15 "$OUT/${NAMES[$i]}.err"; echo '```'; fi
     echo
   done
