@@ -419,7 +419,7 @@ def main() -> None:
         if b:
             print(
                 f"{name} spends {b['gemm_share']:.0%} of a profiled step in GEMMs ({b['gemm_s']:.3f} of "
-                f"{b['total_s']:.3f} s, aten mm/addmm/bmm/baddbmm)"
+                f"{b['total_s']:.3f} s, {b.get('gemm_calls', '?')} calls of aten mm/addmm/bmm/baddbmm)"
                 + (
                     f": an implementation running these GEMMs no faster, with zero time outside them, would "
                     f"be at most {1 / b['gemm_share']:.2f}x TRL"

@@ -33,8 +33,8 @@ def test_gemm_share_counts_matmuls_and_nothing_else(worker):
     only_gemm = worker.gemm_profile(_profiled(lambda: [a @ b for _ in range(20)]))
     no_gemm = worker.gemm_profile(_profiled(lambda: [(a * b).exp() for _ in range(20)]))
     mixed = worker.gemm_profile(_profiled(lambda: [(a @ b).exp() for _ in range(20)]))
-    assert only_gemm["gemm_share"] > 0.9 and only_gemm["gemm_s"] > 0
-    assert no_gemm["gemm_s"] == 0 and no_gemm["gemm_share"] == 0
+    assert only_gemm["gemm_share"] > 0.9 and only_gemm["gemm_s"] > 0 and only_gemm["gemm_calls"] == 20
+    assert no_gemm["gemm_s"] == 0 and no_gemm["gemm_share"] == 0 and no_gemm["gemm_calls"] == 0
     assert 0 < mixed["gemm_share"] < 1
     assert mixed["gemm_s"] <= mixed["total_s"]
     # linear with a bias (addmm) and batched matmuls count too
