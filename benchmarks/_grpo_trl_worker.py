@@ -13,17 +13,7 @@ import json
 import os
 import time
 
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
-
-
-def gemm_profile(prof) -> dict[str, float]:
-    """{"gemm_s", "total_s", "gemm_share", "gemm_calls"} of a finished CPU `torch.profiler.profile`: self time in the GEMM
-    ops (`GEMM_OPS`, what any implementation of the same step must run) and in all ops."""
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) / 1e6
-    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6
-    calls = sum(e.count for e in events if e.key in GEMM_OPS)
-    return {"gemm_s": gemm, "total_s": total, "gemm_share": gemm / max(total, 1e-9), "gemm_calls": calls}
+from _gemm import gemm_profile  # stdlib only; the worker runs with benchmarks/ on its path
 
 
 def main() -> None:

@@ -199,18 +199,14 @@ def self_distill_mtp(model: Transformer, prompts, new: int, steps: int) -> None:
 
 
 def gemm_share(fn) -> float:
-    """Share of `fn`'s profiled CPU time spent in GEMMs (aten::mm, addmm, bmm, baddbmm): the Amdahl bound of a
-    faster engine is 1 / share, assuming it runs the same GEMMs no faster. The profiler's per-op overhead
-    inflates the non-GEMM part a little, so the bound is slightly generous."""
+    """Share of `fn`'s profiled CPU time spent in GEMMs (`_gemm.GEMM_OPS`): the Amdahl bound of a faster engine
+    is 1 / share, assuming it runs the same GEMMs no faster (slightly generous: see `_gemm.gemm_profile`)."""
+    from _gemm import gemm_profile
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm",
-                                                                    "aten::baddbmm"))  # fmt: skip
-    return gemm / max(total, 1e-9)
+    return gemm_profile(prof)["gemm_share"]
 
 
 def first_call_and_steady(fn, repeats: int) -> tuple[float, float]:

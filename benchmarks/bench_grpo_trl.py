@@ -215,7 +215,7 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace, pro
     def timed_step(self):  # process CPU time per step: robust to other jobs on a shared machine
         c0 = time.process_time()
         if len(cpu_seconds) + 1 == profile_step:
-            from _grpo_trl_worker import gemm_profile
+            from _gemm import gemm_profile
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -1,4 +1,4 @@
-"""benchmarks/_grpo_trl_worker.py `gemm_profile`: the GEMM share behind bench_grpo_trl's `--bound`."""
+"""benchmarks/_gemm.py `gemm_profile`: the GEMM share behind bench_grpo_trl's and bench_engine's `--bound`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def worker():
-    spec = importlib.util.spec_from_file_location(
-        "_grpo_trl_worker", ROOT / "benchmarks" / "_grpo_trl_worker.py"
-    )
+def gemm():
+    spec = importlib.util.spec_from_file_location("_gemm", ROOT / "benchmarks" / "_gemm.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -28,19 +26,19 @@ def _profiled(fn):
     return prof
 
 
-def test_gemm_share_counts_matmuls_and_nothing_else(worker):
+def test_gemm_share_counts_matmuls_and_nothing_else(gemm):
     a, b = torch.randn(256, 256), torch.randn(256, 256)
-    only_gemm = worker.gemm_profile(_profiled(lambda: [a @ b for _ in range(20)]))
-    no_gemm = worker.gemm_profile(_profiled(lambda: [(a * b).exp() for _ in range(20)]))
-    mixed = worker.gemm_profile(_profiled(lambda: [(a @ b).exp() for _ in range(20)]))
+    only_gemm = gemm.gemm_profile(_profiled(lambda: [a @ b for _ in range(20)]))
+    no_gemm = gemm.gemm_profile(_profiled(lambda: [(a * b).exp() for _ in range(20)]))
+    mixed = gemm.gemm_profile(_profiled(lambda: [(a @ b).exp() for _ in range(20)]))
     assert only_gemm["gemm_share"] > 0.9 and only_gemm["gemm_s"] > 0 and only_gemm["gemm_calls"] == 20
     assert no_gemm["gemm_s"] == 0 and no_gemm["gemm_share"] == 0 and no_gemm["gemm_calls"] == 0
     assert 0 < mixed["gemm_share"] < 1
     assert mixed["gemm_s"] <= mixed["total_s"]
     # linear with a bias (addmm) and batched matmuls count too
     w, bias = torch.randn(128, 256), torch.randn(128)
-    lin = worker.gemm_profile(_profiled(lambda: [torch.nn.functional.linear(a, w, bias) for _ in range(20)]))
-    bmm = worker.gemm_profile(
+    lin = gemm.gemm_profile(_profiled(lambda: [torch.nn.functional.linear(a, w, bias) for _ in range(20)]))
+    bmm = gemm.gemm_profile(
         _profiled(lambda: [torch.randn(8, 64, 64) @ torch.randn(8, 64, 64) for _ in range(5)])
     )
     assert lin["gemm_share"] > 0.5 and bmm["gemm_s"] > 0
