@@ -132,3 +132,14 @@ def test_addition_preset_is_a_finite_cold_start():
     assert finite.sft_max_steps * finite.sft_batch >= 10 * finite.sft_examples  # >= 10 epochs
     assert 0.0 < finite.hard_share < 1.0
     assert demo_recipe.sft_examples > finite.sft_max_steps * finite.sft_batch
+
+
+def test_addition_scarce_preset_changes_only_the_hard_share():
+    """The scarce preset is the finite cold start with fewer 5-digit conversations, nothing else: its
+    results compare with the finite preset's as one change."""
+    from dataclasses import asdict
+
+    finite, scarce = study.STUDY_TASKS["addition"][0](), study.STUDY_TASKS["addition-scarce"][0]()
+    diff = {k for k, v in asdict(scarce).items() if asdict(finite)[k] != v}
+    assert diff == {"hard_share"}
+    assert 0.0 < scarce.hard_share < finite.hard_share
