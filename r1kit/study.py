@@ -95,21 +95,37 @@ def _addition_finite() -> demo.Recipe:
 
 def _addition_scarce() -> demo.Recipe:
     """`_addition_finite` with a quarter of the 4,000 cold-start conversations 5-digit (1,000) instead of
-    half: the hard split stays hard after the cold start in every seed (at half, seed 0's cold start
-    already solved 90.7% of it, which caps any lift at +9.3 points). Chosen before running it; nothing
-    else changes."""
+    half, meant to keep the hard split hard after the cold start in every seed (at half, seed 0's cold
+    start already solved 90.7% of it, which caps any lift at +9.3 points). Chosen before running it;
+    nothing else changes. It did not: seed 2's cold start then solved 91.1% (docs/LOG.md)."""
     return replace(_addition_finite(), hard_share=0.25)
+
+
+def _addition_long() -> demo.Recipe:
+    """`_addition_finite` one digit longer at the top: the cold start's hard half is 5-6 digit operands
+    (each operand's length drawn on its own, so a quarter of them 6 + 6), GRPO's prompts 5-6 digit, and a
+    6-digit held-out split, the hard one. A longer chain of carries is what the cold start gets wrong
+    (fewer hard conversations did not lower its 5-digit accuracy, `_addition_scarce`), so the hard split
+    is set by length, not by how often the cold start saw it. Chosen before running it."""
+    return replace(
+        _addition_finite(),
+        hard_digits=(5, 6),
+        rl_digits=(5, 6),
+        eval_splits={"4-digit": 4, "5-digit": 5, "6-digit": 6},
+    )
 
 
 STUDY_TASKS = {
     "addition": (_addition_finite, _addition_quick),
     "addition-scarce": (_addition_scarce, _addition_quick),
+    "addition-long": (_addition_long, _addition_quick),
     "addition-demo": (_addition_demo, _addition_quick),
 }
 """Task name -> (full recipe, quick recipe). "addition": the demo's task (4-digit and hard 5-digit
-splits) with R1's finite cold start (`_addition_finite`); "addition-scarce": the same with a
-quarter of the cold start 5-digit (the hard split stays hard in every seed); "addition-demo": the demo's own recipe. Another
-task joins the study with a `demo.Recipe` preset here."""
+splits) with R1's finite cold start (`_addition_finite`); "addition-scarce": the same with a quarter of
+the cold start 5-digit (meant to keep the hard split hard; it did not); "addition-long": a 6-digit hard
+split, the cold start's hard half 5-6 digit; "addition-demo": the demo's own recipe. Another task joins
+the study with a `demo.Recipe` preset here."""
 
 
 @dataclass
@@ -256,9 +272,13 @@ def findings(task: str, seeds: list[dict[str, Any]], arms: list[str]) -> list[st
     lifts = [p1(s, "GRPO") - p1(s, "SFT") for s in seeds]
     hits = sum(d >= 0.15 for d in lifts)
     capped = [f"{s['seed']} ({100 * p1(s, 'SFT'):.1f}%)" for s in seeds if p1(s, "SFT") > 0.85]
+    closed = [
+        f"{100 * d / (1 - p1(s, 'SFT')):.0f}%" if p1(s, "SFT") < 1 else "-" for d, s in zip(lifts, seeds)
+    ]
     lines.append(
         f"{task}: GRPO lifts the hard split ({hard}) by ≥ 15 points in {hits} of {n} seeds "
         f"({', '.join(f'{100 * d:+.1f}' for d in lifts)}): {'met' if hits == n else 'NOT met'}"
+        f"; of the cold start's headroom (100% - its pass@1) GRPO closed {', '.join(closed)}"
         + (
             f"; a +15 lift is impossible where the cold start is above 85%: seed {', '.join(capped)}"
             if capped

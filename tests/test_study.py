@@ -66,14 +66,20 @@ def test_report_of_made_up_seeds_states_the_checks(tmp_path):
     text = path.read_text()
     checks = text.split("## Checks\n", 1)[1].split("\n## ", 1)[0]
     # lifts over SFT's 5%: +25, +5, +45 points -> 2 of 3 seeds
-    assert "by ≥ 15 points in 2 of 3 seeds (+25.0, +5.0, +45.0): NOT met\n" in checks  # no capped seed
+    # no capped seed; the share of each cold start's headroom closed: 25/95, 5/95, 45/95
+    assert (
+        "by ≥ 15 points in 2 of 3 seeds (+25.0, +5.0, +45.0): NOT met; of the cold start's headroom "
+        in checks
+    )
+    assert "(100% - its pass@1) GRPO closed 26%, 5%, 47%\n" in checks
     capped = dict(
         runs["addition"][1],
         results={**runs["addition"][1]["results"], "SFT": {"5-digit": {"pass@1": 0.9, "maj@8": 0.9}}},
     )
     line = study.findings("addition", [runs["addition"][0], capped], list(demo.ARMS))[0]
     assert line.endswith(
-        "(+25.0, -80.0): NOT met; a +15 lift is impossible where the cold start is above 85%: seed 1 (90.0%)"
+        "(+25.0, -80.0): NOT met; of the cold start's headroom (100% - its pass@1) GRPO closed 26%, -800%; "
+        "a +15 lift is impossible where the cold start is above 85%: seed 1 (90.0%)"
     )
     assert "GRPO ≥ expert iteration on 5-digit pass@1 in 2 of 3 seeds (means 30.0% vs 21.7%)" in checks
     assert "30.0% / 21.7% / 11.7%): met" in checks
@@ -143,3 +149,16 @@ def test_addition_scarce_preset_changes_only_the_hard_share():
     diff = {k for k, v in asdict(scarce).items() if asdict(finite)[k] != v}
     assert diff == {"hard_share"}
     assert 0.0 < scarce.hard_share < finite.hard_share
+
+
+def test_addition_long_preset_makes_the_longest_split_the_hard_one():
+    """The long preset's hard split (the last, what `findings` checks) is 6-digit, GRPO's prompts reach
+    it and the cold start's hard half does too; the easy mix is the finite preset's."""
+    finite, long = study.STUDY_TASKS["addition"][0](), study.STUDY_TASKS["addition-long"][0]()
+    assert list(long.eval_splits)[-1] == "6-digit" and long.eval_splits["6-digit"] == 6
+    assert long.rl_digits[1] == long.hard_digits[1] == 6
+    assert (long.sft_digits, long.hard_share, long.sft_examples) == (
+        finite.sft_digits,
+        finite.hard_share,
+        finite.sft_examples,
+    )
