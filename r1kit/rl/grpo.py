@@ -29,6 +29,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -335,6 +336,32 @@ def check_curriculum(r: RolloutSection) -> None:
         )
 
 
+def curriculum_unused(config: Config, pool: int) -> str | None:
+    """Why the pass-rate keys cannot act in this run, or None. Both rules read a prompt's estimate from the
+    last time it was sampled, so with a pool of `pool` prompts at least as large as the most prompts the
+    run can draw (train.steps x rollout.prompts_per_step, x 1 + max_sampling_rounds with dynamic sampling)
+    no prompt comes back and neither rule ever fires (measured: a 300-step
+    run with hard_prompt_samples = 32 over a 20,000-prompt pool reproduced the run without it exactly)."""
+    r, steps = config.rollout, config.train.steps
+    keys = [
+        k
+        for k, on in (
+            ("pass_rate_filter", r.pass_rate_filter),
+            ("hard_prompt_samples", r.hard_prompt_samples),
+        )
+        if on
+    ]
+    rounds = 1 + (r.max_sampling_rounds if r.dynamic_sampling else 0)  # DAPO's refills draw new prompts
+    drawn = steps * r.prompts_per_step * rounds  # the most prompts this run can draw
+    if not keys or not steps or pool < drawn:
+        return None
+    return (
+        f"rollout.{' and rollout.'.join(keys)} will never act: at most {drawn} prompts drawn in {steps} "
+        f"steps never reach the pool's {pool} prompts a second time; give data.train_problems < {drawn} "
+        "(a prompt comes back once per pass over the pool)"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # reward
 
@@ -522,6 +549,8 @@ class GRPOTrainer(Stage):
         self.task = get_task(c.data.task, **task_kwargs(c.data.task_args, c.data.task))
         train_problems = self.task.problems(split="train", n=c.data.train_problems, seed=t.seed)
         self.prompts = PromptStream(train_problems, seed=t.seed, rank=self.dist.rank, world_size=world)
+        if (unused := curriculum_unused(c, len(train_problems))) is not None:
+            warnings.warn(unused, stacklevel=2)
         self.eval_problems = (
             self.task.problems(split=c.eval.split, n=c.eval.problems, seed=c.eval.seed)
             if c.eval.every

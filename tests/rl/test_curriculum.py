@@ -139,3 +139,25 @@ def test_curriculum_config_errors(dense_dir, tmp_path):
         _config(dense_dir, tmp_path, "--rollout.pass_rate_filter", "[0.9, 0.1]")
     with pytest.raises(ConfigError, match="hard_prompt_samples"):
         _config(dense_dir, tmp_path, "--rollout.hard_prompt_samples", "2")
+
+
+def test_curriculum_unused_when_no_prompt_comes_back(dense_dir, tmp_path):
+    """The pass-rate rules read a prompt's last estimate: a pool no run reaches twice makes them no-ops,
+    and the trainer says so (and with a pool it revisits, it does not)."""
+    cfg = _config(dense_dir, tmp_path / "run", "--rollout.hard_prompt_samples", "8")
+    cfg.rollout.dynamic_sampling = False
+    steps, prompts = cfg.train.steps, cfg.rollout.prompts_per_step
+    msg = grpo.curriculum_unused(cfg, steps * prompts)
+    assert msg is not None and "rollout.hard_prompt_samples will never act" in msg
+    assert f"data.train_problems < {steps * prompts}" in msg
+    assert grpo.curriculum_unused(cfg, steps * prompts - 1) is None
+    cfg.rollout.hard_prompt_samples, cfg.rollout.pass_rate_filter = 0, []
+    assert grpo.curriculum_unused(cfg, 10**6) is None  # rules off: nothing to say
+    cfg.rollout.pass_rate_filter = [0.0, 1.0]
+    assert "rollout.pass_rate_filter will never act" in grpo.curriculum_unused(cfg, 10**6)
+    cfg.rollout.dynamic_sampling, cfg.rollout.max_sampling_rounds = True, 2  # refills draw up to 3x
+    assert grpo.curriculum_unused(cfg, 3 * steps * prompts - 1) is None
+    assert grpo.curriculum_unused(cfg, 3 * steps * prompts) is not None
+    cfg.data.train_problems = 3 * steps * prompts
+    with pytest.warns(UserWarning, match="never act"):
+        grpo.GRPOTrainer(cfg)
