@@ -93,6 +93,8 @@ class Recipe:
             step of a round destroyed the seed-0 policy, 4.3% -> 0% val pass@1; at 3e-4 it learned).
         ei_eval_every: expert iteration's held-out evaluation every N rounds (its learning curve; 0 =
             none, the demo's default: its models are evaluated at the end like every other).
+        val_digits: operand digits of the cold start's greedy validation problems (val split) and so of
+            its early stop at val_target; 0 = the "4-digit" split's.
     """
 
     vocab_size: int = 320
@@ -125,6 +127,7 @@ class Recipe:
     val_every: int = 25
     val_problems: int = 64
     val_target: float = 0.25
+    val_digits: int = 0
     grpo_steps: int = 300
     grpo_prompts: int = 16
     grpo_group: int = 8
@@ -340,11 +343,16 @@ def stage_pretrain(
     return pretrain.run(cfg, console=console)
 
 
+def _val_digits(recipe: Recipe) -> int:
+    """Operand digits of the cold start's validation problems."""
+    return recipe.val_digits or recipe.eval_splits.get("4-digit", recipe.sft_digits[1])
+
+
 def _val_section(recipe: Recipe, target: float, every: int):
     return ValSection(
         every=every,
         task="addition",
-        task_args={"addition": {"digits": recipe.eval_splits.get("4-digit", recipe.sft_digits[1])}},
+        task_args={"addition": {"digits": _val_digits(recipe)}},
         problems=recipe.val_problems,
         max_new_tokens=recipe.max_new_tokens,
         target_accuracy=target,
@@ -662,7 +670,8 @@ def _train(
     stages.costs["pretrain"] = pre.cost
     stage_header(
         "3/7 cold-start SFT",
-        f"chat format, assistant-only loss; stops when 4-digit greedy accuracy reaches {100 * recipe.val_target:.0f}%",
+        f"chat format, assistant-only loss; stops when {_val_digits(recipe)}-digit greedy accuracy reaches "
+        f"{100 * recipe.val_target:.0f}%",
         console,
     )
     sft_res = stage_sft(recipe, config, run_dir, chats, _model_dir(pre), console)

@@ -162,3 +162,20 @@ def test_addition_long_preset_makes_the_longest_split_the_hard_one():
         finite.hard_share,
         finite.sft_examples,
     )
+
+
+def test_addition_calibrated_preset_stops_the_cold_start_on_the_hard_split():
+    """The calibrated preset changes only the cold start's early stop: it validates on the hard split's
+    operand length (val split, not the test split the report uses) and stops at a target below the
+    band where no lift is possible; the default recipe keeps validating on 4-digit problems."""
+    from dataclasses import asdict
+
+    finite, cal = study.STUDY_TASKS["addition"][0](), study.STUDY_TASKS["addition-calibrated"][0]()
+    diff = {k for k, v in asdict(cal).items() if asdict(finite)[k] != v}
+    assert diff == {"val_digits", "val_target", "val_every"}
+    hard = list(cal.eval_splits)[-1]
+    section = demo._val_section(cal, cal.val_target, cal.val_every)
+    assert section.task_args == {"addition": {"digits": cal.eval_splits[hard]}} and section.split == "val"
+    assert 0.0 < section.target_accuracy < 0.5 and section.every == 20
+    plain = demo._val_section(finite, finite.val_target, finite.val_every)
+    assert plain.task_args == {"addition": {"digits": 4}}
