@@ -150,6 +150,11 @@ class Recipe:
     distill_steps: int = 800
     distill_lr: float = 3e-3
 
+    @property
+    def validation_digits(self) -> int:
+        """Operand digits of the cold start's validation problems (and so of its early stop)."""
+        return self.val_digits or self.eval_splits.get("4-digit", self.sft_digits[1])
+
     @classmethod
     def full(cls) -> Recipe:
         """The demo as documented (about 15 minutes on 2 cores)."""
@@ -343,16 +348,11 @@ def stage_pretrain(
     return pretrain.run(cfg, console=console)
 
 
-def _val_digits(recipe: Recipe) -> int:
-    """Operand digits of the cold start's validation problems."""
-    return recipe.val_digits or recipe.eval_splits.get("4-digit", recipe.sft_digits[1])
-
-
 def _val_section(recipe: Recipe, target: float, every: int):
     return ValSection(
         every=every,
         task="addition",
-        task_args={"addition": {"digits": _val_digits(recipe)}},
+        task_args={"addition": {"digits": recipe.validation_digits}},
         problems=recipe.val_problems,
         max_new_tokens=recipe.max_new_tokens,
         target_accuracy=target,
@@ -670,7 +670,7 @@ def _train(
     stages.costs["pretrain"] = pre.cost
     stage_header(
         "3/7 cold-start SFT",
-        f"chat format, assistant-only loss; stops when {_val_digits(recipe)}-digit greedy accuracy reaches "
+        f"chat format, assistant-only loss; stops when {recipe.validation_digits}-digit greedy accuracy reaches "
         f"{100 * recipe.val_target:.0f}%",
         console,
     )

@@ -324,7 +324,7 @@ def build_summary(
         f"active parameters ({versus(student, rl)}): {'met' if reach else 'NOT met'}"
     )
     sft_note = (
-        f"stopped at step {facts.get('sft_steps')} when {getattr(recipe, 'val_digits', 0) or 4}-digit greedy "
+        f"stopped at step {facts.get('sft_steps')} when {recipe.validation_digits}-digit greedy "
         f"validation accuracy reached "
         f"{100 * facts.get('sft_val', 0):.0f}% (target {100 * recipe.val_target:.0f}%)"
         if facts.get("sft_stopped_early")
