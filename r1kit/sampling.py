@@ -47,11 +47,11 @@ def row_uniforms(row_keys: Tensor, counters: Tensor, stream: int = 0) -> Tensor:
     return (x >> 8).to(torch.float32) * (1.0 / (1 << 24))
 
 
-def row_keys(seed: int, seq_index: Tensor) -> Tensor:
-    """(B,) int64 keys of the rows' random streams from a seed and (B,) int64 sequence indices."""
-    return hash32(
-        hash32(torch.full_like(seq_index, (seed + 0x9E3779B9) & _MASK32)) ^ (seq_index + 0x85EBCA6B)
-    )
+def row_keys(seed: int | Tensor, seq_index: Tensor) -> Tensor:
+    """(B,) int64 keys of the rows' random streams from a seed (one int, or (B,) int64 of 32-bit values, one
+    per row) and (B,) int64 sequence indices. Elementwise: a batch gets the keys each row would get alone."""
+    seeds = torch.full_like(seq_index, seed & _MASK32) if isinstance(seed, int) else seed.to(seq_index)
+    return hash32(hash32(((seeds & _MASK32) + 0x9E3779B9) & _MASK32) ^ (seq_index + 0x85EBCA6B))
 
 
 def filter_logits(logits: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> tuple[Tensor, Tensor]:

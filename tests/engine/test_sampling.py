@@ -91,3 +91,27 @@ def test_draft_verification_preserves_the_distribution():
     greedy = _settings(2, temperature=0)
     tokens, _, accepted = greedy.verify_draft(logits.expand(2, -1), torch.tensor([0, 1]), None, None)
     assert tokens.tolist() == [0, 0] and accepted.tolist() == [True, False]
+
+
+def _lowbias32(x: int) -> int:
+    """The `lowbias32` hash in plain Python integers (an independent reference for `hash32`)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_row_keys_of_a_seed_per_row_equal_each_row_alone():
+    seeds = [0, 7, 2**40 + 3, -5, 7]
+    index = torch.tensor([0, 1, 2, 3, 9])
+    batched = row_keys(torch.tensor([s & 0xFFFFFFFF for s in seeds]), index)
+    alone = torch.cat([row_keys(s, index[i : i + 1]) for i, s in enumerate(seeds)])
+    assert torch.equal(batched, alone)
+    # each key is lowbias32(lowbias32(seed + C1) ^ (index + C2)) mod 2**32, seed taken mod 2**32
+    want = [
+        _lowbias32(_lowbias32((s + 0x9E3779B9) & 0xFFFFFFFF) ^ (int(i) + 0x85EBCA6B))
+        for s, i in zip(seeds, index)
+    ]
+    assert batched.tolist() == want
