@@ -22,7 +22,8 @@ rounds' steps after each round's warm-up; the process CPU time per step (robust 
 `--threads 1`) is reported too. The script prints a markdown table and the command that produced it.
 `--bound` adds the Amdahl bound of the comparison: one profiled step of each side (separate short runs)
 gives the share of TRL's step spent in GEMMs, which an implementation running the same GEMMs no faster
-cannot go below.
+cannot go below, and r1kit's own GEMM seconds, a floor of its step: the speed-up they allow and the
+non-GEMM time per step a 2.5x speed-up would leave.
 
 Top-level imports are stdlib only: the TRL worker imports `bench_reward` from this file.
 """
@@ -427,6 +428,14 @@ def main() -> None:
                     else ""
                 )
             )
+    own = bounds.get("r1kit")
+    if own and "TRL" in med:  # r1kit's own GEMM seconds are a floor of its step: the speed-up they allow
+        rest, allowed = med["r1kit"] - own["gemm_s"], med["TRL"] / 2.5 - own["gemm_s"]
+        print(
+            f"r1kit's own GEMMs ({own['gemm_s']:.3f} s a step) bound it at {med['TRL'] / own['gemm_s']:.2f}x TRL's "
+            f"median step with zero time outside them; 2.5x needs its non-GEMM time at {allowed:.3f} s a step "
+            f"(now {rest:.3f} s)"
+        )
     first = [r["step_seconds"][0] for r in rounds["r1kit"] if r.get("step_seconds")]
     if first:  # where a compile lands (the engine's with --engine-compile on, the update's with --compile)
         print("r1kit first step of each round (s): " + ", ".join(f"{x:.1f}" for x in first))
