@@ -184,6 +184,8 @@ class DecodeStep:
                 self._compiled = self._build_compiled()
             if attn is None:  # one graph whether or not the call has padding
                 attn = torch.ones((tokens.shape[0], cache.max_len), dtype=torch.long, device=tokens.device)
+            if tokens._base is not None:  # one graph whether the sampler's tokens are a view or not: dynamo
+                tokens = tokens.clone()  # guards a view's base, so greedy after sampling would recompile
             args = (tokens, positions, index, attn, cache.layers, fused or None, head)
             # CPU: the slots written so far (a dynamic size); CUDA: the whole cache (no int argument at all)
             logits = self._compiled(*args) if self._cuda else self._compiled(*args, length + 1)
