@@ -109,7 +109,9 @@ class DecodeBatch:
         ids, mask = self._padded_prompts(width, width + slots)
         self.padded = min(lens) != width
         positions = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
-        self.cache = self.model.new_cache(len(lens), width + slots, device=self.device, dtype=self.dtype)
+        self.cache = self.model.new_cache(
+            len(lens), width + slots, device=self.device, dtype=self._cache_dtype()
+        )
         if self.decoder is not None:
             self.decoder.begin()  # fused decode weights current with this call's model weights
         attn = mask[:, :width] if self.padded else None
@@ -141,6 +143,18 @@ class DecodeBatch:
             self.draft = None
             self.h_last = hidden[:, -1:].index_select(0, fan_out)
         return logits
+
+    def _cache_dtype(self) -> torch.dtype:
+        """The KV cache's dtype: the model's, except that a half-precision model with grouped-query attention
+        on a CPU decodes over an fp32 cache (twice the cache memory). There a bf16 batched matmul at decode
+        shapes (a few query rows per kv head) measured 2-4x slower than fp32 and copied the cache slice it
+        read at every step; attention over an fp32 cache runs in fp32 (docs/LOG.md, 2026-12-08)."""
+        from r1kit.model.attention import Attention
+
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        layers = getattr(getattr(self.model, "model", None), "layers", None)
+        gqa = layers is not None and all(type(b.self_attn) is Attention for b in layers)
+        return torch.float32 if half and self.device.type == "cpu" and gqa else self.dtype
 
     def _padded_prompts(self, width: int, max_len: int) -> tuple[Tensor, Tensor]:
         """(P, width) left-padded prompt ids and the (P, max_len) attention mask (1 from `width` on)."""

@@ -139,6 +139,8 @@ class Attention(nn.Module):
             cache_slot["k"][:, :, start : start + t] = k
             cache_slot["v"][:, :, start : start + t] = v
             k, v = cache_slot["k"][:, :, : start + t], cache_slot["v"][:, :, : start + t]
+            if k.dtype != q.dtype and not torch.is_autocast_enabled(q.device.type):
+                k, v = k.to(q.dtype), v.to(q.dtype)  # an fp32 cache of a bf16 model (the CPU engine's)
         # kv head j serves query heads j*rep .. j*rep+rep-1 (transformers' repeat_kv), inside the kernel
         out = _sdpa(q, k, v, mask, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
@@ -163,8 +165,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, 1, Dh)
         k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, 1, Dh)
-        # the cache keeps its dtype under autocast (bf16 activations, fp32 cache): new keys are cast to it,
-        # and the query too, so attention runs in the cache's dtype (fp32 on CPU, as `_sdpa` does)
+        # the cache keeps its dtype (fp32 under autocast, and for a bf16 model on a CPU: `r1kit.engine.batch`):
+        # new keys are cast to it, and the query too, so attention runs in the cache's dtype
         slot["k"][:, :, index] = k.to(slot["k"].dtype)
         slot["v"][:, :, index] = v.view(b, 1, hk, dh).transpose(1, 2).to(slot["v"].dtype)
         keys, values = slot["k"], slot["v"]
@@ -173,7 +175,7 @@ class Attention(nn.Module):
             keys, values = keys[:, :, :end], values[:, :, :end]
         # query head j*rep + r uses kv head j: (B, H, 1, Dh) -> (B, Hkv, rep, Dh), the rep heads as queries
         out = _decode_attend(q.reshape(b, hk, h // hk, dh), keys, values, mask, self.scale)
-        return self.o_proj(out.reshape(b, 1, h * dh))
+        return self.o_proj(out.reshape(b, 1, h * dh).to(x.dtype))
 
 
 class MLAttention(nn.Module):

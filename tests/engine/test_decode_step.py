@@ -265,3 +265,28 @@ def test_engine_decodes_under_bf16_autocast(name):
     assert [len(c.token_ids) for c in mixed] == [6, 6, 6]
     # bf16 matmuls change the logits a little; the first greedy token of most rows survives
     assert sum(a.token_ids[0] == b.token_ids[0] for a, b in zip(plain, mixed)) >= 2
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "deepseek_v3"])
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_bf16_model_on_cpu_decodes_over_an_fp32_cache_with_the_forwards_logprobs(name, compile):
+    """A bf16 model with grouped-query attention decodes over an fp32 cache on a CPU (MLA keeps its own
+    dtype); the sampled tokens' log-probs equal a bf16 full forward's over prompt + completion."""
+    from r1kit.engine.batch import DecodeBatch
+
+    if compile == "on" and name != "llama":
+        pytest.skip("one compiled family is enough (compiling costs seconds)")
+    model = make_model(name).to(torch.bfloat16)
+    engine = Engine(model, compile=compile)
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3, ignore_eos=True)
+    batch = DecodeBatch(engine, PROMPTS, params)
+    batch.prefill()
+    want = torch.bfloat16 if name == "deepseek_v3" else torch.float32
+    assert {t.dtype for slot in batch.cache.layers for t in slot.values()} == {want}
+    for prompt, out in zip(PROMPTS, engine.generate(PROMPTS, params)):
+        ids = torch.tensor([prompt + out.token_ids])
+        with torch.no_grad():
+            logp = model(ids).float().log_softmax(-1)[0, len(prompt) - 1 : -1]
+        full = logp.gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
+        # bf16 matmuls on both sides, attention in fp32 (engine) or bf16 (forward): ~0.01 apart (a wrong context: ~1)
+        assert torch.allclose(torch.tensor(out.logprobs), full, atol=0.03), (out.logprobs, full.tolist())
