@@ -6,12 +6,13 @@
     python benchmarks/bench_grpo_trl.py --device cuda --trl-python PYTHON_WITH_TRL
     python benchmarks/bench_grpo_trl.py --threads 2 --engine-compile on --bound   # + the GEMM bound
 
-Both sides train the same randomly initialised Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads,
+Both sides train the same randomly initialised Qwen2 (hidden 128 or `--hidden`, 4 layers, heads of 32, half as many KV heads,
 char-level vocab of ~100, saved once with transformers; r1kit loads the same directory) on the same
 prompts: 8 prompts x 8 completions x exactly 64 new tokens per step (EOS suppressed on both sides),
 temperature 1, beta 0, one update per rollout batch (mu = 1), AdamW, the same reward. Each side runs
 in its best precision by default: r1kit `train.precision = auto` (bf16 autocast where bf16 matmuls
-measure much faster, `r1kit.precision`), TRL fp32 on CPU (its bf16 is slower there) and bf16 on CUDA.
+measure much faster, `r1kit.precision`), and TRL by the same measured rule at the model's width (bf16 on
+CUDA and on CPUs where bf16 matmuls are much faster at that width, fp32 elsewhere; `--trl-precision` overrides).
 The step's FLOP ceiling (its counted FLOPs at the device's matmul peak) is printed beside the times.
 
 TRL runs in its own environment, `benchmarks/.venv-trl` (created on first use: torch==2.13.0 first,
@@ -66,8 +67,9 @@ def make_prompts(n: int = 256, seed: int = 0) -> list[str]:
     return [f"Add {rng.randint(0, 9999)}+{rng.randint(0, 9999)} =" for _ in range(n)]
 
 
-def make_model_dir(path: Path, seed: int = 0) -> Path:
-    """Save a random tiny Qwen2 (fp32) and a char-level PreTrainedTokenizerFast to ``path``."""
+def make_model_dir(path: Path, seed: int = 0, hidden: int = 128) -> Path:
+    """Save a random tiny Qwen2 (fp32; width `hidden`, 4 layers, MLP 4x, heads of 32) and a char-level
+    PreTrainedTokenizerFast to ``path``."""
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return path
     import torch
@@ -84,11 +86,11 @@ def make_model_dir(path: Path, seed: int = 0) -> Path:
     )
     cfg = Qwen2Config(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=512,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=max(hidden // 64, 1),
         max_position_embeddings=512,
         tie_word_embeddings=True,
         bos_token_id=vocab["<bos>"],
@@ -239,7 +241,7 @@ def run_r1kit(model_dir: Path, prompts_file: Path, args: argparse.Namespace, pro
     from r1kit.precision import resolve_precision
 
     return {
-        "precision": resolve_precision(args.precision, args.device, 128),  # the model's width
+        "precision": resolve_precision(args.precision, args.device, args.hidden),  # at the model's width
         "step_flops": [r.get("cost/flops", 0.0) for r in rows],
         "step_seconds": [r["time/step"] for r in rows],
         "step_cpu_seconds": cpu_seconds,
@@ -276,6 +278,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternations r1kit/TRL (order flips each round)")
     ap.add_argument("--prompts-per-step", type=int, default=8)
     ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument(
+        "--hidden", type=int, default=128, help="model width (4 layers, MLP 4x, heads of 32 dims)"
+    )
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: default)")
@@ -291,7 +296,7 @@ def main() -> None:
     ap.add_argument(
         "--trl-precision",
         default="",
-        help="TRL's: fp32 or bf16 (its bf16 autocast); default its best: fp32 on CPU (bf16 ~7x slower), bf16 on CUDA",
+        help="TRL's: fp32 or bf16 (its bf16 autocast); default: bf16 where r1kit's measured 'auto' rule picks it at --hidden (TRL at width 512 on an AVX512-BF16 CPU: 2.1x faster in bf16; at 128 on AVX2/AMX CPUs: slower)",
     )
     ap.add_argument(
         "--compile", action="store_true", help="r1kit: train.compile (torch.compile of the update)"
@@ -315,10 +320,20 @@ def main() -> None:
     if args.bound and args.device != "cpu":
         # on a GPU the profiler's self CPU time of aten::mm is the kernel launch, not the GEMM
         ap.error("--bound profiles CPU time and works on --device cpu only; drop --bound on a GPU")
-    args.trl_precision = args.trl_precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if not args.trl_precision:  # TRL's best: bf16 where r1kit's own "auto" rule picks it at this width
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)  # the probe is cached per thread count
+        from r1kit.precision import resolve_precision
+
+        best = resolve_precision("auto", args.device, args.hidden)
+        args.trl_precision = "bf16" if best == "bfloat16" else "fp32"
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    model_dir = make_model_dir(args.workdir / "model")
+    model_dir = make_model_dir(
+        args.workdir / ("model" if args.hidden == 128 else f"model-h{args.hidden}"), hidden=args.hidden
+    )
     prompts_file = args.workdir / "prompts.json"
     prompts_file.write_text(json.dumps(make_prompts()))
 
@@ -347,7 +362,8 @@ def main() -> None:
     n = args.prompts_per_step * args.group_size
     threads = rounds["r1kit"][0]["torch_threads"]
     print(
-        f"\nGRPO step, tiny Qwen2 (hidden 128, 4 layers, 4 heads, 2 KV heads, vocab {len(SPECIALS) + len(CHARS)}), "
+        f"\nGRPO step, tiny Qwen2 (hidden {args.hidden}, 4 layers, {args.hidden // 32} heads, {max(args.hidden // 64, 1)} KV heads, "
+        f"vocab {len(SPECIALS) + len(CHARS)}), "
         f"{args.prompts_per_step} prompts x {args.group_size} completions x {args.new_tokens} new tokens "
         f"({n} sequences), beta 0, mu 1, r1kit {rounds['r1kit'][0]['precision']}"
         f"{' + torch.compile' if args.compile else ''}"
