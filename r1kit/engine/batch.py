@@ -21,7 +21,7 @@ from torch import Tensor
 from r1kit.engine.budget import BudgetForcing
 from r1kit.engine.params import Completion, SamplingParams, StreamDelta
 from r1kit.engine.sequence import SequenceState
-from r1kit.sampling import RowSampling, row_keys, row_uniforms
+from r1kit.sampling import RowSampling, Workspace, row_keys, row_uniforms
 
 
 def _encode_prompts(tokenizer, prompts) -> tuple[list[list[int]], list[bool]]:
@@ -84,6 +84,7 @@ class DecodeBatch:
         if self.tokenizer is None and any(s.params.stop or s.params.uses_budget_forcing for s in self.seqs):
             raise ValueError("stop strings and budget forcing need a tokenizer")
         self.speculative = any(sp.speculative for sp in per_prompt)
+        self._work = Workspace()  # the sampler's (rows, vocab) buffers, reused across steps
         if self.speculative and not all(sp.speculative for sp in per_prompt):
             raise ValueError("speculative decoding is all or nothing within one call")
         if self.speculative and getattr(self.model, "mtp_logits", None) is None:
@@ -257,7 +258,7 @@ class DecodeBatch:
     def _sample(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Sample + budget forcing for the current batch: (tokens, logprobs, sampled-mask), each (B,)."""
         uniforms = None if self.sampling.all_greedy else self._uniforms(0)
-        tokens, logp = self.sampling.sample(logits, uniforms)
+        tokens, logp = self.sampling.sample(logits, uniforms, self._work)
         if self.budget is None:
             return tokens, logp, torch.ones_like(tokens, dtype=torch.bool)
         tokens, logp, forced = self.budget.apply(tokens, logp)

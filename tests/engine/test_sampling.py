@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from r1kit.sampling import RowSampling, filter_logits, row_keys, row_uniforms
@@ -115,3 +116,26 @@ def test_row_keys_of_a_seed_per_row_equal_each_row_alone():
         for s, i in zip(seeds, index)
     ]
     assert batched.tolist() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_into_a_reused_workspace_draws_the_same_tokens_and_logprobs(dtype, temperature):
+    from r1kit.sampling import Workspace
+
+    work = Workspace()
+    gen = torch.Generator().manual_seed(0)
+    kept = []
+    for rows in (5, 5, 3):  # the buffers are reused, then reallocated for a smaller batch
+        logits = (3 * torch.randn(rows, 257, generator=gen)).to(dtype)
+        sampling = RowSampling(
+            torch.full((rows,), temperature), torch.zeros(rows, dtype=torch.long), torch.ones(rows)
+        )
+        u = row_uniforms(row_keys(rows, torch.arange(rows)), torch.zeros(rows, dtype=torch.long))
+        want = sampling.sample(logits, u)
+        got = sampling.sample(logits, u, work)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        kept.append((got, [t.clone() for t in want]))
+    assert work.take("logp", torch.empty(3, 257)) is work.take("logp", torch.empty(3, 257))  # reused
+    # what a call returned does not alias the buffers the later calls overwrote
+    assert all(torch.equal(g[0], w[0]) and torch.equal(g[1], w[1]) for g, w in kept)
