@@ -125,16 +125,21 @@ class RowSampling:
         greedy = temperature <= 0
         sampled = ~greedy
         flags = torch.stack(
-            [greedy.all(), greedy.any(), ((top_k > 0) & sampled).any(), ((top_p < 1.0) & sampled).any()]
-        )
-        self.all_greedy, self.any_greedy, use_top_k, use_top_p = flags.tolist()
+            [
+                greedy.all(),
+                greedy.any(),
+                ((top_k > 0) & sampled).any(),
+                ((top_p < 1.0) & sampled).any(),
+                (greedy | (temperature == 1)).all(),
+            ]
+        )  # one host copy for every flag
+        self.all_greedy, self.any_greedy, use_top_k, use_top_p, unit = flags.tolist()
+        # x / 1 == x exactly: with every temperature 1 (greedy rows count as 1) the division is skipped
+        self.unit_temperature = unit
         self.greedy = greedy
         self.top_k = top_k if use_top_k else None
         self.top_p = top_p if use_top_p else None
         self.safe_temperature = torch.where(greedy, torch.ones_like(temperature), temperature)
-        self.unit_temperature = bool(
-            (self.safe_temperature == 1).all()
-        )  # x / 1 == x: the division is skipped
 
     def select(self, index: Tensor) -> RowSampling:
         """The settings of rows `index` (B',) int64, e.g. after dropping finished rows."""
